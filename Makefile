@@ -1,0 +1,30 @@
+# secateur: `make demo` and `make test` each work on a fresh machine by themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Torch builds are pinned here so pip never resolves another (multi-GB) build from the registry.
+# Override on other platforms, e.g. `make test TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.secateur-installed
+
+.PHONY: demo test install clean bench
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m secateur.demo
+
+bench: $(STAMP)
+	$(PY) bench/han_table.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

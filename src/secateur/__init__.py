@@ -1,0 +1,5 @@
+"""secateur: prune trained PyTorch networks within an accuracy drop bound."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
