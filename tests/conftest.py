@@ -1,0 +1,27 @@
+"""Shared fixtures. Real data comes through $SECATEUR_DATA; a missing dataset fails, never skips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder that holds ``mnist/`` ($SECATEUR_DATA, else ../shared/datasets beside the repo)."""
+    root = Path(os.environ.get("SECATEUR_DATA") or REPO.parent / "shared" / "datasets")
+    if not (root / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"MNIST not found under {root}: set SECATEUR_DATA to the folder holding mnist/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist(data_root: Path):
+    """The full MNIST dataset (train/val/test), loaded once per session."""
+    from secateur.data import load_dataset
+
+    return load_dataset("mnist", data_dir=data_root / "mnist", download=False)
