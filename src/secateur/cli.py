@@ -1,0 +1,352 @@
+"""The ``secateur`` command line: a thin layer over the Python API.
+
+Every sub-command parses its arguments, calls one API function and prints the result.
+Expected mistakes (:class:`~secateur.errors.SecateurError`, bad argument values) print one
+line ``secateur: error: ...`` and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import ConfigError, SecateurError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage mistakes on one line (exit 2) instead of a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _checked(int, text, lambda v: v >= 1, "a whole number >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _checked(int, text, lambda v: v >= 0, "a whole number >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _checked(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _checked(float, text, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def existing_path(text: str) -> Path:
+    """argparse type: a path that exists."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    return path
+
+
+def _checked(kind: Callable[[str], float], text: str, ok: Callable[[float], bool], want: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+    return value
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """argparse type: an input shape such as ``1,28,28``."""
+    try:
+        dims = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}") from None
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
+    return dims
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """--dataset / --data-dir, shared by every command that reads data."""
+    parser.add_argument("--dataset", default="mnist", help="dataset name (see 'secateur list')")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder holding the dataset files (default: $SECATEUR_DATA/<name>, "
+                             "~/.cache/secateur/<name>, else download)")
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """Training options; unset ones fall back to the model's default recipe."""
+    group = parser.add_argument_group("training (defaults: the model's recipe)")
+    group.add_argument("--epochs", type=non_negative_int)
+    group.add_argument("--batch-size", type=positive_int)
+    group.add_argument("--lr", type=positive_float, help="learning rate")
+    group.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    group.add_argument("--momentum", type=non_negative_float)
+    group.add_argument("--weight-decay", type=non_negative_float, help="L2 weight decay")
+    group.add_argument("--schedule", choices=("cosine", "step", "constant"))
+    group.add_argument("--augment", type=non_negative_int, help="random shift in pixels")
+    group.add_argument("--seed", type=non_negative_int)
+    group.add_argument("--device", help="cpu (default) or cuda")
+
+
+def train_config_from(args: argparse.Namespace, model: str):
+    """The model's default recipe with any options given on the command line applied."""
+    from .baseline import default_config
+
+    fields = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+              "schedule", "augment", "seed", "device")
+    changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    return default_config(model).replace(**changes).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """secateur train: train a dense baseline and save it."""
+    from .baseline import train_baseline
+
+    config = train_config_from(args, args.model)
+    result = train_baseline(args.model, args.dataset, out=args.out, config=config,
+                            data_dir=args.data_dir, progress=not args.quiet, overwrite=args.force)
+    metrics = result.meta["metrics"]
+    print(f"{args.model} on {args.dataset}: val accuracy {100 * metrics['val']['accuracy']:.2f}%, "
+          f"test accuracy {100 * metrics['test']['accuracy']:.2f}% "
+          f"(test error {100 * (1 - metrics['test']['accuracy']):.2f}%) "
+          f"in {result.meta['train_seconds']:.0f} s -> {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """secateur info: per-layer table of a zoo model or of a saved checkpoint."""
+    from rich.console import Console
+
+    from .metrics import count_macs, count_params, format_layer_table, layer_stats
+
+    model, input_shape = _model_for_info(args)
+    stats = layer_stats(model, input_shape)
+    console = Console()
+    console.print(format_layer_table(stats))
+    console.print(f"parameters: {count_params(model):,} (nonzero {count_params(model, nonzero=True):,}); "
+                  f"MACs for one {'x'.join(map(str, input_shape))} input: {count_macs(model, input_shape):,}")
+    return 0
+
+
+def _model_for_info(args: argparse.Namespace):
+    """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name."""
+    target = Path(args.model)
+    if target.suffix in (".safetensors", ".json") or target.is_dir():
+        from .storage import load_model
+
+        path = target / "model" if target.is_dir() else target.with_suffix("")
+        model, meta = load_model(path)
+        return model, tuple(meta["model"]["args"].get("input_shape", args.input_shape))
+    from .models import build_model
+
+    return build_model(args.model, input_shape=args.input_shape, num_classes=args.num_classes), args.input_shape
+
+
+def add_search_args(parser: argparse.ArgumentParser) -> None:
+    """Options of the drop-bound search (``prune``)."""
+    from .criteria import CRITERIA
+    from .schedules import SCHEDULES
+
+    parser.add_argument("--method", default="han", choices=CRITERIA.names(), help="pruning criterion")
+    parser.add_argument("--schedule", dest="prune_schedule", default="iterative", choices=SCHEDULES.names())
+    parser.add_argument("--max-drop", type=non_negative_float, default=0.1,
+                        help="largest validation accuracy drop accepted, in percentage points (default 0.1)")
+    parser.add_argument("--rounds", type=positive_int, default=20, help="round budget of the search")
+    parser.add_argument("--retrain-epochs", type=non_negative_int, default=None,
+                        help="retraining epochs per round (default 4)")
+    parser.add_argument("--retrain-lr", type=positive_float, default=None,
+                        help="retraining learning rate (default: baseline lr / 10)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="choose per-layer levels from a sensitivity analysis first")
+
+
+def prune_config_from(args: argparse.Namespace):
+    """A PruneConfig from ``prune``'s options."""
+    from .pruning import PruneConfig
+
+    changes = {"method": args.method, "schedule": args.prune_schedule, "max_drop": args.max_drop,
+               "rounds": args.rounds, "sensitivity": args.sensitivity, "seed": args.seed or 0}
+    if args.retrain_epochs is not None:
+        changes["retrain_epochs"] = args.retrain_epochs
+    if args.retrain_lr is not None:
+        changes["retrain_lr"] = args.retrain_lr
+    return PruneConfig(**changes).validate()
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """secateur prune: the smallest model within --max-drop, with its run folder and report."""
+    from .pipeline import prune_run
+
+    if args.model is None and args.from_dir is None and not args.resume:
+        raise ConfigError("give --model (a baseline is trained first) or --from a trained baseline folder")
+    train_config = train_config_from(args, args.model) if args.model else None
+    result = prune_run(out=args.out, model=args.model, dataset=args.dataset, from_dir=args.from_dir,
+                       config=prune_config_from(args), train_config=train_config, data_dir=args.data_dir,
+                       resume=args.resume, progress=not args.quiet)
+    print(summary_line(result.results, args.out))
+    return 0
+
+
+def summary_line(results: dict, out: Path) -> str:
+    """One line: compression, nonzero parameters, val/test accuracy before and after."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    base, pruned = results["baseline"], results["pruned"]
+    return (f"{results['compression']:.1f}x smaller ({results['params']['nonzero']:,} of "
+            f"{results['params']['baseline']:,} parameters nonzero); val {pct(base['val']['accuracy'])} -> "
+            f"{pct(pruned['val']['accuracy'])}, test {pct(base['test']['accuracy'])} -> "
+            f"{pct(pruned['test']['accuracy'])}; report: {out / 'report.html'}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """secateur report: re-render the report of a run folder."""
+    from .report import render_report
+
+    paths = render_report(args.run_dir)
+    print("\n".join(str(path) for path in paths.values()))
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """secateur sensitivity: per-layer curves and the factors chosen from them."""
+    from .pipeline import sensitivity_run
+
+    result = sensitivity_run(from_dir=args.from_dir, method=args.method, out=args.out,
+                             data_dir=args.data_dir, tolerance=args.tolerance, progress=not args.quiet)
+    for name, factor in result["factors"].items():
+        print(f"{name:<24} factor {factor:.2f}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """secateur sweep: trade-off curves of several methods on one plot."""
+    from .pipeline import sweep_run
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
+                      methods=methods, strengths=args.strengths, retrain_epochs=args.retrain_epochs,
+                      data_dir=args.data_dir, progress=not args.quiet)
+    print("\n".join(str(path) for path in paths.values()))
+    return 0
+
+
+def strengths(text: str) -> tuple[float, ...]:
+    """argparse type: a comma-separated list of positive strengths."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,2,3, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"strengths must be > 0, got {text!r}")
+    return values
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """secateur list: every registry name the CLI and the API accept."""
+    from .criteria import CRITERIA
+    from .data import DATASETS
+    from .models import MODELS
+    from .schedules import SCHEDULES
+
+    for title, registry in (("datasets", DATASETS), ("methods", CRITERIA), ("schedules", SCHEDULES),
+                            ("models", MODELS)):
+        print(f"{title}:")
+        for name in registry.names():
+            print(f"  {name:<18} {registry.describe(name)}")
+    print("  torchvision:<name>  any torchvision classification model, e.g. torchvision:resnet18")
+    print("  package.module:fn   your own model factory")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``secateur`` argument parser."""
+    parser = _Parser(prog="secateur", description="Prune trained PyTorch networks within an accuracy drop bound.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a dense baseline model")
+    train.add_argument("--model", required=True, help="zoo name, torchvision:<name> or package.module:factory")
+    add_data_args(train)
+    train.add_argument("--out", type=Path, required=True, help="run folder for model.safetensors + model.json")
+    train.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_train_args(train)
+    train.set_defaults(func=cmd_train)
+
+    info = sub.add_parser("info", help="per-layer shapes, parameters and MACs of a model or checkpoint")
+    info.add_argument("model", help="zoo name, torchvision:<name>, or a checkpoint (.safetensors or run folder)")
+    info.add_argument("--input-shape", type=shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
+    info.add_argument("--num-classes", type=positive_int, default=10)
+    info.set_defaults(func=cmd_info)
+
+    prune = sub.add_parser("prune", help="prune to the smallest model within an accuracy drop bound")
+    prune.add_argument("--model", help="zoo name, torchvision:<name> or package.module:factory (trains a baseline)")
+    prune.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder or checkpoint")
+    add_data_args(prune)
+    prune.add_argument("--out", type=Path, required=True, help="run folder")
+    prune.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_search_args(prune)
+    add_train_args(prune)
+    prune.set_defaults(func=cmd_prune)
+
+    sweep = sub.add_parser("sweep", help="trade-off curves of several methods on one plot")
+    sweep.add_argument("--model", help="zoo name (trains a baseline) ...")
+    sweep.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder")
+    add_data_args(sweep)
+    sweep.add_argument("--methods", default="han,global-magnitude,random")
+    sweep.add_argument("--strengths", type=strengths, default=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
+                       help="pruning strengths (about log2 of compression), default 1,2,3,4,5,6")
+    sweep.add_argument("--retrain-epochs", type=non_negative_int, default=2)
+    sweep.add_argument("--out", type=Path, required=True)
+    sweep.add_argument("--quiet", action="store_true")
+    sweep.set_defaults(func=cmd_sweep)
+
+    sens = sub.add_parser("sensitivity", help="prune each layer alone; plot accuracy per layer")
+    sens.add_argument("--from", dest="from_dir", type=existing_path, required=True, help="a trained baseline folder")
+    sens.add_argument("--method", default="han")
+    sens.add_argument("--tolerance", type=non_negative_float, default=1.0,
+                      help="accuracy points a layer may lose alone (default 1.0)")
+    sens.add_argument("--data-dir", type=Path, default=None)
+    sens.add_argument("--out", type=Path, required=True)
+    sens.add_argument("--quiet", action="store_true")
+    sens.set_defaults(func=cmd_sensitivity)
+
+    report = sub.add_parser("report", help="re-render the report of a run folder")
+    report.add_argument("run_dir", type=existing_path)
+    report.set_defaults(func=cmd_report)
+
+    listing = sub.add_parser("list", help="list dataset, model, method and schedule names")
+    listing.set_defaults(func=cmd_list)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"secateur {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``secateur`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SecateurError as error:
+        print(f"secateur: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("secateur: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

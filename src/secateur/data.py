@@ -1,0 +1,440 @@
+"""Datasets: where their files are looked up, download with md5 checks, validation, splits, batches.
+
+Each dataset is one :class:`DatasetSpec` in :data:`DATASETS` (file names, md5 sums, mirrors,
+shape, loader), so adding a dataset is one registry entry. Images stay in memory as uint8
+``(N, C, H, W)`` tensors and are normalised per batch by :func:`batches`.
+
+Files are looked up in ``data_dir`` (or ``data_dir/<name>``), then ``$SECATEUR_DATA/<name>``,
+then ``~/.cache/secateur/<name>``; if absent they are downloaded into the cache folder, streamed
+to a temporary file, verified against the official md5 and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from http.client import HTTPException
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError
+from .idx import read_idx
+from .registry import Registry
+
+
+# --------------------------------------------------------------------------- splits and datasets
+
+@dataclass(frozen=True)
+class Split:
+    """One part of a dataset: uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"Split images must be a 4-D uint8 tensor (N, C, H, W), got "
+                            f"{self.images.dim()}-D {self.images.dtype}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise DataError(f"Split labels must be an int64 tensor of shape ({len(self.images)},), "
+                            f"got {self.labels.dtype} of shape {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int) -> Split:
+        """The first ``n`` items (a view, no copy); ``n`` larger than the split keeps it all."""
+        if n < 0:
+            raise ConfigError(f"subset size must be >= 0, got {n}")
+        return Split(self.images[:n], self.labels[:n])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset: train / validation / test splits plus normalisation statistics."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.train.images.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def subset(self, train: int | None = None, val: int | None = None,
+               test: int | None = None) -> Dataset:
+        """A smaller copy for tests and quick runs (first items; mean/std stay those of the full set)."""
+        return replace(self, train=_maybe_subset(self.train, train),
+                       val=_maybe_subset(self.val, val), test=_maybe_subset(self.test, test))
+
+
+def _maybe_subset(split: Split, n: int | None) -> Split:
+    return split if n is None else split.subset(n)
+
+
+# --------------------------------------------------------------------------- registry entries
+
+class RawArrays(NamedTuple):
+    """What a loader returns: numpy arrays (images ``(N, C, H, W)`` uint8) and where each came from."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    sources: tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything needed to find, download, parse and check one dataset."""
+
+    name: str
+    description: str
+    files: tuple[tuple[str, str], ...]  # (file name, official md5)
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+    num_classes: int
+    shape: tuple[int, int, int]
+    counts: tuple[int, int]  # official (train, test) sizes
+    val_size: int
+    loader: Callable[[DatasetSpec, dict[str, Path]], RawArrays]
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def _register(spec: DatasetSpec) -> None:
+    DATASETS.add(spec.name, spec, spec.description)
+
+
+def _load_idx_dataset(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
+    """MNIST-style: four IDX files (train images, train labels, test images, test labels)."""
+    names = [name for name, _ in spec.files]
+    arrays = []
+    for name in names:
+        array = read_idx(paths[name], expected_dims=3 if "images" in name else 1)
+        arrays.append(array[:, None] if array.ndim == 3 else array)
+    return RawArrays(*arrays, sources=tuple(str(paths[n]) for n in names))
+
+
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+_register(DatasetSpec(
+    name="mnist", description="MNIST handwritten digits, 60k/10k 28x28 grey (LeCun et al.)",
+    files=tuple(zip(_MNIST_FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                                   "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    num_classes=10, shape=(1, 28, 28), counts=(60000, 10000), val_size=5000, loader=_load_idx_dataset))
+
+_register(DatasetSpec(
+    name="fashion-mnist", description="Fashion-MNIST clothing, 60k/10k 28x28 grey (Zalando Research)",
+    files=tuple(zip(_MNIST_FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                                   "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    num_classes=10, shape=(1, 28, 28), counts=(60000, 10000), val_size=5000, loader=_load_idx_dataset))
+
+
+_CIFAR_DIR = "cifar-10-batches-bin"
+_CIFAR_TRAIN = tuple(f"{_CIFAR_DIR}/data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR_TEST = f"{_CIFAR_DIR}/test_batch.bin"
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def _read_cifar_archive(path: Path) -> RawArrays:
+    """Parse ``cifar-10-binary.tar.gz`` (records: 1 label byte + 3072 CHW bytes); no md5, no counts."""
+    wanted = (*_CIFAR_TRAIN, _CIFAR_TEST)
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:  # sequential: no seeking back in the gzip stream
+                if member.name in wanted and member.isfile():
+                    blobs[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise DataError(f"{path}: cannot read the tar.gz archive ({err}); re-download it") from None
+    missing = [name for name in wanted if name not in blobs]
+    if missing:
+        raise DataError(f"{path}: archive lacks {', '.join(missing)}; is it the binary version "
+                        "cifar-10-binary.tar.gz? re-download it")
+    train = [_cifar_records(path, name, blobs[name]) for name in _CIFAR_TRAIN]
+    test_x, test_y = _cifar_records(path, _CIFAR_TEST, blobs[_CIFAR_TEST])
+    return RawArrays(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                     test_x, test_y, sources=(str(path),) * 4)
+
+
+def _cifar_records(path: Path, member: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Split one CIFAR batch file into (images (N, 3, 32, 32), labels (N,))."""
+    if len(blob) % _CIFAR_RECORD:
+        raise DataError(f"{path}: {member} has {len(blob)} bytes, not a multiple of the "
+                        f"{_CIFAR_RECORD}-byte record size; re-download it")
+    records = np.frombuffer(blob, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    return records[:, 1:].reshape(-1, 3, 32, 32).copy(), records[:, 0].copy()
+
+
+def _load_cifar10(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
+    return _read_cifar_archive(paths[spec.files[0][0]])
+
+
+_register(DatasetSpec(
+    name="cifar10", description="CIFAR-10 objects, 50k/10k 32x32 colour (Krizhevsky), binary version",
+    files=(("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"),),
+    mirrors=("https://www.cs.toronto.edu/~kriz/",),
+    num_classes=10, shape=(3, 32, 32), counts=(50000, 10000), val_size=5000, loader=_load_cifar10))
+
+
+def _load_digits(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
+    """scikit-learn's bundled 8x8 digits (0..16 scaled to 0..255), fixed seeded 80/20 train/test split."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the 'digits' dataset needs scikit-learn: pip install secateur[digits]") from None
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.uint8)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).numpy()
+    n_test = spec.counts[1]
+    test, train = order[:n_test], order[n_test:]
+    return RawArrays(images[train], labels[train], images[test], labels[test],
+                     sources=("sklearn.datasets.load_digits",) * 4)
+
+
+_register(DatasetSpec(
+    name="digits", description="scikit-learn's 1,797 8x8 digits (offline, for quick tests)",
+    files=(), mirrors=(), num_classes=10, shape=(1, 8, 8), counts=(1438, 359), val_size=200,
+    loader=_load_digits))
+
+
+# --------------------------------------------------------------------------- file lookup
+
+def _cache_root() -> Path:
+    return Path.home() / ".cache" / "secateur"
+
+
+def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The folders searched for ``name``'s files, in order (also used in error messages)."""
+    spec = DATASETS.get(name)
+    dirs: list[Path] = []
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        dirs += [data_dir, data_dir / spec.name]
+    env = os.environ.get("SECATEUR_DATA")
+    if env:
+        dirs.append(Path(env).expanduser() / spec.name)
+    dirs.append(_cache_root() / spec.name)
+    return list(dict.fromkeys(dirs))
+
+
+def _file_in(folder: Path, file_name: str) -> Path | None:
+    """``folder/file_name``, or its uncompressed twin for a ``.gz`` IDX file."""
+    for candidate in (file_name, file_name.removesuffix(".gz")):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    return None
+
+
+def _find_files(spec: DatasetSpec, dirs: Sequence[Path]) -> dict[str, Path] | None:
+    """The first folder that holds all of the dataset's files, as {file name: path}."""
+    for folder in dirs:
+        found = {name: _file_in(folder, name) for name, _ in spec.files}
+        if all(found.values()):
+            return found
+    return None
+
+
+def _missing_message(spec: DatasetSpec, dirs: Sequence[Path], why: str) -> str:
+    names = ", ".join(name for name, _ in spec.files)
+    where = ", ".join(str(d) for d in dirs)
+    return (f"{spec.name} files not found ({why}): put {names} in one of the searched folders "
+            f"{where} (or pass data_dir / --data-dir, or set SECATEUR_DATA to the folder holding {spec.name}/)")
+
+
+# --------------------------------------------------------------------------- download
+
+def _urlopen(url: str, timeout: float):
+    """Open ``url`` (module-level so tests can replace the network)."""
+    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https/http mirrors only)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stream(url: str, handle, label: str) -> None:
+    """Copy ``url`` into the open file ``handle`` with a rich progress bar on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with _urlopen(url, timeout=60) as response:
+        total = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=Console(stderr=True)) as bar:
+            task = bar.add_task(f"downloading {label}", total=int(total) if total else None)
+            for chunk in iter(lambda: response.read(1 << 16), b""):
+                handle.write(chunk)
+                bar.advance(task, len(chunk))
+
+
+def _download_file(urls: Sequence[str], dest: Path, md5: str) -> None:
+    """Fetch ``dest`` from the first URL that works and matches ``md5``; atomic, no leftovers."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for url in urls:
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                _stream(url, handle, dest.name)
+            got = _md5(tmp)
+            if got == md5:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+                return
+            problems.append(f"{url}: md5 {got} does not match the official {md5}")
+        except (OSError, HTTPException, ValueError) as err:
+            problems.append(f"{url}: {getattr(err, 'reason', None) or err}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DataError(f"could not download {dest.name} ({'; '.join(problems)})")
+
+
+def _download(spec: DatasetSpec, folder: Path, dirs: Sequence[Path]) -> dict[str, Path]:
+    """Download every missing file of ``spec`` into ``folder``; DataError with instructions on failure."""
+    try:
+        for name, md5 in spec.files:
+            if _file_in(folder, name) is None:
+                _download_file([base + name for base in spec.mirrors], folder / name, md5)
+    except DataError as err:
+        raise DataError(_missing_message(spec, dirs, str(err))) from None
+    except OSError as err:
+        raise DataError(_missing_message(spec, dirs, f"cannot write to {folder}: {err.strerror or err}")) from None
+    return {name: folder / name for name, _ in spec.files}
+
+
+def _locate(spec: DatasetSpec, data_dir: str | Path | None, download: bool) -> dict[str, Path]:
+    """Paths of the dataset's files, searching then (if allowed) downloading."""
+    dirs = search_dirs(spec.name, data_dir)
+    if not spec.files:
+        return {}
+    found = _find_files(spec, dirs)
+    if found is not None:
+        return found
+    if not download:
+        raise DataError(_missing_message(spec, dirs, "downloading is off"))
+    return _download(spec, _cache_root() / spec.name, dirs)
+
+
+# --------------------------------------------------------------------------- validation and assembly
+
+def _check_pair(spec: DatasetSpec, part: str, images: np.ndarray, labels: np.ndarray,
+                sources: tuple[str, str], count: int) -> None:
+    """Shapes, counts and label range of one official split."""
+    img_src, lab_src = sources
+    if len(images) != len(labels):
+        raise DataError(f"{spec.name} {part}: {img_src} has {len(images)} images but {lab_src} has "
+                        f"{len(labels)} labels; re-download the files")
+    if tuple(images.shape[1:]) != spec.shape:
+        raise DataError(f"{spec.name} {part}: {img_src} holds images of shape {tuple(images.shape[1:])}, "
+                        f"expected {spec.shape}; is it the right file?")
+    if len(images) != count:
+        raise DataError(f"{spec.name} {part}: {img_src} has {len(images)} items, the official "
+                        f"{part} set has {count}; re-download the files")
+    if labels.size and int(labels.max()) >= spec.num_classes:
+        raise DataError(f"{spec.name} {part}: {lab_src} has label {int(labels.max())}, outside "
+                        f"0..{spec.num_classes - 1}; re-download the file")
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _carve_val(full: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+    """Split the official training set into (train, val) by a seeded permutation; order kept."""
+    n = len(full)
+    if not 0 <= val_size < n:
+        raise ConfigError(f"val_size must be in 0..{n - 1} (the training set has {n} items), got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    return (Split(full.images[train_idx], full.labels[train_idx]),
+            Split(full.images[val_idx], full.labels[val_idx]))
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of uint8 pixels scaled to [0, 1] (via a 256-bin histogram)."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        total = hist.sum().clamp_min(1.0)
+        mean = float((hist * values).sum() / total)
+        var = float((hist * (values - mean) ** 2).sum() / total)
+        means.append(mean)
+        stds.append(max(var, 1e-12) ** 0.5)
+    return tuple(means), tuple(stds)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int | None = None,
+                 seed: int = 0, download: bool = True) -> Dataset:
+    """Load dataset ``name`` (see :data:`DATASETS`), checked, with a seeded validation carve-out.
+
+    ``val`` is ``val_size`` items of the official training set chosen by ``seed``; ``train`` is
+    the rest; ``test`` is the official test set. ``mean``/``std`` are those of ``train``.
+    """
+    spec = DATASETS.get(name)
+    raw = spec.loader(spec, _locate(spec, data_dir, download))
+    _check_pair(spec, "training", raw.train_images, raw.train_labels, raw.sources[:2], spec.counts[0])
+    _check_pair(spec, "test", raw.test_images, raw.test_labels, raw.sources[2:], spec.counts[1])
+    train, val = _carve_val(_to_split(raw.train_images, raw.train_labels),
+                            spec.val_size if val_size is None else val_size, seed)
+    mean, std = _channel_stats(train.images)
+    return Dataset(name=spec.name, train=train, val=val, test=_to_split(raw.test_images, raw.test_labels),
+                   num_classes=spec.num_classes, mean=mean, std=std)
+
+
+# --------------------------------------------------------------------------- batching
+
+def batches(split: Split, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
+            shuffle: bool = False, generator: torch.Generator | None = None,
+            device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)``: float32 ``(x / 255 - mean) / std`` on ``device`` and int64 labels.
+
+    The last batch may be smaller. ``shuffle`` draws a fresh permutation from ``generator``
+    (seed it for a reproducible order). uint8 is moved to ``device`` before conversion.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    channels = split.images.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean and std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
+    if min(std) <= 0:
+        raise ConfigError(f"std must be > 0, got {tuple(std)}")
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    scale = 1.0 / (255.0 * std_t)
+    shift = -torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) / std_t
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            xb, yb = split.images[start:start + batch_size], split.labels[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            xb, yb = split.images[idx], split.labels[idx]
+        x = xb.to(device).float().mul_(scale).add_(shift)
+        yield x, yb.to(device)

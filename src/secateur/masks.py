@@ -1,0 +1,371 @@
+"""Binary weight masks: the state of unstructured pruning.
+
+A mask is a ``torch.nn.utils.parametrize`` parametrization (:class:`Mask`) on one parameter,
+so ``module.weight`` *is* the masked tensor everywhere: in ``forward``, in ``state_dict``
+round-trips, in ``deepcopy``. Design choices, and why:
+
+* The effective tensor is ``torch.where(mask, original, 0)`` rather than ``original * mask``:
+  pruned entries are exactly ``+0.0`` even if the stored value is ``inf``/``nan`` and never
+  ``-0.0``; the gradient of the original is exactly 0 at pruned entries.
+* Applying a mask also zeroes the stored original (``parametrizations.<name>.original``) at
+  pruned positions, and :meth:`Mask.right_inverse` masks any value assigned to
+  ``module.weight``. With an optimizer created *after* masking (or one passed to
+  :func:`apply_masks` / :func:`mask_optimizer_state_`), the stored original then stays
+  exactly 0 too: its gradient, its weight-decay term and its optimizer state are all 0.
+* An optimizer that already holds momentum / Adam state from steps taken *before* the mask
+  keeps moving the stored original at pruned positions unless that state is cleared: pass it
+  as ``optimizer=`` (or call :func:`mask_optimizer_state_`). The effective weight, outputs,
+  :func:`effective_state_dict`, checkpoints and :func:`make_permanent` are exact regardless,
+  and :func:`reapply_masks_` re-zeroes a drifted original. We do not zero originals inside
+  ``forward``: a side-effecting forward breaks ``functional_call`` / ``torch.func``.
+* Masks only ever grow the pruned set: a new mask is combined with the old by logical AND.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import ConfigError
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+class Mask(nn.Module):
+    """Parametrization that zeroes the pruned entries of a tensor (``mask`` False = pruned)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, x, 0)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        """Values assigned to ``module.<name>`` are stored masked, so pruned entries stay 0."""
+        return torch.where(self.mask, value, 0)
+
+    def extra_repr(self) -> str:
+        kept = int(self.mask.sum())
+        return f"kept={kept}/{self.mask.numel()}"
+
+
+# --------------------------------------------------------------------------------------
+# walking modules and resolving names
+
+
+def _plain_modules(
+    model: nn.Module, prefix: str = "", seen: set[int] | None = None, dedup: bool = True
+) -> Iterator[tuple[str, nn.Module]]:
+    """(qualified prefix, module) pairs, skipping the internals of parametrizations."""
+    seen = set() if seen is None else seen
+    if dedup:
+        if id(model) in seen:
+            return
+        seen.add(id(model))
+    yield prefix, model
+    inner = model.parametrizations if parametrize.is_parametrized(model) else None
+    for name, child in model._modules.items():
+        if child is None or child is inner:
+            continue
+        yield from _plain_modules(child, f"{prefix}.{name}" if prefix else name, seen, dedup)
+
+
+def _param_names(module: nn.Module) -> list[str]:
+    """Plain names of a module's own parameters (parametrized ones under their plain name)."""
+    names = [n for n, p in module._parameters.items() if p is not None]
+    if parametrize.is_parametrized(module):
+        names += [n for n, plist in module.parametrizations.items() if _has_param_original(plist)]
+    return names
+
+
+def _has_param_original(plist: nn.Module) -> bool:
+    return bool(plist.is_tensor) and isinstance(plist.original, nn.Parameter)
+
+
+def _plain_param_names(model: nn.Module) -> list[str]:
+    """Every parameter of ``model`` by plain qualified name ("fc1.weight")."""
+    out = []
+    for prefix, module in _plain_modules(model):
+        out += [f"{prefix}.{n}" if prefix else n for n in _param_names(module)]
+    return out
+
+
+def _unknown_name(model: nn.Module, qualified_name: str) -> ConfigError:
+    valid = _plain_param_names(model)
+    close = difflib.get_close_matches(qualified_name, valid, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"valid names include {', '.join(valid[:6])}"
+    return ConfigError(
+        f"model has no parameter {qualified_name!r}; {hint} (use masks.prunable_names(model) to list them)"
+    )
+
+
+def _resolve(model: nn.Module, qualified_name: str) -> tuple[nn.Module, str]:
+    """(owning module, attribute name) of a parameter given by plain qualified name."""
+    if not isinstance(qualified_name, str):
+        raise ConfigError(f"parameter names must be strings, got {type(qualified_name).__name__}")
+    prefix, _, name = qualified_name.rpartition(".")
+    try:
+        module = model.get_submodule(prefix)
+    except AttributeError:
+        raise _unknown_name(model, qualified_name) from None
+    if name not in _param_names(module):
+        raise _unknown_name(model, qualified_name)
+    return module, name
+
+
+def _current(module: nn.Module, name: str) -> torch.Tensor:
+    """The current (effective) value of parameter ``name`` of ``module``; ConfigError if none."""
+    if name not in _param_names(module):
+        raise ConfigError(
+            f"{type(module).__name__} has no parameter {name!r}; its parameters are: "
+            f"{', '.join(_param_names(module)) or 'none'}"
+        )
+    with torch.no_grad():
+        value = getattr(module, name)
+    if isinstance(value, nn.parameter.UninitializedParameter):
+        raise ConfigError(f"parameter {name!r} is not initialised yet; run one forward pass before masking")
+    return value
+
+
+def _find_mask(module: nn.Module, name: str) -> Mask | None:
+    """The :class:`Mask` in the parametrization list of ``module.<name>``, if any."""
+    if not parametrize.is_parametrized(module, name):
+        return None
+    return next((p for p in module.parametrizations[name] if isinstance(p, Mask)), None)
+
+
+def _iter_masks(model: nn.Module, dedup: bool = True) -> Iterator[tuple[str, nn.Module, str, Mask]]:
+    """(qualified name, module, attribute name, Mask) for every masked parameter."""
+    for prefix, module in _plain_modules(model, dedup=dedup):
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations.keys()):
+            found = _find_mask(module, name)
+            if found is not None:
+                yield (f"{prefix}.{name}" if prefix else name), module, name, found
+
+
+# --------------------------------------------------------------------------------------
+# applying masks
+
+
+def _as_keep(mask: object, like: torch.Tensor, where: str) -> torch.Tensor:
+    """Validate ``mask`` against the parameter ``like``; a bool copy on its device."""
+    if not isinstance(mask, torch.Tensor):
+        raise ConfigError(f"mask for {where} must be a torch.Tensor, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(like.shape):
+        raise ConfigError(
+            f"mask for {where} has shape {tuple(mask.shape)} but the parameter has shape "
+            f"{tuple(like.shape)}; build the mask with the parameter's exact shape"
+        )
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ConfigError(f"mask for {where} must be bool or hold only 0 and 1")
+        mask = mask != 0
+    return mask.detach().to(device=like.device, copy=True)
+
+
+def _zero_original(module: nn.Module, name: str, mask: Mask) -> None:
+    """Zero the stored original at pruned positions (when the mask acts on it directly)."""
+    plist = module.parametrizations[name]
+    if plist[0] is mask and plist.is_tensor:
+        with torch.no_grad():
+            plist.original.masked_fill_(~mask.mask, 0)
+
+
+def _attach(module: nn.Module, name: str, keep: torch.Tensor) -> None:
+    """Register a new :class:`Mask` or AND ``keep`` into the existing one."""
+    existing = _find_mask(module, name)
+    if existing is None:
+        parametrize.register_parametrization(module, name, Mask(keep))
+        existing = _find_mask(module, name)
+    else:
+        existing.mask.logical_and_(keep)
+    _zero_original(module, name, existing)
+
+
+def apply_mask(
+    module: nn.Module, name: str, mask: torch.Tensor, *, optimizer: torch.optim.Optimizer | None = None
+) -> None:
+    """Mask parameter ``name`` of ``module`` (True/1 = keep); combined by AND with any old mask.
+
+    Pass the ``optimizer`` that trains ``module`` to clear its state at pruned positions.
+    """
+    keep = _as_keep(mask, _current(module, name), f"{type(module).__name__}.{name}")
+    _attach(module, name, keep)
+    if optimizer is not None:
+        mask_optimizer_state_(optimizer, module)
+
+
+def apply_masks(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Apply masks by qualified name ("features.0.weight"); all are validated before any is applied."""
+    if not isinstance(masks, Mapping):
+        raise ConfigError(f"masks must be a mapping of parameter name -> tensor, got {type(masks).__name__}")
+    prepared = []
+    for qualified, mask in masks.items():
+        module, name = _resolve(model, qualified)
+        prepared.append((module, name, _as_keep(mask, _current(module, name), qualified)))
+    for module, name, keep in prepared:
+        _attach(module, name, keep)
+    if optimizer is not None:
+        mask_optimizer_state_(optimizer, model)
+
+
+def mask_optimizer_state_(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """Zero, at pruned positions, the stored originals of ``model`` and every optimizer state
+    tensor of the same shape (momentum, Adam moments); returns how many parameters it touched.
+
+    Call it when masks are applied to a model whose optimizer has already taken steps, so the
+    old state cannot move the stored originals away from 0.
+    """
+    keep_of = {}
+    for _, module, name, mask in _iter_masks(model):
+        plist = module.parametrizations[name]
+        if plist[0] is mask and plist.is_tensor:
+            keep_of[id(plist.original)] = mask.mask
+    touched = 0
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                keep = keep_of.get(id(param))
+                if keep is None:
+                    continue
+                param.masked_fill_(~keep, 0)
+                for value in optimizer.state.get(param, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        value.masked_fill_(~keep.to(value.device), 0)
+                touched += 1
+    return touched
+
+
+def reapply_masks_(model: nn.Module) -> None:
+    """Re-zero every stored original at its pruned positions (e.g. after stale optimizer steps)."""
+    for _, module, name, mask in _iter_masks(model):
+        _zero_original(module, name, mask)
+
+
+def clear_masks(model: nn.Module) -> nn.Module:
+    """Remove every mask, keeping the stored originals as the plain parameters; returns model.
+
+    Other (non-mask) parametrizations are kept. Used before loading a checkpoint's masks.
+    """
+    for _, module, name, mask in list(_iter_masks(model)):
+        plist = module.parametrizations[name]
+        if len(plist) == 1:
+            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        else:
+            del plist[next(i for i, p in enumerate(plist) if p is mask)]
+    return model
+
+
+# --------------------------------------------------------------------------------------
+# reading masks and effective values
+
+
+def mask_of(module: nn.Module, name: str) -> torch.Tensor | None:
+    """A copy of the bool keep-mask of ``module.<name>``, or None if it is not masked."""
+    found = _find_mask(module, name)
+    return None if found is None else found.mask.clone()
+
+
+def is_masked(module: nn.Module, name: str) -> bool:
+    """Whether ``module.<name>`` carries a mask."""
+    return _find_mask(module, name) is not None
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Qualified parameter name -> copy of its bool keep-mask, for every masked parameter."""
+    return {qualified: mask.mask.clone() for qualified, _, _, mask in _iter_masks(model)}
+
+
+def prunable_names(
+    model: nn.Module, include_bias: bool = False, types: tuple[type, ...] | None = None
+) -> list[str]:
+    """Qualified names of the weights (and optionally biases) of Linear / Conv / ConvTranspose
+    layers, or of the layer ``types`` given, in module order. BatchNorm etc. are left alone."""
+    types = PRUNABLE_TYPES if types is None else tuple(types)
+    wanted = ("weight", "bias") if include_bias else ("weight",)
+    out = []
+    for prefix, module in _plain_modules(model):
+        if not isinstance(module, types):
+            continue
+        present = _param_names(module)
+        out += [f"{prefix}.{n}" if prefix else n for n in wanted if n in present]
+    return out
+
+
+def effective(model: nn.Module, qualified_name: str) -> torch.Tensor:
+    """The effective (masked) value of a parameter by qualified name, detached."""
+    module, name = _resolve(model, qualified_name)
+    with torch.no_grad():
+        return getattr(module, name).detach()
+
+
+def _parametrized_groups(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
+    """state_dict key prefix of each parametrization -> (module, name, plain key)."""
+    groups = {}
+    for prefix, module in _plain_modules(model, dedup=False):
+        if parametrize.is_parametrized(module):
+            p = f"{prefix}." if prefix else ""
+            for name in module.parametrizations.keys():
+                groups[f"{p}parametrizations.{name}."] = (module, name, f"{p}{name}")
+    return groups
+
+
+def _group_of(key: str, groups: Mapping[str, tuple[nn.Module, str, str]]) -> tuple | None:
+    """The parametrization group that state_dict ``key`` belongs to, if any."""
+    marker = "parametrizations."
+    start = key.find(marker)
+    while start != -1:
+        if start == 0 or key[start - 1] == ".":
+            name_end = key.find(".", start + len(marker))
+            hit = groups.get(key[: name_end + 1]) if name_end != -1 else None
+            if hit is not None:
+                return hit
+        start = key.find(marker, start + 1)
+    return None
+
+
+def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` under plain keys ("fc1.weight"), holding effective (masked)
+    values; buffers included. Loads into an unmasked model of the same architecture."""
+    groups = _parametrized_groups(model)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            hit = _group_of(key, groups)
+            if hit is None:
+                out[key] = value
+            elif hit[2] not in out:
+                out[hit[2]] = getattr(hit[0], hit[1]).detach()
+    return out
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every mask into its plain parameter; the model becomes ordinary modules of their
+    original classes (parameter objects kept, so optimizers still work). Returns ``model``.
+
+    A parameter that also carries non-mask parametrizations has them folded in as well.
+    """
+    for _, module, name, _ in list(_iter_masks(model)):
+        if parametrize.is_parametrized(module, name):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model

@@ -1,0 +1,369 @@
+"""The model zoo, torchvision models and user factories, all resolved by one name.
+
+A model name is one of:
+
+* a zoo name (``lenet300``, ``lenet5``, ``alexnet-mnist``, ``vgg-mnist``, ``resnet-mnist``);
+* ``torchvision:<name>``: any torchvision classification model, built with ``weights=None``
+  (secateur never downloads weights);
+* ``package.module:factory``: a user's function that returns an ``nn.Module``.
+
+Zoo models use readable, stable module names (``fc1``, ``conv1``, ``features.conv3``,
+``layer2.0.downsample.0`` ...) because pruning levels, masks and reports are keyed by them.
+Every pruned layer is an ``nn.Linear`` or ``nn.Conv2d``; every module is used once per
+forward, and residual adds are written ``out = out + identity`` so structured pruning can
+trace them. Initialisation uses PyTorch's defaults, so it is deterministic under
+``torch.manual_seed``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, UnknownNameError
+from .registry import Registry
+
+Factory = Callable[..., nn.Module]
+MODELS: Registry[Factory] = Registry("model")
+
+TORCHVISION_PREFIX = "torchvision:"
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def build_model(name: str, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                **kwargs: Any) -> nn.Module:
+    """Build the model called ``name`` for inputs of ``input_shape`` (C, H, W) and ``num_classes``.
+
+    Extra keyword arguments go to the zoo factory, to torchvision's ``get_model`` or to the
+    user's factory. Unknown names raise :class:`UnknownNameError` listing the choices.
+    """
+    shape = _check_input_shape(input_shape)
+    classes = _check_num_classes(num_classes)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"model name must be a non-empty string, got {name!r}; see `secateur list`")
+    name = name.strip()
+    if name.lower().startswith(TORCHVISION_PREFIX):
+        return _build_torchvision(name[len(TORCHVISION_PREFIX):], classes, kwargs)
+    if ":" in name:
+        return _build_user(name, shape, classes, kwargs)
+    try:
+        factory = MODELS.get(name)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{err}; or torchvision:<name>, or package.module:factory") from None
+    _check_kwargs(name, factory, kwargs, skip=("input_shape", "num_classes"))
+    return factory(input_shape=shape, num_classes=classes, **kwargs)
+
+
+def model_names() -> list[str]:
+    """Zoo names plus the two open-ended forms, for ``--help`` and error messages."""
+    return [*MODELS.names(), "torchvision:<name>", "package.module:factory"]
+
+
+def model_record(name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> dict:
+    """A JSON-serialisable ``{"name": ..., "args": {...}}`` that rebuilds the model.
+
+    ``build_model(record["name"], **record["args"])`` rebuilds the same architecture; this is
+    what checkpoints store in ``model.json``.
+    """
+    args = {"input_shape": list(_check_input_shape(input_shape)),
+            "num_classes": _check_num_classes(num_classes), **kwargs}
+    try:
+        json.dumps(args)
+    except (TypeError, ValueError):
+        raise ConfigError(f"model arguments for {name!r} must be JSON values (numbers, strings, "
+                          f"lists, dicts), got {kwargs!r}") from None
+    return {"name": str(name).strip(), "args": args}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints (one sample, no batch dimension)."""
+    try:
+        shape = tuple(int(d) for d in input_shape)
+        ok = len(shape) > 0 and all(d > 0 and d == float(s) for d, s in zip(shape, input_shape))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"input_shape must be positive integers like 1,28,28 (C,H,W), got {input_shape!r}")
+    return shape
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return num_classes
+
+
+def _check_kwargs(label: str, factory: Callable, kwargs: dict, skip: Sequence[str] = ()) -> None:
+    """Raise one-line :class:`ConfigError` if ``factory`` cannot take ``kwargs``."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if n not in skip
+                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"model {label!r} does not accept {', '.join(unknown)}; "
+                          f"it accepts: {', '.join(accepted) or 'no extra arguments'}")
+
+
+def _conv_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
+    """A (C, H, W) input shape for a convolutional zoo model."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"{model} needs input_shape C,H,W (3 numbers), got {','.join(map(str, input_shape))}")
+    return input_shape  # type: ignore[return-value]
+
+
+def _flat_size(features: nn.Module, input_shape: tuple[int, ...], model: str) -> int:
+    """Features per sample after ``features`` for one zero input (the classifier's fan-in)."""
+    try:
+        with torch.no_grad():
+            out = features.eval()(torch.zeros(1, *input_shape))
+    except RuntimeError:
+        raise ConfigError(f"input_shape {','.join(map(str, input_shape))} is too small for {model}; "
+                          f"use larger images (it was designed for 1,28,28)") from None
+    features.train()
+    return int(out[0].numel())
+
+
+# --------------------------------------------------------------------------- torchvision + user factories
+
+
+def _build_torchvision(arch: str, num_classes: int, kwargs: dict) -> nn.Module:
+    """A torchvision classification model with random init (``weights=None``, never downloads)."""
+    import torchvision
+
+    choices = torchvision.models.list_models(module=torchvision.models)
+    if arch.lower() not in choices:
+        raise UnknownNameError(f"unknown torchvision model {arch!r}; choose one of: {', '.join(choices)}")
+    for reserved in ("weights", "num_classes"):
+        if reserved in kwargs:
+            raise ConfigError(f"torchvision:{arch} takes no {reserved!r} argument; secateur sets it "
+                              f"(weights=None, num_classes from the dataset)")
+    try:
+        return torchvision.models.get_model(arch.lower(), weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"cannot build torchvision:{arch}: {_first_line(err)}") from None
+
+
+def _build_user(spec: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict) -> nn.Module:
+    """Call a user's ``package.module:factory``, passing what its signature accepts."""
+    factory = _import_factory(spec)
+    try:
+        signature: inspect.Signature | None = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have no signature: just call them
+        signature = None
+    params = signature.parameters if signature is not None else {}
+    call = dict(kwargs)
+    if "num_classes" in params:
+        call["num_classes"] = num_classes
+    if "input_shape" in params:
+        call["input_shape"] = input_shape
+    if signature is not None:
+        try:
+            signature.bind(**call)
+        except TypeError as err:
+            raise ConfigError(f"cannot call {spec} with {sorted(call) or 'no arguments'}: "
+                              f"{_first_line(err)}") from None
+    model = factory(**call)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module; "
+                          f"make the factory return the model")
+    return model
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    """Resolve ``package.module:factory`` to a callable (the working folder is importable too)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr or ":" in attr:
+        raise ConfigError(f"model {spec!r} is not of the form package.module:factory")
+    module = _import_module(module_name, spec)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{module_name} has no attribute {attr!r}; check the name after ':' in {spec!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{spec} is a {type(obj).__name__}, not a callable model factory")
+    return obj
+
+
+def _import_module(module_name: str, spec: str) -> Any:
+    """Import ``module_name``; if it is not found, retry with the working folder on sys.path."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        cwd = os.getcwd()
+        missing_top = err.name == module_name.split(".")[0]
+        if not (missing_top and cwd not in sys.path):
+            raise ConfigError(f"cannot import {module_name!r} for model {spec!r}: {_first_line(err)}") from None
+        sys.path.append(cwd)
+        return _import_module(module_name, spec)
+    except Exception as err:  # noqa: BLE001 - any failure inside the user's module is a config problem
+        raise ConfigError(f"importing {module_name!r} for model {spec!r} failed: "
+                          f"{type(err).__name__}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- the zoo
+
+
+@MODELS.register("lenet300", help="LeNet-300-100: fully connected 784-300-100-10 with ReLU (266,610 params)")
+def lenet300(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """LeNet-300-100 (Han et al. 2015): the flattened input, then fc1 300, fc2 100, fc3 classes."""
+    in_features = math.prod(input_shape)
+    return nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(in_features, 300)), ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(300, 100)), ("relu2", nn.ReLU()),
+        ("fc3", nn.Linear(100, num_classes)),
+    ]))
+
+
+@MODELS.register("lenet5", help="Caffe LeNet-5: conv 20, conv 50, fc 500, fc 10 (431,080 params)")
+def lenet5(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """Caffe's LeNet-5 as pruned by Han et al. 2015.
+
+    conv1 20@5x5, max-pool 2, conv2 50@5x5, max-pool 2, fc1 500 + ReLU, fc2. As in Caffe's
+    ``lenet_train_test.prototxt`` the convolutions have no ReLU (max-pooling is the only
+    non-linearity there), so parameter counts and behaviour match the paper's network.
+    """
+    shape = _conv_shape(tuple(input_shape), "lenet5")
+    features = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(shape[0], 20, 5)), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(20, 50, 5)), ("pool2", nn.MaxPool2d(2)),
+    ]))
+    flat = _flat_size(features, shape, "lenet5")
+    return nn.Sequential(OrderedDict([
+        *features.named_children(),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(flat, 500)), ("relu", nn.ReLU()),
+        ("fc2", nn.Linear(500, num_classes)),
+    ]))
+
+
+@MODELS.register("alexnet-mnist", help="AlexNet-style: 5 conv + 3 fc with ReLU, max-pool, dropout (0.47M params)")
+def alexnet_mnist(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                  dropout: float = 0.5) -> nn.Module:
+    """AlexNet's layout (5 conv, 3 pools, 3 fc with dropout) scaled down to 28x28 inputs."""
+    shape = _conv_shape(tuple(input_shape), "alexnet-mnist")
+    layers: list[tuple[str, nn.Module]] = []
+    plan = [(shape[0], 24, 5, True), (24, 48, 3, True), (48, 64, 3, False), (64, 64, 3, False), (64, 48, 3, True)]
+    for i, (cin, cout, k, pool) in enumerate(plan, start=1):
+        layers += [(f"conv{i}", nn.Conv2d(cin, cout, k, padding=k // 2)), (f"relu{i}", nn.ReLU())]
+        if pool:
+            layers.append((f"pool{i}", nn.MaxPool2d(2)))
+    features = nn.Sequential(OrderedDict(layers))
+    flat = _flat_size(features, shape, "alexnet-mnist")
+    classifier = nn.Sequential(OrderedDict([
+        ("drop1", nn.Dropout(dropout)), ("fc1", nn.Linear(flat, 512)), ("relu1", nn.ReLU()),
+        ("drop2", nn.Dropout(dropout)), ("fc2", nn.Linear(512, 256)), ("relu2", nn.ReLU()),
+        ("fc3", nn.Linear(256, num_classes)),
+    ]))
+    return nn.Sequential(OrderedDict([("features", features), ("flatten", nn.Flatten()),
+                                      ("classifier", classifier)]))
+
+
+@MODELS.register("vgg-mnist", help="VGG-style: 3 stages of two 3x3 conv+BN+ReLU, max-pools, 2 fc (0.22M params)")
+def vgg_mnist(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+              widths: Sequence[int] = (16, 32, 64), dropout: float = 0.5) -> nn.Module:
+    """VGG-style network: per stage two 3x3 conv (no bias) + BatchNorm + ReLU, then max-pool 2."""
+    shape = _conv_shape(tuple(input_shape), "vgg-mnist")
+    layers: list[tuple[str, nn.Module]] = []
+    cin, n = shape[0], 0
+    for stage, width in enumerate(widths, start=1):
+        for _ in range(2):
+            n += 1
+            layers += [(f"conv{n}", nn.Conv2d(cin, width, 3, padding=1, bias=False)),
+                       (f"bn{n}", nn.BatchNorm2d(width)), (f"relu{n}", nn.ReLU())]
+            cin = width
+        layers.append((f"pool{stage}", nn.MaxPool2d(2)))
+    features = nn.Sequential(OrderedDict(layers))
+    flat = _flat_size(features, shape, "vgg-mnist")
+    classifier = nn.Sequential(OrderedDict([
+        ("fc1", nn.Linear(flat, 256)), ("relu1", nn.ReLU()), ("drop1", nn.Dropout(dropout)),
+        ("fc2", nn.Linear(256, num_classes)),
+    ]))
+    return nn.Sequential(OrderedDict([("features", features), ("flatten", nn.Flatten()),
+                                      ("classifier", classifier)]))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv+BN, plus an identity or 1x1-conv+BN shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out + identity
+        return self.relu2(out)
+
+
+class ResNetMnist(nn.Module):
+    """A small ResNet: a stride-2 3x3 stem (28 -> 14, to keep CPU training quick), stages of basic
+    blocks (the first of each later stage halves the resolution), global average pool, fc."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths: Sequence[int], blocks: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        cin = widths[0]
+        for i, width in enumerate(widths, start=1):
+            stride = 1 if i == 1 else 2
+            stage = [BasicBlock(cin, width, stride)] + [BasicBlock(width, width) for _ in range(blocks - 1)]
+            self.add_module(f"layer{i}", nn.Sequential(*stage))
+            cin = width
+        self.num_stages = len(widths)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        for i in range(1, self.num_stages + 1):
+            out = getattr(self, f"layer{i}")(out)
+        return self.fc(self.flatten(self.pool(out)))
+
+
+@MODELS.register("resnet-mnist", help="small ResNet: stride-2 stem, 3 stages x 2 basic blocks (16/32/64 ch) (0.17M params)")
+def resnet_mnist(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
+                 widths: Sequence[int] = (16, 32, 64), blocks: int = 2) -> nn.Module:
+    """ResNet with basic blocks, identity and 1x1-conv downsample shortcuts, for 28x28 inputs."""
+    shape = _conv_shape(tuple(input_shape), "resnet-mnist")
+    if not widths or blocks < 1:
+        raise ConfigError(f"resnet-mnist needs at least one stage width and blocks >= 1, got {widths!r}, {blocks!r}")
+    model = ResNetMnist(shape[0], num_classes, tuple(int(w) for w in widths), int(blocks))
+    _flat_size(model, shape, "resnet-mnist")  # fail early, with one line, on too-small inputs
+    return model

@@ -1,0 +1,124 @@
+"""Name-based workflows behind the CLI: baseline (trained or loaded) -> prune -> report.
+
+``secateur prune`` and ``secateur sweep`` call these; Python users can too, or call
+:func:`secateur.prune` directly with their own model and callables.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from . import rundir
+from .baseline import default_config, train_baseline
+from .data import Dataset, load_dataset
+from .errors import CheckpointError, ConfigError
+from .pruning import PruneConfig, PruneResult, prune
+from .storage import load_model
+from .train import TrainConfig
+
+
+@dataclass
+class LoadedBaseline:
+    """A dense baseline with the metadata needed to retrain and rebuild it."""
+
+    model: nn.Module
+    meta: dict
+    train_config: TrainConfig
+
+
+def load_baseline(path: str | Path) -> LoadedBaseline:
+    """A baseline from a run folder (``DIR/model.*``) or a checkpoint path."""
+    path = Path(path)
+    stem = path / "model" if path.is_dir() else path.with_suffix("")
+    if not stem.with_suffix(".safetensors").exists():
+        raise CheckpointError(f"no checkpoint at {stem}.safetensors; train one with 'secateur train'")
+    model, meta = load_model(stem)
+    fields = meta.get("train") or {}
+    config = TrainConfig(**fields) if fields else default_config(meta["model"]["name"])
+    return LoadedBaseline(model, meta, config)
+
+
+def obtain_baseline(model: str | None, data: Dataset, out: Path, *, from_dir: str | Path | None,
+                    train_config: TrainConfig | None, progress: bool) -> LoadedBaseline:
+    """``--from`` if given; else a baseline trained earlier into ``out/baseline``; else train one."""
+    if from_dir is not None:
+        return load_baseline(from_dir)
+    if (out / "baseline" / "model.safetensors").exists():
+        return load_baseline(out / "baseline")
+    if model is None:
+        raise ConfigError("give --model to train a baseline, or --from a trained baseline folder")
+    trained = train_baseline(model, data, out=out / "baseline", config=train_config, progress=progress)
+    return LoadedBaseline(trained.model, trained.meta, TrainConfig(**trained.meta["train"]))
+
+
+def _check_fresh(out: Path, resume: bool) -> None:
+    if not resume and (out / rundir.CONFIG).exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not resume and (out / "baseline" / "model.safetensors").exists():
+        raise ConfigError(f"{out}/baseline already holds a baseline; pass --resume to prune it or choose another --out")
+
+
+def prune_run(*, out: str | Path, model: str | None = None, dataset: str = "mnist",
+              from_dir: str | Path | None = None, config: PruneConfig | None = None,
+              train_config: TrainConfig | None = None, data_dir: str | Path | None = None,
+              resume: bool = False, progress: bool = True) -> PruneResult:
+    """The whole ``secateur prune`` run: data, baseline, search, run folder and report."""
+    out = Path(out)
+    _check_fresh(out, resume)
+    data = load_dataset(dataset, data_dir)
+    baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=train_config, progress=progress)
+    _check_dataset(baseline.meta, data)
+    meta = {"model": baseline.meta["model"], "dataset": data.name}
+    resuming = resume and (out / rundir.STATE).exists()
+    return prune(copy.deepcopy(baseline.model), data=data, config=config,
+                 train_config=baseline.train_config, out=out, resume=resuming, progress=progress, meta=meta)
+
+
+def _check_dataset(meta: dict, data: Dataset) -> None:
+    trained_on = (meta.get("dataset") or {}).get("name")
+    if trained_on and trained_on != data.name:
+        raise ConfigError(f"the baseline was trained on {trained_on!r}, not {data.name!r}; pass --dataset {trained_on}")
+
+
+def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han",
+                    data_dir: str | Path | None = None, tolerance: float = 1.0, progress: bool = True) -> dict:
+    """``secateur sensitivity``: curves per layer of a trained baseline, saved with a plot."""
+    from .report import sensitivity_figure
+    from .sensitivity import sensitivity
+    from .storage import atomic_write_json
+    from .train import evaluate
+
+    baseline = load_baseline(from_dir)
+    data = load_dataset(baseline.meta["dataset"]["name"], data_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    analysis = sensitivity(baseline.model, lambda m: evaluate(m, data, "val"), method=method,
+                           tolerance=tolerance, progress=progress)
+    atomic_write_json(out / "sensitivity.json", analysis)
+    sensitivity_figure(analysis).savefig(out / "sensitivity.png", dpi=120)
+    return analysis
+
+
+def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
+              from_dir: str | Path | None = None, dataset: str = "mnist", strengths=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
+              retrain_epochs: int = 2, data_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """``secateur sweep``: every method's trade-off curve, saved and plotted together."""
+    from .pruning import default_callables, retrain_config
+    from .report import sweep_report
+    from .storage import atomic_write_json
+    from .sweep import sweep
+
+    out = Path(out)
+    data = load_dataset(dataset, data_dir)
+    baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress)
+    retrain = retrain_config(PruneConfig(retrain_epochs=retrain_epochs), baseline.train_config)
+    make_train, evaluate, _ = default_callables(data, retrain)
+    result = sweep(baseline.model, methods, make_train=make_train, evaluate=evaluate,
+                   strengths=strengths, progress=progress)
+    result.update(model=baseline.meta["model"], dataset=data.name)
+    atomic_write_json(out / "sweep.json", result)
+    return sweep_report(out / "sweep.json", out)

@@ -1,0 +1,383 @@
+"""``secateur.prune``: the smallest model within an accuracy drop bound (unstructured).
+
+Given a trained model, a way to retrain it and a way to measure validation accuracy, the
+search (:mod:`secateur.search`) raises the pruning strength round by round with the chosen
+criterion (:mod:`secateur.criteria`) and schedule (:mod:`secateur.schedules`), rolls back and
+bisects when a retrained round breaks the bound, and returns the most compressed feasible
+model. Decisions use validation accuracy only; test accuracy (when a test evaluator or a
+dataset is given) is measured for the baseline and the final model, and only reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import rundir
+from .criteria import CRITERIA
+from .data import Dataset, load_dataset
+from .errors import ConfigError
+from .masks import apply_masks, effective, masks_of, prunable_names
+from .metrics import count_macs, count_params
+from .progress import progress_bar
+from .schedules import SCHEDULES, Pruner, Schedule
+from .search import SearchSettings, SearchState, initial_state, next_strength, record
+from .train import TrainConfig, evaluate as evaluate_on, fit
+
+Evaluate = Callable[[nn.Module], float]
+Train = Callable[[nn.Module], None]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything that decides a pruning run; saved as the run's ``config.yaml``."""
+
+    method: str = "han"
+    schedule: str = "iterative"
+    max_drop: float = 0.1  # accuracy percentage points on the validation split
+    rounds: int = 20
+    start: float = 1.0
+    step: float = 0.5
+    growth: float = 1.25
+    resolution: float = 0.1
+    retrain_epochs: int = 4
+    retrain_lr: float | None = None  # default: the baseline's learning rate / 10 (Han)
+    targets: tuple[str, ...] | None = None  # default: weights of every Linear / Conv layer
+    include_bias: bool = False
+    factors: Mapping[str, float] | None = None  # per-layer strength multipliers
+    sensitivity: bool = False  # choose factors from a per-layer sensitivity analysis first
+    tolerance: float = 1.0  # points one layer may lose alone in that analysis
+    seed: int = 0
+    steps_per_round: int | None = None  # optimiser steps per round (gradual + custom train)
+
+    def validate(self) -> "PruneConfig":
+        """Raise ConfigError (one line) on an impossible configuration."""
+        CRITERIA.get(self.method)
+        SCHEDULES.get(self.schedule)
+        if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
+            raise ConfigError(f"max drop must be >= 0 accuracy points, got {self.max_drop}")
+        if self.retrain_epochs < 0:
+            raise ConfigError(f"retrain epochs must be >= 0, got {self.retrain_epochs}")
+        if self.retrain_lr is not None and not self.retrain_lr > 0:
+            raise ConfigError(f"retrain learning rate must be > 0, got {self.retrain_lr}")
+        if self.factors and self.method == "global-magnitude":
+            raise ConfigError("per-layer factors do not apply to global-magnitude (one threshold for all layers)")
+        self.search_settings()
+        return self
+
+    def search_settings(self) -> SearchSettings:
+        """The search's part of the configuration."""
+        return SearchSettings(rounds=self.rounds, start=self.start, step=self.step,
+                              growth=self.growth, resolution=self.resolution).validate()
+
+    def to_dict(self) -> dict:
+        """Plain-data form (for config.yaml)."""
+        data = dataclasses.asdict(self)
+        data["targets"] = list(self.targets) if self.targets is not None else None
+        data["factors"] = dict(self.factors) if self.factors is not None else None
+        return data
+
+
+@dataclass
+class PruneResult:
+    """The chosen model, every round, and the summary written to ``results.json``."""
+
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+    out: Path | None = None
+
+    @property
+    def compression(self) -> float:
+        """Parameters of the dense baseline / nonzero parameters of the pruned model."""
+        return self.results["compression"]
+
+
+@dataclass
+class _Run:
+    """The state of one pruning run while it executes."""
+
+    config: PruneConfig
+    baseline: nn.Module
+    accepted: nn.Module
+    pruner: Pruner
+    schedule: Schedule
+    evaluate: Evaluate
+    make_train: Callable[[int], Train]
+    baseline_val: float
+    input_shape: tuple[int, ...] | None
+    out: Path | None
+    state: SearchState
+    history: list[dict]
+    prior_seconds: float = 0.0  # wall time of rounds completed before a resume
+
+
+def default_callables(data: Dataset, retrain: TrainConfig) -> tuple[Callable[[int], Train], Evaluate, Evaluate]:
+    """Retraining with :func:`secateur.train.fit` (seed = base seed + round) and evaluators."""
+
+    def make_train(round_index: int) -> Train:
+        config = retrain.replace(seed=retrain.seed + round_index)
+
+        def train(model: nn.Module) -> None:
+            fit(model, data, config, progress=False)
+
+        return train
+
+    return (make_train, lambda m: evaluate_on(m, data, "val", device=retrain.device),
+            lambda m: evaluate_on(m, data, "test", device=retrain.device))
+
+
+def retrain_config(config: PruneConfig, base: TrainConfig | None) -> TrainConfig:
+    """Han's retraining recipe: the baseline recipe at a tenth of its learning rate."""
+    base = base or TrainConfig()
+    return base.replace(epochs=config.retrain_epochs, lr=config.retrain_lr or base.lr / 10,
+                        seed=config.seed)
+
+
+def round_stats(model: nn.Module, targets: tuple[str, ...], input_shape: tuple[int, ...] | None,
+                params_baseline: int) -> dict:
+    """Size of a model after a round: nonzero parameters, compression, per-layer counts."""
+    nonzero = count_params(model, nonzero=True)
+    layers = {}
+    for name in targets:
+        tensor = effective(model, name)
+        layers[name] = {"total": tensor.numel(), "nonzero": int(torch.count_nonzero(tensor))}
+    return {
+        "params_nonzero": nonzero, "compression": params_baseline / max(nonzero, 1),
+        "macs_nonzero": count_macs(model, input_shape, nonzero=True) if input_shape else None,
+        "layers": layers,
+    }
+
+
+def _run_round(run: _Run, strength: float) -> dict:
+    """Try one strength; returns the history row (the candidate is kept if feasible)."""
+    start = time.perf_counter()
+    source = run.baseline if run.schedule.restart_from_baseline else run.accepted
+    candidate = copy.deepcopy(source)
+    previous = 0.0 if run.schedule.restart_from_baseline else run.state.accepted
+    train = run.make_train(run.state.round + 1)
+    run.schedule.run(candidate, previous, strength, run.pruner, train, run.config.steps_per_round)
+    accuracy = run.evaluate(candidate)
+    drop = 100.0 * (run.baseline_val - accuracy)
+    feasible = drop <= run.config.max_drop + 1e-9
+    row = {"round": run.state.round + 1, "strength": strength, "level": run.pruner.levels(strength),
+           "val_accuracy": accuracy, "drop": drop, "feasible": feasible, "accepted": feasible}
+    row.update(round_stats(candidate, run.pruner.targets, run.input_shape, count_params(run.baseline)))
+    row["seconds"] = time.perf_counter() - start
+    if feasible:
+        run.accepted = candidate
+    run.state = record(run.state, strength, feasible, run.config.search_settings())
+    return row
+
+
+def _search(run: _Run, progress: bool) -> None:
+    """Rounds until the search settles; checkpoints after every round when ``out`` is set."""
+    settings = run.config.search_settings()
+    with progress_bar(progress, settings.rounds, "pruning") as advance:
+        advance(run.state.round)
+        while (strength := next_strength(run.state, settings)) is not None:
+            row = _run_round(run, strength)
+            run.history.append(row)
+            if run.out is not None:
+                rundir.write_history(run.out, run.history)
+                rundir.save_state(run.out, run.accepted, run.state.to_dict())
+            mark = "ok" if row["feasible"] else "over bound, rolled back"
+            advance(status=f"round {row['round']}: {row['compression']:.1f}x, "
+                           f"val drop {row['drop']:+.2f} pts ({mark})")
+
+
+def _options(config: PruneConfig | None, options: Mapping[str, object]) -> PruneConfig:
+    """``config`` with keyword overrides applied; unknown keywords are a ConfigError."""
+    names = {f.name for f in dataclasses.fields(PruneConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ConfigError(f"unknown prune option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return dataclasses.replace(config or PruneConfig(), **options).validate()
+
+
+def masked_copy(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:
+    """A copy of ``model`` with all-ones masks on ``targets`` (so optimisers see them from the start)."""
+    masked = copy.deepcopy(model)
+    apply_masks(masked, {name: torch.ones_like(effective(masked, name), dtype=torch.bool) for name in targets})
+    return masked
+
+
+def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: Callable[[int], Train],
+           input_shape: tuple[int, ...] | None, out: Path | None, meta: Mapping) -> _Run:
+    """A fresh run: baseline measured, masks attached, config and baseline written to ``out``."""
+    targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
+    if not targets:
+        raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
+    baseline = masked_copy(model, targets)
+    reference = {name: float(effective(baseline, name).detach().float().std()) for name in targets}
+    if config.sensitivity and not config.factors:
+        config = dataclasses.replace(config, factors=_sensitivity_factors(baseline, config, evaluate, targets, out))
+    pruner = Pruner(CRITERIA.get(config.method), targets, dict(config.factors or {}), reference, config.seed)
+    baseline_val = evaluate(baseline)
+    if out is not None:
+        rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val, **meta})
+        _save(baseline, out / "baseline" / "model", meta, {"val": {"accuracy": baseline_val}})
+    return _Run(config, baseline, copy.deepcopy(baseline), pruner, SCHEDULES.get(config.schedule), evaluate,
+                make_train, baseline_val, input_shape, out, initial_state(config.search_settings()), [])
+
+
+def saved_config(out: Path) -> PruneConfig:
+    """The PruneConfig a run folder was started with."""
+    saved = rundir.read_config(out)["prune"]
+    return PruneConfig(**{**saved, "targets": tuple(saved["targets"]) if saved.get("targets") else None}).validate()
+
+
+def _sensitivity_factors(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
+                         targets: tuple[str, ...], out: Path | None) -> dict[str, float]:
+    """Per-layer factors from a sensitivity analysis (saved as ``sensitivity.json``)."""
+    from .sensitivity import sensitivity
+
+    analysis = sensitivity(model, evaluate, method=config.method, targets=targets, tolerance=config.tolerance)
+    if out is not None:
+        from .storage import atomic_write_json
+
+        atomic_write_json(out / "sensitivity.json", analysis)
+    return analysis["factors"]
+
+
+def _resume(model: nn.Module, evaluate: Evaluate, make_train: Callable[[int], Train],
+            input_shape: tuple[int, ...] | None, out: Path) -> _Run:
+    """Continue an interrupted run from its last completed round."""
+    config = saved_config(out)
+    run = _start(model, config, evaluate, make_train, input_shape, None, {})
+    run.out = out
+    run.accepted, state = rundir.load_state(out, copy.deepcopy(run.baseline))
+    run.state, run.history = SearchState.from_dict(state), rundir.read_history(out)[: state["round"]]
+    run.prior_seconds = sum(row["seconds"] for row in run.history)
+    return run
+
+
+def _save(model: nn.Module, path: Path, meta: Mapping, metrics: Mapping) -> None:
+    from .storage import save_model
+
+    save_model(model, path, {**meta, "metrics": dict(metrics)})
+
+
+def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train | None = None,
+          evaluate: Evaluate | None = None, test_evaluate: Evaluate | None = None,
+          config: PruneConfig | None = None, train_config: TrainConfig | None = None,
+          out: str | Path | None = None, resume: bool = False, progress: bool = False,
+          input_shape: tuple[int, ...] | None = None, meta: Mapping | None = None,
+          **options: object) -> PruneResult:
+    """Prune ``model`` to the smallest size whose validation drop stays within ``max_drop``.
+
+    Give either ``data`` (a dataset or its name: retraining and evaluation then use
+    :func:`secateur.train.fit` at a tenth of ``train_config``'s learning rate) or your own
+    ``train(model)`` and ``evaluate(model) -> accuracy`` callables. Options are the fields
+    of :class:`PruneConfig`, e.g. ``method="han", max_drop=0.1, schedule="iterative"``.
+    With ``out``, the run directory (config, history, checkpoints, results, report) is
+    written as it goes and ``resume=True`` continues an interrupted run.
+    The input ``model`` is not modified.
+    """
+    config = _options(config, options)
+    if resume and out is not None and (Path(out) / rundir.CONFIG).exists():
+        config = saved_config(Path(out))  # a resumed run keeps the settings it started with
+    if isinstance(data, str):
+        data = load_dataset(data)
+    make_train, evaluate, test_evaluate = _callables(data, train, evaluate, test_evaluate,
+                                                     retrain_config(config, train_config))
+    input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        rundir.check_out_dir(out_dir, resume)
+    elif resume:
+        raise ConfigError("resume needs the run folder (out=...)")
+    started = time.perf_counter()
+    run = (_resume(model, evaluate, make_train, input_shape, out_dir) if resume else
+           _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {})))
+    _search(run, progress)
+    return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started)
+
+
+def _callables(data: Dataset | None, train: Train | None, evaluate: Evaluate | None,
+               test_evaluate: Evaluate | None, retrain: TrainConfig):
+    """Resolve user callables, falling back on the dataset's defaults."""
+    if data is None and (train is None or evaluate is None):
+        raise ConfigError("give data= (a dataset or its name) or both train= and evaluate= callables")
+    if data is not None:
+        default_train, default_eval, default_test = default_callables(data, retrain)
+        return ((lambda _round: train) if train else default_train, evaluate or default_eval,
+                test_evaluate or default_test)
+    return (lambda _round: train), evaluate, test_evaluate
+
+
+def layer_rows(model: nn.Module, targets: tuple[str, ...], input_shape: tuple[int, ...] | None) -> list[dict]:
+    """Han et al.'s Table 2 rows: weights, nonzero, % kept and MACs per pruned layer."""
+    from .metrics import layer_stats
+
+    stats = {s.name: s for s in layer_stats(model, input_shape)} if input_shape else {}
+    rows = []
+    for name in targets:
+        tensor = effective(model, name)
+        module_name = name.rsplit(".", 1)[0]
+        stat = stats.get(module_name)
+        nonzero = int(torch.count_nonzero(tensor))
+        rows.append({"name": name, "kind": stat.kind if stat else "", "shape": list(tensor.shape),
+                     "weights": tensor.numel(), "nonzero": nonzero, "kept": nonzero / max(tensor.numel(), 1),
+                     "macs": stat.macs if stat else None, "macs_nonzero": stat.macs_nonzero if stat else None})
+    return rows
+
+
+def sparse_bytes(model: nn.Module, targets: tuple[str, ...]) -> int:
+    """Bytes if pruned tensors were stored as CSR (fp32 values, int32 indices), the rest dense."""
+    total = 4 * count_params(model)
+    for name in targets:
+        tensor = effective(model, name)
+        rows = tensor.shape[0] if tensor.dim() else 1
+        nonzero = int(torch.count_nonzero(tensor))
+        total += 8 * nonzero + 4 * (rows + 1) - 4 * tensor.numel()
+    return total
+
+
+def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: float) -> PruneResult:
+    """Measure the chosen model, write the model, results and report, and return them."""
+    chosen, baseline, targets = run.accepted, run.baseline, run.pruner.targets
+    tests = {name: test_evaluate(m) if test_evaluate else None for name, m in (("baseline", baseline), ("pruned", chosen))}
+    pruned_val = run.evaluate(chosen)
+    params_baseline, nonzero = count_params(baseline), count_params(chosen, nonzero=True)
+    shape = run.input_shape
+    results = {
+        "kind": "unstructured", "method": run.config.method, "schedule": run.config.schedule,
+        "granularity": "weight", "max_drop": run.config.max_drop, **meta,
+        "baseline": {"val": {"accuracy": run.baseline_val}, "test": {"accuracy": tests["baseline"]}},
+        "pruned": {"val": {"accuracy": pruned_val}, "test": {"accuracy": tests["pruned"]}},
+        "drop": {"val": 100 * (run.baseline_val - pruned_val),
+                 "test": 100 * (tests["baseline"] - tests["pruned"]) if test_evaluate else None},
+        "params": {"baseline": params_baseline, "total": count_params(chosen), "nonzero": nonzero},
+        "compression": params_baseline / max(nonzero, 1),
+        "macs": {"baseline": count_macs(baseline, shape) if shape else None,
+                 "dense": count_macs(chosen, shape) if shape else None,
+                 "nonzero": count_macs(chosen, shape, nonzero=True) if shape else None},
+        "bytes": {"baseline": 4 * params_baseline, "sparse_csr": sparse_bytes(chosen, targets)},
+        "seconds": seconds + run.prior_seconds,
+        "rounds": len(run.history), "chosen_round": run.state.best_round,
+        "layers": layer_rows(chosen, targets, shape), "masks": len(masks_of(chosen)),
+    }
+    if run.out is not None:
+        _write_outputs(run, chosen, results, meta)
+    return PruneResult(chosen, run.history, results, run.out)
+
+
+def _write_outputs(run: _Run, chosen: nn.Module, results: dict, meta: dict) -> None:
+    """model.safetensors/.json, results.json and the report in the run folder."""
+    from .metrics import file_bytes
+    from .report import render_report
+
+    _save(chosen, run.out / "model", meta, {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
+    results["bytes"].update(baseline=file_bytes(run.out / "baseline" / "model.safetensors"),
+                            pruned=file_bytes(run.out / "model.safetensors"))
+    rundir.write_results(run.out, results)
+    render_report(run.out)

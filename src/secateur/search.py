@@ -1,0 +1,96 @@
+"""The drop-bound search over pruning strength: raise, roll back, bisect.
+
+The search works on one scalar, the *strength* x >= 0 (0 = the dense model; each criterion
+maps x to its own level, see :mod:`secateur.criteria`). Each round tries a strength:
+
+- while no round has failed, the next strength is the last accepted one plus a step (the
+  step grows by ``growth`` after every success, so deep sparsity is reached in few rounds);
+- a round whose retrained model breaks the bound is rolled back to the last accepted state
+  and marks the failed strength; from then on the next strength bisects the bracket
+  ``(accepted, failed)``;
+- the search ends when the bracket is narrower than ``resolution``, or the round budget is
+  spent. The answer is the most compressed feasible model seen.
+
+This module holds only the bookkeeping (pure and serialisable, so ``--resume`` can restore
+it); :mod:`secateur.pruning` runs the rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the strength moves from round to round."""
+
+    rounds: int = 20
+    start: float = 1.0
+    step: float = 0.5
+    growth: float = 1.25
+    resolution: float = 0.1
+    max_strength: float = 12.0
+
+    def validate(self) -> "SearchSettings":
+        """Raise ConfigError on impossible settings."""
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.start <= 0 or self.step <= 0 or self.resolution <= 0:
+            raise ConfigError("start, step and resolution must all be > 0")
+        if self.growth < 1:
+            raise ConfigError(f"growth must be >= 1, got {self.growth}")
+        return self
+
+
+@dataclass
+class SearchState:
+    """Where the search stands; saved after every round so a run can resume."""
+
+    round: int = 0
+    accepted: float = 0.0
+    failed: float | None = None
+    step: float = 0.0
+    best_round: int | None = None
+
+    def to_dict(self) -> dict:
+        """JSON form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchState":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def initial_state(settings: SearchSettings) -> SearchState:
+    """The state before round 1."""
+    return SearchState(step=settings.step)
+
+
+def next_strength(state: SearchState, settings: SearchSettings) -> float | None:
+    """The strength to try next, or None when the search is finished."""
+    if state.round >= settings.rounds:
+        return None
+    if state.failed is None:
+        if state.round == 0 and state.accepted == 0.0:
+            return min(settings.start, settings.max_strength)
+        candidate = state.accepted + state.step
+        return None if state.accepted >= settings.max_strength else min(candidate, settings.max_strength)
+    if state.failed - state.accepted <= settings.resolution:
+        return None
+    return (state.accepted + state.failed) / 2
+
+
+def record(state: SearchState, strength: float, feasible: bool, settings: SearchSettings) -> SearchState:
+    """The state after a round at ``strength`` that was ``feasible`` (or not)."""
+    state = dataclasses.replace(state, round=state.round + 1)
+    if feasible:
+        state.accepted, state.best_round = strength, state.round
+        if state.failed is None:
+            state.step *= settings.growth
+    else:
+        state.failed = strength if state.failed is None else min(state.failed, strength)
+    return state

@@ -1,0 +1,314 @@
+"""Checkpoints as safetensors + JSON (never pickle), and atomic file writes.
+
+A checkpoint ``<base>`` is two files written side by side:
+
+* ``<base>.safetensors``: the model's effective (masked) ``state_dict`` under plain keys, plus
+  every mask as a bool tensor under ``"__mask__.<qualified name>"``;
+* ``<base>.json``: the caller's ``meta`` plus ``format``, ``format_version``, ``masks`` (names),
+  ``tensors`` (number of tensors in the safetensors file) and ``sha256`` (of that file), so a
+  tensors file from another save, or a truncated one, is caught with a one-line error.
+
+Loading reads the bytes once, checks them, and parses them with ``safetensors`` only: no
+``pickle``, no ``torch.load``. Every write goes to a temporary file in the same folder, is
+fsynced and then renamed over the target, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .masks import apply_masks, clear_masks, effective_state_dict, masks_of
+
+FORMAT = "secateur.checkpoint"
+FORMAT_VERSION = 1
+MASK_PREFIX = "__mask__."
+REQUIRED_KEYS = ("format", "format_version", "masks", "tensors")
+
+BuildFn = Callable[..., nn.Module]
+
+
+# --------------------------------------------------------------------------------------
+# atomic writes and JSON
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename on POSIX; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temp file and ``os.replace``; on any error the
+    temp file is removed and an existing ``path`` is left untouched. Creates parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    """Plain values for common non-JSON types (paths, numpy / torch scalars, sets)."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        return obj.item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _dumps(obj: Any, where: Path) -> str:
+    """JSON text (indent 2, sorted keys); ConfigError naming the file if it cannot be encoded."""
+    try:
+        return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot write {where}: {exc}; keep only numbers, strings, lists and dicts in it"
+        ) from exc
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    """Atomically write ``obj`` as JSON (indent=2, sorted keys); nested dicts are fine."""
+    path = Path(path)
+    atomic_write_text(path, _dumps(obj, path))
+
+
+def read_json(path: Path | str) -> dict:
+    """Read a JSON object; CheckpointError (one line) if it is missing, invalid or not an object."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; check the path or re-run the step that writes it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path} ({_one_line(exc)}); check the file") from exc
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); restore or re-create it"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, expected an object; restore or re-create it")
+    return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------
+# saving
+
+
+def checkpoint_paths(path: Path | str) -> tuple[Path, Path]:
+    """(``<base>.safetensors``, ``<base>.json``) for ``runs/x/model``, ``runs/x/model.safetensors``
+    or ``runs/x/model.json``; an existing folder means ``<folder>/model``."""
+    base = Path(path)
+    if base.is_dir():
+        base = base / "model"
+    if base.suffix in (".safetensors", ".json"):
+        base = base.with_suffix("")
+    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+
+
+def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Effective state and masks as contiguous CPU tensors that share no memory."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[str, int]] = set()
+    state = dict(effective_state_dict(model))
+    state.update({MASK_PREFIX + n: m for n, m in masks_of(model).items()})
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(
+                f"state entry {key!r} is a {type(value).__name__}, not a tensor; secateur checkpoints hold tensors only"
+            )
+        tensor = value.detach().to("cpu").contiguous()
+        storage = (tensor.device.type, tensor.untyped_storage().data_ptr())
+        if storage in seen or tensor.untyped_storage().nbytes() != tensor.nbytes:
+            tensor = tensor.clone()  # tied / view tensors: safetensors refuses shared memory
+        seen.add((tensor.device.type, tensor.untyped_storage().data_ptr()))
+        out[key] = tensor
+    return out
+
+
+def save_model(model: nn.Module, path: Path | str, meta: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Save ``model`` (effective weights, buffers, masks) and ``meta`` as a checkpoint; returns
+    (safetensors path, json path). Both files are encoded before either is written."""
+    if meta is not None and not isinstance(meta, Mapping):
+        raise ConfigError(f"meta must be a mapping (dict), got {type(meta).__name__}")
+    st_path, js_path = checkpoint_paths(path)
+    tensors = _tensors_to_save(model)
+    data = safetensors.torch.save(tensors, metadata={"format": FORMAT})
+    header = dict(meta or {})
+    header.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        masks=sorted(k[len(MASK_PREFIX):] for k in tensors if k.startswith(MASK_PREFIX)),
+        tensors=len(tensors),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    text = _dumps(header, js_path)
+    atomic_write_bytes(st_path, data)
+    atomic_write_text(js_path, text)
+    return st_path, js_path
+
+
+# --------------------------------------------------------------------------------------
+# loading
+
+
+def _check_header(meta: dict, js_path: Path) -> None:
+    """Raise CheckpointError unless ``meta`` is a secateur checkpoint header we can read."""
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(
+            f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.storage.save_model, re-save the model"
+        )
+    if meta["format"] != FORMAT:
+        raise CheckpointError(f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint")
+    version = meta["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(
+            f"{js_path} has format_version {version!r}, this secateur reads {FORMAT_VERSION}; upgrade secateur or re-save"
+        )
+    if not isinstance(meta["masks"], list) or not isinstance(meta["tensors"], int):
+        raise CheckpointError(f"{js_path} has malformed 'masks'/'tensors' entries; restore or re-save the checkpoint")
+
+
+def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """Parse the safetensors file (no pickle) and check it against its JSON header."""
+    try:
+        data = st_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{st_path} not found (its {js_path.name} exists); restore it or re-save the model") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {st_path} ({_one_line(exc)}); check the file") from exc
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own error types for bad headers / sizes
+        raise CheckpointError(
+            f"{st_path} is corrupt or truncated ({_one_line(exc)}); restore it or re-save the model"
+        ) from exc
+    digest = meta.get("sha256")
+    if digest is not None and digest != hashlib.sha256(data).hexdigest():
+        raise CheckpointError(
+            f"{st_path} does not match {js_path.name} (sha256 differs: modified, or from another save); re-save the model"
+        )
+    if len(tensors) != meta["tensors"]:
+        raise CheckpointError(
+            f"{st_path} holds {len(tensors)} tensors but {js_path.name} says {meta['tensors']}; re-save the model"
+        )
+    return tensors
+
+
+def _split_masks(tensors: dict[str, torch.Tensor], meta: dict, st_path: Path) -> tuple[dict, dict]:
+    """(plain tensors, bool masks), checking masks against the header and their targets."""
+    plain = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
+    masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
+    if sorted(masks) != sorted(meta["masks"]):
+        raise CheckpointError(f"{st_path} masks do not match the names in its JSON header; re-save the model")
+    for name, mask in masks.items():
+        target = plain.get(name)
+        if target is None or target.shape != mask.shape or mask.dtype not in (torch.bool, torch.uint8):
+            raise CheckpointError(
+                f"{st_path}: mask {name!r} has no matching tensor of shape {tuple(mask.shape)}; re-save the model"
+            )
+        masks[name] = mask.to(torch.bool)
+    return plain, masks
+
+
+def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(plain tensors, bool masks by qualified name, meta) of a checkpoint, fully validated."""
+    st_path, js_path = checkpoint_paths(path)
+    if not js_path.exists() and not st_path.exists():
+        raise CheckpointError(f"no checkpoint at {st_path} / {js_path.name}; check the path (save with save_model)")
+    meta = read_json(js_path)
+    _check_header(meta, js_path)
+    tensors = _read_tensors(st_path, js_path, meta)
+    plain, masks = _split_masks(tensors, meta, st_path)
+    return plain, masks, meta
+
+
+def _build(meta: dict, build: BuildFn | None, js_path: Path) -> nn.Module:
+    """Rebuild the network described by ``meta["model"] = {"name": ..., "args": {...}}``."""
+    spec = meta.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("args", {}), dict):
+        raise CheckpointError(
+            f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); pass model= with the saved architecture"
+        )
+    if build is None:
+        from .models import build_model as build  # lazy: models imports heavy optional deps
+    return build(spec["name"], **spec.get("args", {}))
+
+
+def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path: Path) -> str | None:
+    """A one-line description of how ``tensors`` fail to fit ``model``, or None if they fit."""
+    expected = effective_state_dict(model)
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    shapes = [k for k in expected if k in tensors and expected[k].shape != tensors[k].shape]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            parts.append(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
+    if not parts:
+        return None
+    return f"{st_path} does not fit the model: {'; '.join(parts)}; load it into the architecture it was saved from"
+
+
+def load_model(
+    path: Path | str, model: nn.Module | None = None, *, build: BuildFn | None = None
+) -> tuple[nn.Module, dict]:
+    """Load a checkpoint into ``model`` (or one rebuilt from ``meta["model"]`` with ``build``,
+    default ``secateur.models.build_model``); returns (model, meta). Any masks ``model``
+    already had are replaced by the checkpoint's, so outputs equal the saved model's."""
+    st_path, js_path = checkpoint_paths(path)
+    plain, masks, meta = load_state(path)
+    if model is None:
+        model = _build(meta, build, js_path)
+    clear_masks(model)
+    problem = _key_mismatch(model, plain, st_path)
+    if problem:
+        raise CheckpointError(problem)
+    try:
+        model.load_state_dict(plain, strict=True)
+        apply_masks(model, masks)
+    except (RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{st_path} does not fit the model ({_one_line(exc)}); use the saved architecture") from exc
+    return model, meta

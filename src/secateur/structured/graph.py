@@ -1,0 +1,254 @@
+"""Dependency analysis: which channels of which layers must be pruned together.
+
+The model is traced with ``torch.fx`` and run once on an example input. Every tensor in the
+trace carries *channel labels*: one labelled dimension and, for each position along it, a tag.
+Layers that create channels (conv / linear outputs) create fresh tags; ops that merely move
+channels (BatchNorm, activations, pooling, flatten, permute, concatenation) move the tags;
+ops that couple channels (residual adds, squeeze-excitation multiplies, grouped convolutions,
+GroupNorm groups) merge tags in a union-find. After the trace each union-find class is one
+*coupled channel*: the set of (layer, position) pairs that are removed together.
+
+Anything the analysis cannot follow (an unknown op, a hard-coded ``view`` size, a channel
+slice, attention, LayerNorm statistics over channels, the model output) *locks* the channels
+that reach it: they are kept, so pruning never produces a broken model. Models that cannot be
+traced at all raise :class:`UnsupportedModelError` naming the op and the module path.
+
+Coupled channels with the same set of member layers form a :class:`Group`; a group is
+pruned as a unit by :func:`secateur.structured.plan_pruning`.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from ..errors import UnsupportedModelError
+from .trace import trace_model
+
+Labels = tuple[int, torch.Tensor]  # (labelled dim, tag per position along it)
+
+
+@dataclass
+class Member:
+    """One layer's share of a group: positions along its ``role`` dim and their channel index."""
+
+    module: str
+    role: str  # "out" (conv/linear outputs), "in" (conv/linear inputs), "norm" (per-channel params)
+    positions: torch.Tensor
+    channel: torch.Tensor  # for each position, the index of its coupled channel in the group
+
+
+@dataclass
+class Group:
+    """Coupled channels pruned as a unit; ``size`` is the number of prunable channels."""
+
+    name: str
+    size: int
+    members: list[Member]
+
+    def modules(self, role: str | None = None) -> list[str]:
+        """Member module paths (optionally of one role), in trace order, without repeats."""
+        return list(dict.fromkeys(m.module for m in self.members if role in (None, m.role)))
+
+
+@dataclass
+class DependencyGraph:
+    """The result of :func:`analyse`: prunable groups, full dim sizes and why channels were locked."""
+
+    groups: list[Group]
+    dims: dict[tuple[str, str], int]
+    notes: list[str] = field(default_factory=list)
+
+    def group(self, name: str) -> Group:
+        """The group called ``name`` (its first producing layer)."""
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+
+class _UnionFind:
+    """Tags with a lock flag per class; merging a locked class locks the result."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.locked: list[bool] = []
+
+    def new(self, n: int, locked: bool = False) -> torch.Tensor:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.locked.extend([locked] * n)
+        return torch.arange(start, start + n)
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.locked[ra] = self.locked[ra] or self.locked[rb]
+
+    def union_all(self, tags: torch.Tensor) -> None:
+        flat = tags.reshape(-1).tolist()
+        for t in flat[1:]:
+            self.union(flat[0], t)
+
+    def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            if x != y:
+                self.union(x, y)
+
+    def lock(self, tags: torch.Tensor) -> None:
+        for t in set(tags.reshape(-1).tolist()):
+            self.locked[self.find(t)] = True
+
+    def is_locked(self, t: int) -> bool:
+        return self.locked[self.find(t)]
+
+
+class Tracker:
+    """Mutable state of one analysis: union-find, per-layer tag records, notes."""
+
+    def __init__(self, modules: dict[str, nn.Module], ignore: Sequence[str]) -> None:
+        self.uf = _UnionFind()
+        self.modules = modules
+        self.ignore = tuple(ignore)
+        self.records: dict[tuple[str, str], torch.Tensor] = {}
+        self.producers: dict[str, torch.Tensor] = {}
+        self.notes: list[str] = []
+        self.visited: set[str] = set()
+
+    def produce(self, path: str, n: int) -> torch.Tensor:
+        """Output tags of layer ``path`` (the same tags every time the layer is called)."""
+        if path not in self.producers or len(self.producers[path]) != n:
+            self.producers[path] = self.uf.new(n)
+        return self.producers[path]
+
+    def record(self, path: str, role: str, tags: torch.Tensor) -> None:
+        """Remember which tags sit at each position of ``path``'s ``role`` dim."""
+        key = (path, role)
+        old = self.records.get(key)
+        if old is None:
+            self.records[key] = tags.clone()
+        elif old.shape == tags.shape:
+            self.uf.union_pairs(old, tags)
+        else:
+            self.lock_labels((0, old))
+            self.lock_labels((0, tags))
+
+    def lock_labels(self, labels: object, why: str | None = None) -> None:
+        """Keep every channel in ``labels`` (a Labels, a list of them, or None)."""
+        if labels is None:
+            return
+        if isinstance(labels, list):
+            for item in labels:
+                self.lock_labels(item, why)
+            return
+        if why and not all(self.uf.is_locked(t) for t in labels[1].tolist()[:1]):
+            self.notes.append(why)
+        self.uf.lock(labels[1])
+
+    def finish(self) -> DependencyGraph:
+        """Lock ignored layers and build the groups."""
+        for (path, _), tags in self.records.items():
+            if any(fnmatch.fnmatchcase(path, pat) for pat in self.ignore):
+                self.uf.lock(tags)
+        return build_groups(self)
+
+
+def build_groups(tr: Tracker) -> DependencyGraph:
+    """Group the unlocked coupled channels by the set of layers they touch."""
+    uf = tr.uf
+    members: dict[int, list[tuple[str, str, int]]] = {}
+    for (path, role), tags in tr.records.items():
+        for pos, t in enumerate(tags.tolist()):
+            root = uf.find(t)
+            if not uf.locked[root]:
+                members.setdefault(root, []).append((path, role, pos))
+    by_sig: dict[tuple, list[list[tuple[str, str, int]]]] = {}
+    for items in members.values():
+        sig = tuple(dict.fromkeys((p, r) for p, r, _ in items))
+        by_sig.setdefault(sig, []).append(items)
+    order = {key: i for i, key in enumerate(tr.records)}
+    groups = [_make_group(sig, comps, order) for sig, comps in by_sig.items()]
+    groups = [g for g in groups if g.modules("out")]
+    groups.sort(key=lambda g: min(order[(m.module, m.role)] for m in g.members))
+    dims = {key: len(tags) for key, tags in tr.records.items()}
+    return DependencyGraph(groups=groups, dims=dims, notes=list(dict.fromkeys(tr.notes)))
+
+
+def _make_group(sig: tuple, comps: list[list[tuple[str, str, int]]], order: dict) -> Group:
+    comps.sort(key=lambda items: min(p for _, _, p in items))
+    parts: dict[tuple[str, str], tuple[list[int], list[int]]] = {key: ([], []) for key in sig}
+    for ci, items in enumerate(comps):
+        for path, role, pos in items:
+            parts[(path, role)][0].append(pos)
+            parts[(path, role)][1].append(ci)
+    keys = sorted(sig, key=lambda k: order[k])
+    mem = [Member(p, r, torch.tensor(parts[(p, r)][0]), torch.tensor(parts[(p, r)][1])) for p, r in keys]
+    outs = [m.module for m in mem if m.role == "out"]
+    name = outs[0] if outs else mem[0].module
+    return Group(name=name, size=len(comps), members=mem)
+
+
+def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = ()) -> DependencyGraph:
+    """Trace ``model`` on ``example_input`` into groups of coupled channels.
+
+    ``ignore`` holds module paths (fnmatch patterns such as ``"features.*"``) whose channels
+    are all kept. The model's outputs are always kept. The model is not modified. Raises
+    :class:`UnsupportedModelError` naming the op and module path when tracing fails.
+    """
+    from .propagate import propagate
+
+    if not isinstance(example_input, torch.Tensor):
+        raise UnsupportedModelError("example_input must be a single tensor batch, e.g. torch.randn(1, 3, 224, 224)")
+    modules = dict(model.named_modules())
+    tracker = Tracker(modules, ignore)
+    was_training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        gm = trace_model(model)
+        propagate(gm, tracker, example_input)
+    finally:
+        for m, mode in was_training.items():
+            m.training = mode
+    _train_only_branches(model, tracker, example_input)
+    _lock_shared_parameters(gm, tracker)
+    return tracker.finish()
+
+
+def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torch.Tensor) -> None:
+    """Also trace training mode when some layers only run there (auxiliary classifiers)."""
+    from .propagate import propagate
+
+    unused = [p for p, m in model.named_modules()
+              if any(True for _ in m.parameters(recurse=False))
+              and not any(p == v or p.startswith(v + ".") for v in tracker.visited)]
+    if not unused:
+        return
+    twin = copy.deepcopy(model).train()
+    batch = example_input if example_input.shape[0] > 1 else example_input.repeat(2, *[1] * (example_input.dim() - 1))
+    propagate(trace_model(twin), tracker, batch)
+
+
+def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:
+    """Layers whose parameters are also read directly (tied weights) keep all channels."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner = node.target.rsplit(".", 1)[0] if "." in node.target else ""
+        for (path, _), tags in tracker.records.items():
+            if path == owner:
+                tracker.lock_labels((0, tags), f"parameters of {path} are used directly by the model")

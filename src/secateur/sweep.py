@@ -1,0 +1,65 @@
+"""Trade-off curves: validation accuracy versus size for several methods, side by side.
+
+Unlike :func:`secateur.prune`, a sweep has no bound: each method walks the same list of
+strengths with the same schedule and retraining budget, so the curves compare methods at
+equal cost. The points land in ``sweep.json`` and one plot (``secateur sweep``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .criteria import CRITERIA
+from .masks import effective, prunable_names
+from .metrics import count_params
+from .progress import progress_bar
+from .pruning import masked_copy
+from .schedules import SCHEDULES, Pruner
+
+DEFAULT_STRENGTHS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+
+
+def method_curve(model: nn.Module, method: str, *, strengths: Sequence[float],
+                 make_train: Callable[[int], Callable[[nn.Module], None]],
+                 evaluate: Callable[[nn.Module], float], schedule: str = "iterative",
+                 seed: int = 0, advance: Callable[..., None] | None = None) -> list[dict]:
+    """One method's points along ``strengths`` (iterative: each point continues the last)."""
+    targets = tuple(prunable_names(model))
+    baseline = masked_copy(model, targets)
+    reference = {n: float(effective(baseline, n).detach().float().std()) for n in targets}
+    pruner = Pruner(CRITERIA.get(method), targets, {}, reference, seed)
+    plan = SCHEDULES.get(schedule)
+    params, base_val = count_params(baseline), evaluate(baseline)
+    current, previous, points = baseline, 0.0, []
+    for index, strength in enumerate(sorted(strengths), start=1):
+        candidate = copy.deepcopy(baseline if plan.restart_from_baseline else current)
+        plan.run(candidate, 0.0 if plan.restart_from_baseline else previous, strength, pruner,
+                 make_train(index), None)
+        accuracy, nonzero = evaluate(candidate), count_params(candidate, nonzero=True)
+        points.append({"strength": strength, "level": pruner.levels(strength), "val_accuracy": accuracy,
+                       "drop": 100 * (base_val - accuracy), "compression": params / max(nonzero, 1),
+                       "params_nonzero": nonzero})
+        current, previous = candidate, strength
+        if advance is not None:
+            advance(status=f"{method} x={strength:g}: {points[-1]['compression']:.1f}x, "
+                           f"drop {points[-1]['drop']:+.2f}")
+    return points
+
+
+def sweep(model: nn.Module, methods: Sequence[str], *, make_train: Callable[[int], Callable[[nn.Module], None]],
+          evaluate: Callable[[nn.Module], float], strengths: Sequence[float] = DEFAULT_STRENGTHS,
+          schedule: str = "iterative", seed: int = 0, progress: bool = False) -> dict:
+    """Every method's curve, in the form saved as ``sweep.json``."""
+    for method in methods:
+        CRITERIA.get(method)
+    with progress_bar(progress, len(methods) * len(strengths), "sweep") as advance:
+        curves = {m: method_curve(model, m, strengths=strengths, make_train=make_train, evaluate=evaluate,
+                                  schedule=schedule, seed=seed, advance=advance) for m in methods}
+    with torch.no_grad():
+        baseline_val = evaluate(model)
+    return {"baseline": {"val": {"accuracy": baseline_val}}, "schedule": schedule,
+            "strengths": list(strengths), "methods": curves}

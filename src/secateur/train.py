@@ -1,0 +1,240 @@
+"""The reusable training loop: baseline training and the retraining between pruning rounds.
+
+:func:`fit` trains any ``nn.Module`` on a :class:`~secateur.data.Dataset` with SGD (momentum,
+L2 weight decay) or Adam/AdamW, a per-step learning-rate schedule, optional random-shift
+augmentation and a progress bar. Masked weights (``secateur.masks``) stay zero through it
+because the mask is part of the forward pass.
+
+A user's own training step plugs in through ``step``: a callable
+``step(model, x, y) -> loss`` returning the scalar loss to minimise (the loop does the
+backward pass, optimiser step and schedule). A user's whole loop plugs into the pruning API
+instead, as ``train=callable(model)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset, Split, batches
+from .errors import ConfigError
+from .progress import Advance, progress_bar
+
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; stored verbatim in ``model.json``."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    augment: int = 0  # largest random shift in pixels (0 = none)
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` with one line for any impossible value."""
+        checks = [
+            (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.augment >= 0, f"augment (pixels of shift) must be >= 0, got {self.augment}"),
+            (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        resolve_device(self.device)
+        return self
+
+    def replace(self, **changes: object) -> "TrainConfig":
+        """A copy with some fields changed (e.g. the lower retraining learning rate)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """What one epoch did: mean training loss, validation accuracy, learning rate, time."""
+
+    epoch: int
+    loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`fit`: per-epoch history and wall time."""
+
+    history: list[EpochLog] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def val_accuracy(self) -> float:
+        """Validation accuracy after the last epoch (nan if no epoch ran)."""
+        return self.history[-1].val_accuracy if self.history else float("nan")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; asking for CUDA without one is a ConfigError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use 'cpu' or 'cuda'")
+    return device
+
+
+def default_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the model's logits: the loss every zoo model trains with."""
+    return F.cross_entropy(model(x), y)
+
+
+def smoothed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy with label smoothing (``TrainConfig.label_smoothing``)."""
+    return F.cross_entropy(model(x), y, label_smoothing=smoothing)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser named in ``config``; weight decay is L2 on every trainable parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``total`` optimiser steps."""
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    progress = step / total
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 0.1 ** (int(progress >= 0.5) + int(progress >= 0.75))  # "step"
+
+
+def random_shift(x: torch.Tensor, pixels: int, background: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``pixels`` in x and y, filling with ``background``."""
+    if pixels <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = background.view(1, c, 1, 1).expand(b, c, h + 2 * pixels, w + 2 * pixels).clone()
+    padded[:, :, pixels:pixels + h, pixels:pixels + w] = x
+    offsets = torch.randint(0, 2 * pixels + 1, (2, b), generator=generator).to(x.device)
+    rows = offsets[0].view(b, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = offsets[1].view(b, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+             device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``data.<split>``."""
+    part: Split = getattr(data, split)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for x, y in batches(part, batch_size, mean=data.mean, std=data.std, device=device):
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    model.train(was_training)
+    return correct / max(len(part), 1)
+
+
+def _epoch_batches(data: Dataset, config: TrainConfig, generator: torch.Generator,
+                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled, augmented pass over the training split."""
+    background = ((0.0 - torch.tensor(data.mean)) / torch.tensor(data.std)).to(device)
+    for x, y in batches(data.train, config.batch_size, mean=data.mean, std=data.std,
+                        shuffle=True, generator=generator, device=device):
+        yield random_shift(x, config.augment, background, generator), y
+
+
+def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: dict,
+                 step: StepFn, advance: Advance) -> float:
+    """Run one epoch of optimiser steps; returns the mean training loss."""
+    model.train()
+    loss_sum, seen = 0.0, 0
+    optimizer = state["optimizer"]
+    for x, y in _epoch_batches(data, config, state["generator"], state["device"]):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(config.schedule, state["step"], state["total"])
+        optimizer.zero_grad(set_to_none=True)
+        loss = step(model, x, y)
+        loss.backward()
+        optimizer.step()
+        state["step"] += 1
+        loss_sum += float(loss.detach()) * len(y)
+        seen += len(y)
+        advance(status=f"loss {loss_sum / seen:.4f}")
+    return loss_sum / max(seen, 1)
+
+
+def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
+        step: StepFn | None = None, progress: bool = True,
+        on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``data.train``, validating on ``data.val`` after each epoch.
+
+    The same ``config.seed`` gives bitwise the same weights on CPU (shuffling, augmentation
+    and dropout all draw from seeded generators).
+    """
+    config = (config or TrainConfig()).validate()
+    device = resolve_device(config.device)
+    model.to(device)
+    torch.manual_seed(config.seed)  # dropout and any other global-RNG use inside the model
+    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    state = {
+        "generator": torch.Generator().manual_seed(config.seed), "device": device,
+        "optimizer": make_optimizer(model, config), "step": 0,
+        "total": steps_per_epoch * config.epochs,
+    }
+    if step is None and config.label_smoothing > 0:
+        step = functools.partial(smoothed_step, smoothing=config.label_smoothing)
+    result, start = TrainResult(), time.perf_counter()
+    with progress_bar(progress, state["total"], "training") as advance:
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            advance(0, description=f"epoch {epoch}/{config.epochs}")
+            loss = _train_epoch(model, data, config, state, step or default_step, advance)
+            val_acc = evaluate(model, data, "val", device=device)
+            log = EpochLog(epoch, loss, val_acc, state["optimizer"].param_groups[0]["lr"],
+                           time.perf_counter() - epoch_start)
+            result.history.append(log)
+            advance(0, status=f"loss {loss:.4f}  val {100 * val_acc:.2f}%")
+            if on_epoch is not None:
+                on_epoch(log)
+    result.seconds = time.perf_counter() - start
+    return result

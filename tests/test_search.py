@@ -1,0 +1,60 @@
+"""The drop-bound search's bookkeeping: raise, roll back, bisect, stop."""
+
+from __future__ import annotations
+
+import pytest
+
+from secateur.errors import ConfigError
+from secateur.search import SearchSettings, SearchState, initial_state, next_strength, record
+
+
+def drive(feasible_below: float, settings: SearchSettings) -> tuple[SearchState, list[float]]:
+    """Run the search against an oracle: strengths below a threshold are feasible."""
+    state, tried = initial_state(settings), []
+    while (x := next_strength(state, settings)) is not None:
+        tried.append(x)
+        state = record(state, x, x < feasible_below, settings)
+    return state, tried
+
+
+def test_search_converges_to_the_feasibility_edge_within_resolution():
+    settings = SearchSettings(rounds=50, start=1.0, step=0.5, growth=1.25, resolution=0.05)
+    state, tried = drive(3.3, settings)
+    assert state.accepted < 3.3 <= state.failed
+    assert state.failed - state.accepted <= 0.05
+    assert len(tried) < 20
+
+
+def test_accepted_strength_never_decreases_and_failed_never_increases():
+    settings = SearchSettings(rounds=30, resolution=0.01)
+    state, accepted, failed = initial_state(settings), [], []
+    while (x := next_strength(state, settings)) is not None:
+        state = record(state, x, x < 2.2, settings)
+        accepted.append(state.accepted)
+        if state.failed is not None:
+            failed.append(state.failed)
+    assert accepted == sorted(accepted)
+    assert failed == sorted(failed, reverse=True)
+
+
+def test_round_budget_is_respected():
+    settings = SearchSettings(rounds=3)
+    state, tried = drive(100.0, settings)
+    assert len(tried) == 3 and state.round == 3
+
+
+def test_nothing_feasible_keeps_the_dense_model():
+    state, tried = drive(0.0, SearchSettings(rounds=20, resolution=0.1))
+    assert state.accepted == 0.0 and state.best_round is None
+    assert all(x > 0 for x in tried)
+
+
+def test_state_round_trips_through_json_form():
+    state = record(initial_state(SearchSettings()), 1.0, True, SearchSettings())
+    assert SearchState.from_dict(state.to_dict()) == state
+
+
+@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"step": 0}, {"resolution": -1}, {"growth": 0.5}])
+def test_invalid_settings_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        SearchSettings(**kwargs).validate()
