@@ -197,3 +197,9 @@ def test_model_record_round_trips_through_json():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(ConfigError):
         model_record("lenet300", (1, 28, 28), 10, act=nn.ReLU())
+
+
+def test_bad_zoo_option_values_are_config_errors():
+    with pytest.raises(ConfigError) as err:
+        build_model("alexnet-mnist", dropout=1.5)
+    assert "dropout" in one_line(err)

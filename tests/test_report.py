@@ -157,32 +157,54 @@ def test_missing_results_is_one_line_checkpoint_error(tmp_path: Path) -> None:
 def test_broken_files_are_checkpoint_errors(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "run")
     (run / "history.jsonl").write_text(json.dumps(HISTORY[0]) + "\n{oops\n")
-    with pytest.raises(CheckpointError, match=r"history.jsonl:2"):
+    with pytest.raises(CheckpointError, match=r"history.jsonl"):
         render_report(run)
     _write_run(run, {k: v for k, v in RESULTS.items() if k != "layers"})
     with pytest.raises(CheckpointError, match="lacks layers"):
         render_report(run)
 
 
-def test_sweep_report_two_methods(tmp_path: Path) -> None:
-    def pt(s: float, drop: float, c: float) -> dict:
-        return {"strength": s, "level": s, "val_accuracy": 0.984 - drop / 100, "test_accuracy": None,
-                "drop": drop, "compression": c, "params_nonzero": int(BASE_PARAMS / c)}
+def _pt(s: float, drop: float, c: float) -> dict:
+    """A sweep point as secateur.sweep writes it (per-layer level dict, no test accuracy)."""
+    return {"strength": s, "level": {"fc1.weight": s, "fc2.weight": s}, "val_accuracy": 0.984 - drop / 100,
+            "drop": drop, "compression": c, "params_nonzero": int(BASE_PARAMS / c)}
 
-    sweep = {"model": {"name": "lenet300", "args": {}}, "dataset": "mnist", "max_drop": 0.1,
-             "baseline": {"val": {"accuracy": 0.984}, "test": {"accuracy": 0.9857}},
-             "methods": {"han": [pt(1.0, 0.0, 4.0), pt(2.0, 0.05, 12.0), pt(3.0, 0.8, 30.0)],
-                         "random": [pt(0.5, 0.02, 2.0), pt(1.0, 3.0, 5.0)]}}
+
+SWEEP = {"model": {"name": "lenet300", "args": {}}, "dataset": "mnist", "schedule": "iterative",
+         "baseline": {"val": {"accuracy": 0.984}},
+         "methods": {"han": [_pt(1.0, 0.0, 4.0), _pt(2.0, 0.05, 12.0), _pt(3.0, 0.8, 30.0)],
+                     "random": [_pt(0.5, 0.02, 2.0), _pt(1.0, 3.0, 5.0)]}}
+
+
+def test_sweep_report_two_methods(tmp_path: Path) -> None:
     path = tmp_path / "sweep.json"
-    path.write_text(json.dumps(sweep))
+    path.write_text(json.dumps(SWEEP))
     out = sweep_report(path, tmp_path / "out")
     assert set(out) == {"md", "html", "png"} and _is_png(out["png"])
     md = out["md"].read_text()
     assert "## Method: han" in md and "## Method: random" in md
-    assert "| han | 12.0x | 0.05 pts | 98.35% | 22,217 |" in md  # best within the 0.1-pt bound
-    assert "| random | 2.0x | 0.02 pts |" in md
-    assert "| 3 | 3 | 97.60% | — | 0.80 pts | 30.0x | 96.67% | 8,887 | no |" in md
+    assert md.index("## Method: han") < md.index("| 3 | per layer | 97.60% | 0.80 pts | 30.0x | 96.67% | 8,887 |") \
+        < md.index("## Method: random") < md.index("| 1 | per layer | 95.40% | 3.00 pts | 5.0x | 80.00% | 53,322 |")
+    assert "within bound" not in md and "test accuracy |" not in md  # neither is known
     page = out["html"].read_text()
     assert page.count("data:image/png;base64,") == 1 and 'src="http' not in page
-    ax = tradeoff_figure([], 0.1, series=sweep["methods"], x_axis="compression").axes[0]
-    assert ax.get_xscale() == "log" and {"han", "random"} <= set(ax.get_legend_handles_labels()[1])
+    ax = tradeoff_figure([], None, series=SWEEP["methods"], x_axis="compression", y_scale="symlog").axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "symlog"
+    assert {"han", "random"} <= set(ax.get_legend_handles_labels()[1])
+    assert ax.get_ylim()[1] > 3.0  # nothing clipped on the sweep plot
+
+
+def test_sweep_with_bound_picks_best_per_method(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(dict(SWEEP, max_drop=0.1)))
+    md = sweep_report(path, tmp_path)["md"].read_text()
+    assert "| han | 12.0x | 0.05 pts | 98.35% | 22,217 |" in md  # 30x breaks the 0.1-pt bound
+    assert "| random | 2.0x | 0.02 pts | 98.38% | 133,305 |" in md
+    assert "| 30.0x | 96.67% | 8,887 | no |" in md and "| 12.0x | 91.67% | 22,217 | yes |" in md
+
+
+def test_render_report_includes_sweep_when_present(tmp_path: Path) -> None:
+    run = _write_run(tmp_path / "run")
+    (run / "sweep.json").write_text(json.dumps(SWEEP))
+    out = render_report(run)
+    assert _is_png(out["sweep_png"]) and out["sweep_md"] == run / "sweep.md"

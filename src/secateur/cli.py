@@ -88,7 +88,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
     group.add_argument("--momentum", type=non_negative_float)
     group.add_argument("--weight-decay", type=non_negative_float, help="L2 weight decay")
-    group.add_argument("--schedule", choices=("cosine", "step", "constant"))
+    group.add_argument("--lr-schedule", dest="schedule", choices=("cosine", "step", "constant"),
+                       help="learning-rate schedule")
     group.add_argument("--augment", type=non_negative_int, help="random shift in pixels")
     group.add_argument("--seed", type=non_negative_int)
     group.add_argument("--device", help="cpu (default) or cuda")

@@ -186,10 +186,31 @@ def _zero_original(module: nn.Module, name: str, mask: Mask) -> None:
             plist.original.masked_fill_(~mask.mask, 0)
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a private copy of its injected ``Parametrized*`` class.
+
+    ``deepcopy`` shares that class between original and copy, and torch adds / deletes the
+    parametrization properties *on the class*, so without this, pruning a copy further or
+    making it permanent would break the original (and vice versa).
+    """
+    if not parametrize.is_parametrized(module):
+        return
+    cls = type(module)
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
+def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
+    """``remove_parametrizations`` that cannot affect modules sharing the class."""
+    _own_class(module)
+    parametrize.remove_parametrizations(module, name, leave_parametrized=leave_parametrized)
+
+
 def _attach(module: nn.Module, name: str, keep: torch.Tensor) -> None:
     """Register a new :class:`Mask` or AND ``keep`` into the existing one."""
     existing = _find_mask(module, name)
     if existing is None:
+        _own_class(module)
         parametrize.register_parametrization(module, name, Mask(keep))
         existing = _find_mask(module, name)
     else:
@@ -270,7 +291,7 @@ def clear_masks(model: nn.Module) -> nn.Module:
     for _, module, name, mask in list(_iter_masks(model)):
         plist = module.parametrizations[name]
         if len(plist) == 1:
-            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+            _remove(module, name, leave_parametrized=False)
         else:
             del plist[next(i for i, p in enumerate(plist) if p is mask)]
     return model
@@ -367,5 +388,5 @@ def make_permanent(model: nn.Module) -> nn.Module:
     """
     for _, module, name, _ in list(_iter_masks(model)):
         if parametrize.is_parametrized(module, name):
-            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            _remove(module, name, leave_parametrized=True)
     return model

@@ -23,7 +23,7 @@ import operator
 import os
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,22 +102,22 @@ def _owned_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     names = [n for n, _ in module.named_parameters(recurse=False)]
     if parametrize.is_parametrized(module):
         names += [n for n in module.parametrizations.keys() if n not in names]
-    return {n: getattr(module, n) for n in names}
+    with torch.no_grad():
+        return {n: getattr(module, n) for n in names}
 
 
-def _layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, dict[str, torch.Tensor]]]:
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module, dict[str, torch.Tensor]]]:
     """``(name, module, tensors)`` for every module owning parameters, skipping mask containers."""
     hidden: set[int] = set()
     for module in model.modules():
         if parametrize.is_parametrized(module):
             hidden.update(id(m) for m in module.parametrizations.modules())
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if id(module) in hidden:
-                continue
-            tensors = _owned_tensors(module)
-            if tensors:
-                yield name, module, tensors
+    layers = []
+    for name, module in model.named_modules():
+        tensors = {} if id(module) in hidden else _owned_tensors(module)
+        if tensors:
+            layers.append((name, module, tensors))
+    return layers
 
 
 def _split_counts(tensors: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
@@ -176,8 +176,8 @@ def _trace(model: nn.Module, modules: dict[str, nn.Module], input_shape: Sequenc
     record: dict[str, dict] = {name: {"macs": 0, "macs_nonzero": 0, "output_shape": ()} for name in modules}
 
     def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            inp, out = _first_tensor(args), _first_tensor(output)
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            inp, out = _first_tensor((args, kwargs)), _first_tensor(output)
             if inp is None or out is None:
                 return
             dense, nonzero = _macs(module, inp, out)
@@ -187,7 +187,7 @@ def _trace(model: nn.Module, modules: dict[str, nn.Module], input_shape: Sequenc
             rec["output_shape"] = tuple(out.shape[1:])
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    handles = [m.register_forward_hook(hook_for(n), with_kwargs=True) for n, m in modules.items()]
     try:
         _forward_zeros(model, input_shape, 1, device)
     finally:
@@ -238,7 +238,7 @@ def layer_stats(model: nn.Module, input_shape: Sequence[int], device: Device = N
     mode with forward hooks; ``device`` defaults to the model's. Modules that the forward never
     calls get ``output_shape=()`` and zero MACs.
     """
-    layers = list(_layers(model))
+    layers = _layers(model)
     traced = _trace(model, {name: module for name, module, _ in layers}, input_shape, device)
     rows = []
     for name, module, tensors in layers:

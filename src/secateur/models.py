@@ -63,7 +63,12 @@ def build_model(name: str, *, input_shape: Sequence[int] = (1, 28, 28), num_clas
     except UnknownNameError as err:
         raise UnknownNameError(f"{err}; or torchvision:<name>, or package.module:factory") from None
     _check_kwargs(name, factory, kwargs, skip=("input_shape", "num_classes"))
-    return factory(input_shape=shape, num_classes=classes, **kwargs)
+    try:
+        return factory(input_shape=shape, num_classes=classes, **kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # e.g. dropout=1.5, widths="x"
+        raise ConfigError(f"bad arguments {kwargs!r} for model {name!r}: {_first_line(err)}") from None
 
 
 def model_names() -> list[str]:
@@ -357,7 +362,8 @@ class ResNetMnist(nn.Module):
         return self.fc(self.flatten(self.pool(out)))
 
 
-@MODELS.register("resnet-mnist", help="small ResNet: stride-2 stem, 3 stages x 2 basic blocks (16/32/64 ch) (0.17M params)")
+@MODELS.register("resnet-mnist",
+                 help="small ResNet: stride-2 stem, 3 stages x 2 basic blocks of 16/32/64 ch (0.17M params)")
 def resnet_mnist(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
                  widths: Sequence[int] = (16, 32, 64), blocks: int = 2) -> nn.Module:
     """ResNet with basic blocks, identity and 1x1-conv downsample shortcuts, for 28x28 inputs."""

@@ -12,9 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +21,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from .errors import CheckpointError
+from .rundir import read_history
+from .storage import atomic_write_bytes, read_json
 
 NOTE = ("All decisions (pruning levels, rollbacks, the chosen model) were made on the validation "
         "split; test accuracy is reported for the baseline and the final model only, and was "
         "never used to choose anything.")
+SWEEP_NOTE = ("Every point was measured on the validation split; a sweep chooses no model, so it maps "
+              "the trade-off of each method rather than giving a test result to quote.")
 DASH = "—"
 
 # ----------------------------------------------------------------------------- blocks
@@ -135,61 +136,19 @@ def _share(part: float | None, whole: float | None) -> float | None:
 # ----------------------------------------------------------------------------- IO
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing or broken file is a CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: is this a finished secateur run directory?")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({type(exc).__name__}: {exc})") from None
-
-
-def _read_history(path: Path) -> list[dict]:
-    """One dict per line of ``history.jsonl`` (blank lines skipped)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found: is this a finished secateur run directory?")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}:{number} is not valid JSON ({exc.msg})") from None
-    return rows
-
-
 REQUIRED = ("baseline", "pruned", "params", "compression", "layers")
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
-    """Read and check ``results.json`` and ``history.jsonl`` of a run directory."""
+    """Read and check ``results.json`` and ``history.jsonl`` (may be absent: no rounds) of a run."""
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run directory {run} does not exist")
-    results = _read_json(run / "results.json")
-    if not isinstance(results, dict):
-        raise CheckpointError(f"{run / 'results.json'} must hold a JSON object")
+    results = read_json(run / "results.json")
     missing = [key for key in REQUIRED if key not in results]
     if missing:
         raise CheckpointError(f"{run / 'results.json'} lacks {', '.join(missing)}: the run did not finish")
-    return results, _read_history(run / "history.jsonl")
+    return results, read_history(run)
 
 
 def _png(fig: Figure) -> bytes:
@@ -258,6 +217,14 @@ def _plot_points(ax, xy: list[tuple], max_drop, cap, color, label, line: bool) -
                     ha="center", fontsize=7, color="#c0392b")
 
 
+def _label_rounds(ax, xy: list[tuple], cap: float | None) -> None:
+    """The round number beside each point, so the plot can be read against the rounds table."""
+    for x, d, p in xy:
+        if p.get("round") is not None:
+            ax.annotate(str(p["round"]), (x, min(d, cap) if cap else d), xytext=(5, 4),
+                        textcoords="offset points", fontsize=7, color="#555")
+
+
 def _annotate_chosen(ax, xy: list[tuple], chosen: int, cap, x_axis: str, max_drop: float | None) -> None:
     """Star the chosen round and label it (compression, size saved, drop) above the bound line."""
     for x, d, p in xy:
@@ -305,10 +272,7 @@ def tradeoff_figure(points: Sequence[Mapping[str, Any]], max_drop: float | None,
     for xy, color, name, line in xys:
         _plot_points(ax, xy, max_drop, cap, color, name, line)
     if points and not series:
-        for x, d, p in xys[0][0]:
-            if p.get("round") is not None:
-                ax.annotate(str(p["round"]), (x, min(d, cap) if cap else d), xytext=(5, 4),
-                            textcoords="offset points", fontsize=7, color="#555")
+        _label_rounds(ax, xys[0][0], cap)
     if max_drop is not None:
         ax.axhline(max_drop, color="#c0392b", ls="--", lw=1.2, label=f"bound: drop = {max_drop:.2f} pts")
     ax.axhline(0, color="#999", lw=0.8)
@@ -410,10 +374,14 @@ def sensitivity_figure(sensitivity: Mapping[str, Any]) -> Figure:
             ax.scatter([chosen[name]], [float(np.interp(chosen[name], xs, ys))], marker="D", s=45,
                        color=color, edgecolors="black", zorder=4)
     if sensitivity.get("baseline_val") is not None:
-        ax.axhline(100 * sensitivity["baseline_val"], color="#555", ls="--", lw=1, label="baseline")
+        base = 100 * sensitivity["baseline_val"]
+        ax.axhline(base, color="#555", ls="--", lw=1, label=f"baseline {base:.2f}%")
+        if sensitivity.get("tolerance") is not None:
+            ax.axhline(base - sensitivity["tolerance"], color="#c0392b", ls=":", lw=1.2,
+                       label=f"tolerance: -{sensitivity['tolerance']:.2f} pts")
     ax.set_xlabel(f"pruning level ({sensitivity.get('method', 'criterion')})")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Per-layer sensitivity (one layer pruned at a time; ◆ = chosen level)")
+    ax.set_title("Per-layer sensitivity (one layer pruned at a time" + ("; ◆ = chosen level)" if chosen else ")"))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(curves) > 8 else 1, framealpha=0.9)
     return fig
@@ -481,6 +449,9 @@ def _before_after(results: Mapping[str, Any]) -> Table:
               _ratio(macs.get("nonzero"), macs.get("baseline"))),
              ("dense file size (bytes)", _bytes(size.get("baseline")), _bytes(size.get("pruned")),
               _ratio(size.get("pruned"), size.get("baseline")))]
+    if size.get("sparse_csr") is not None:
+        rows.append(("sparse CSR size (bytes, vs dense baseline)", _bytes(size.get("baseline")),
+                     _bytes(size["sparse_csr"]), _ratio(size["sparse_csr"], size.get("baseline"))))
     latency = results.get("latency") or {}
     for batch in sorted({k.split("_")[0] for k in latency}, key=lambda b: int(b[1:]) if b[1:].isdigit() else 0):
         before, after = latency.get(f"{batch}_before"), latency.get(f"{batch}_after")
@@ -493,8 +464,9 @@ def _layers_table(layers: Sequence[Mapping[str, Any]]) -> Table:
     rows = [(str(l.get("name", DASH)), _count(l.get("weights")), _count(l.get("nonzero")), _count(l.get("macs")),
              _pct(_layer_kept(l)), _pct(_share(l.get("macs_nonzero"), l.get("macs")))) for l in layers]
 
-    def total(key: str) -> float:
-        return sum(l.get(key) or 0 for l in layers)
+    def total(key: str) -> float | None:
+        values = [l.get(key) for l in layers]
+        return None if not values or None in values else sum(values)
 
     rows.append(("Total", _count(total("weights")), _count(total("nonzero")), _count(total("macs")),
                  _pct(_share(total("nonzero"), total("weights"))),
@@ -635,11 +607,11 @@ def _write_report(out_dir: Path, stem: str, blocks: Sequence[Block], pngs: Mappi
     """Write the PNGs, ``<stem>.md`` and ``<stem>.html`` atomically; return their paths."""
     out: dict[str, Path] = {}
     for name, data in pngs.items():
-        _atomic_write_bytes(out_dir / name, data)
+        atomic_write_bytes(out_dir / name, data)
         out[name.rsplit(".", 1)[0]] = out_dir / name
     out["md"], out["html"] = out_dir / f"{stem}.md", out_dir / f"{stem}.html"
-    _atomic_write_bytes(out["md"], to_markdown(blocks).encode("utf-8"))
-    _atomic_write_bytes(out["html"], to_html(blocks, pngs).encode("utf-8"))
+    atomic_write_bytes(out["md"], to_markdown(blocks).encode("utf-8"))
+    atomic_write_bytes(out["html"], to_html(blocks, pngs).encode("utf-8"))
     return out
 
 
@@ -661,7 +633,7 @@ def render_report(run_dir: str | Path) -> dict[str, Path]:
     figures = [("Trade-off: every round; size saved vs validation accuracy drop", "tradeoff.png"),
                ("Per-layer share of weights kept", "layers.png")]
     if (run / "sensitivity.json").is_file():
-        pngs["sensitivity.png"] = _png(sensitivity_figure(_read_json(run / "sensitivity.json")))
+        pngs["sensitivity.png"] = _png(sensitivity_figure(read_json(run / "sensitivity.json")))
         figures.append(("Per-layer sensitivity: validation accuracy vs pruning level", "sensitivity.png"))
     out = _write_report(run, "report", _report_blocks(results, history, figures), pngs)
     if (run / "sweep.json").is_file():
@@ -684,14 +656,21 @@ def _level(level: Any) -> str:
 
 
 def _sweep_table(points: Sequence[Mapping[str, Any]], max_drop: float | None) -> Table:
-    """One method's sweep points, by increasing compression."""
+    """One method's sweep points, by increasing compression (test / bound columns only when known)."""
     pts = sorted(points, key=lambda p: p.get("compression") or 0)
-    rows = tuple((DASH if p.get("strength") is None else f"{p['strength']:.3g}", _level(p.get("level")),
-                  _pct(p.get("val_accuracy")), _pct(p.get("test_accuracy")), _pts(p.get("drop")),
-                  _times(p.get("compression")), _pct(None if not p.get("compression") else 1 - 1 / p["compression"]),
-                  _count(p.get("params_nonzero")), _sweep_feasible(p, max_drop)) for p in pts)
-    return Table(("strength", "level", "val accuracy", "test accuracy", "drop", "compression", "size saved",
-                  "nonzero params", "within bound"), rows, ("r",) * 8 + ("l",))
+    columns: list[tuple[str, Any]] = [
+        ("strength", lambda p: DASH if p.get("strength") is None else f"{p['strength']:.3g}"),
+        ("level", lambda p: _level(p.get("level"))), ("val accuracy", lambda p: _pct(p.get("val_accuracy")))]
+    if any(p.get("test_accuracy") is not None for p in pts):
+        columns.append(("test accuracy", lambda p: _pct(p.get("test_accuracy"))))
+    columns += [("drop", lambda p: _pts(p.get("drop"))), ("compression", lambda p: _times(p.get("compression"))),
+                ("size saved", lambda p: _pct(1 - 1 / p["compression"] if p.get("compression") else None)),
+                ("nonzero params", lambda p: _count(p.get("params_nonzero")))]
+    if max_drop is not None:
+        columns.append(("within bound", lambda p: _sweep_feasible(p, max_drop)))
+    rows = tuple(tuple(fmt(p) for _, fmt in columns) for p in pts)
+    align = tuple("l" if name == "within bound" else "r" for name, _ in columns)
+    return Table(tuple(name for name, _ in columns), rows, align)
 
 
 def _sweep_best(methods: Mapping[str, Sequence[Mapping[str, Any]]], max_drop: float) -> Table:
@@ -714,13 +693,14 @@ def _sweep_blocks(sweep: Mapping[str, Any], png_name: str) -> list[Block]:
                            Meta((("model", _model_name(sweep.get("model"))), ("dataset", str(sweep.get("dataset", DASH))),
                                  ("baseline accuracy (val / test)", f"{_pct(_acc(base, 'val'))} / {_pct(_acc(base, 'test'))}"),
                                  ("methods", ", ".join(methods) or DASH),
+                                 ("schedule", str(sweep.get("schedule", DASH))),
                                  ("max drop", DASH if max_drop is None else _pts(max_drop))))]
     if max_drop is not None:
         blocks += [Heading("Best within the bound"), _sweep_best(methods, max_drop)]
     blocks += [Heading("Trade-off"), Image("Validation accuracy drop vs compression, one line per method", png_name)]
     for name, pts in methods.items():
         blocks += [Heading(f"Method: {name}"), _sweep_table(pts, max_drop)]
-    return blocks + [Heading("Note on evaluation"), Para(NOTE)]
+    return blocks + [Heading("Note on evaluation"), Para(SWEEP_NOTE)]
 
 
 def sweep_report(sweep_json_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
@@ -730,7 +710,7 @@ def sweep_report(sweep_json_path: str | Path, out_dir: str | Path) -> dict[str, 
     into the last few percent, while compression keeps 10x and 30x visibly apart.
     """
     path = Path(sweep_json_path)
-    sweep = _read_json(path)
+    sweep = read_json(path)
     if not isinstance(sweep, dict) or not isinstance(sweep.get("methods"), dict):
         raise CheckpointError(f"{path} lacks a 'methods' object: not a secateur sweep.json")
     fig = tradeoff_figure([], sweep.get("max_drop"), series=sweep["methods"], x_axis="compression", y_scale="symlog",

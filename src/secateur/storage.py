@@ -150,7 +150,7 @@ def checkpoint_paths(path: Path | str) -> tuple[Path, Path]:
 def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     """Effective state and masks as contiguous CPU tensors that share no memory."""
     out: dict[str, torch.Tensor] = {}
-    seen: set[tuple[str, int]] = set()
+    seen: set[int] = set()
     state = dict(effective_state_dict(model))
     state.update({MASK_PREFIX + n: m for n, m in masks_of(model).items()})
     for key, value in state.items():
@@ -159,10 +159,10 @@ def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
                 f"state entry {key!r} is a {type(value).__name__}, not a tensor; secateur checkpoints hold tensors only"
             )
         tensor = value.detach().to("cpu").contiguous()
-        storage = (tensor.device.type, tensor.untyped_storage().data_ptr())
-        if storage in seen or tensor.untyped_storage().nbytes() != tensor.nbytes:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != tensor.nbytes:
             tensor = tensor.clone()  # tied / view tensors: safetensors refuses shared memory
-        seen.add((tensor.device.type, tensor.untyped_storage().data_ptr()))
+        seen.add(tensor.untyped_storage().data_ptr())
         out[key] = tensor
     return out
 
@@ -239,8 +239,9 @@ def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.T
 
 def _split_masks(tensors: dict[str, torch.Tensor], meta: dict, st_path: Path) -> tuple[dict, dict]:
     """(plain tensors, bool masks), checking masks against the header and their targets."""
-    plain = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
-    masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
+    ordered = sorted(tensors.items())
+    plain = {k: v for k, v in ordered if not k.startswith(MASK_PREFIX)}
+    masks = {k[len(MASK_PREFIX):]: v for k, v in ordered if k.startswith(MASK_PREFIX)}
     if sorted(masks) != sorted(meta["masks"]):
         raise CheckpointError(f"{st_path} masks do not match the names in its JSON header; re-save the model")
     for name, mask in masks.items():
@@ -281,7 +282,7 @@ def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path
     """A one-line description of how ``tensors`` fail to fit ``model``, or None if they fit."""
     expected = effective_state_dict(model)
     missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
+    unexpected = sorted(k for k in tensors if k not in expected)
     shapes = [k for k in expected if k in tensors and expected[k].shape != tensors[k].shape]
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
@@ -302,10 +303,10 @@ def load_model(
     plain, masks, meta = load_state(path)
     if model is None:
         model = _build(meta, build, js_path)
-    clear_masks(model)
     problem = _key_mismatch(model, plain, st_path)
     if problem:
         raise CheckpointError(problem)
+    clear_masks(model)
     try:
         model.load_state_dict(plain, strict=True)
         apply_masks(model, masks)

@@ -105,6 +105,12 @@ class _UnionFind:
         for t in flat[1:]:
             self.union(flat[0], t)
 
+    def union_rows(self, rows: torch.Tensor) -> None:
+        """Merge the tags of every row of a 2-D tensor."""
+        for row in rows.tolist():
+            for t in row[1:]:
+                self.union(row[0], t)
+
     def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         for x, y in zip(a.tolist(), b.tolist()):
             if x != y:

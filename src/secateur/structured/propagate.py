@@ -148,7 +148,7 @@ def label_node(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
         return None
     if n.op == "call_module":
         tr.visited.add(str(n.target))
-        return _module(it, n, it.module_map[n.target] if hasattr(it, "module_map") else it.fetch_attr(n.target), value)
+        return _module(it, n, it.fetch_attr(str(n.target)), value)
     return _function(it, n, value)
 
 
@@ -418,11 +418,12 @@ def _module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, value: Any) -> Any:
             it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}")
         return out
     if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-        return _softmax_module(it, n, m, lab)
-    return _norm_module(it, n, path, m, lab)
+        return _softmax_module(it, n, m, lab, value)
+    return _norm_module(it, n, path, m, lab, value)
 
 
-def _norm_module(it: _LabelInterpreter, n: fx.Node, path: str, m: nn.Module, lab: Labels) -> Labels | None:
+def _norm_module(it: _LabelInterpreter, n: fx.Node, path: str, m: nn.Module, lab: Labels,
+                 value: torch.Tensor) -> Labels | None:
     tr = it.tracker
     if isinstance(m, CHANNEL_NORMS) or (isinstance(m, nn.PReLU) and m.num_parameters > 1):
         if lab[0] == 1:
@@ -437,16 +438,16 @@ def _norm_module(it: _LabelInterpreter, n: fx.Node, path: str, m: nn.Module, lab
     if isinstance(m, nn.GroupNorm):
         return _group_norm(tr, path, m, lab)
     if isinstance(m, nn.LayerNorm):
-        nd = it.env[n].dim()
-        if lab[0] >= nd - len(m.normalized_shape):
+        if lab[0] >= value.dim() - len(m.normalized_shape):
             tr.lock_labels(lab, f"kept channels normalised together by {_describe(n)}")
         return lab
     tr.lock_labels(lab, f"kept channels reaching {_describe(n)}")
     return None
 
 
-def _softmax_module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, lab: Labels) -> Labels | None:
-    nd = it.env[n].dim()
+def _softmax_module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, lab: Labels,
+                    value: torch.Tensor) -> Labels | None:
+    nd = value.dim()
     if m.dim is None or _norm_dim(m.dim, nd) == lab[0]:
         it.tracker.lock_labels(lab, f"kept channels normalised by {_describe(n)}")
         return None
@@ -458,9 +459,7 @@ def _group_norm(tr: Tracker, path: str, m: nn.GroupNorm, lab: Labels) -> Labels:
     if lab[0] != 1:
         tr.lock_labels(lab)
         return lab
-    per = m.num_channels // m.num_groups
-    for g in range(m.num_groups):
-        tr.uf.union_all(lab[1][g * per:(g + 1) * per])
+    tr.uf.union_rows(lab[1].reshape(m.num_groups, -1))
     if m.affine:
         tr.record(path, "norm", lab[1])
     return lab
@@ -477,9 +476,8 @@ def _conv(tr: Tracker, path: str, m: nn.Module, lab: Labels | None) -> Labels:
         return (1, out)
     tr.record(path, "in", lab[1])
     if m.groups > 1:
-        ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
-        for g in range(m.groups):
-            tr.uf.union_all(torch.cat([lab[1][g * ipg:(g + 1) * ipg], out[g * opg:(g + 1) * opg]]))
+        rows = torch.cat([lab[1].reshape(m.groups, -1), out.reshape(m.groups, -1)], dim=1)
+        tr.uf.union_rows(rows)
     return (1, out)
 
 

@@ -1,0 +1,67 @@
+"""Structured pruning: remove whole neurons, channels and filters, physically.
+
+Typical use::
+
+    from secateur.structured import prune_channels, save_pruned, load_pruned
+    x = torch.randn(1, 3, 224, 224)
+    model, plan = prune_channels(model, x, ratio=0.5, criterion="l1")    # smaller, same classes
+    save_pruned(model, plan, "out/pruned", {"name": "torchvision:resnet50", "args": {}})
+    again = load_pruned("out/pruned")                                    # no pickle involved
+
+The steps, each usable alone:
+
+- :func:`analyse` traces the model (``torch.fx``) into a :class:`DependencyGraph` of
+  :class:`Group` s of coupled channels: conv -> BN -> activation -> conv chains, residual
+  adds, concatenation offsets, depthwise / grouped convs (whole groups), GroupNorm groups,
+  flatten / view into Linear, pooling, squeeze-excitation multiplies. Channels that reach an
+  op it cannot follow are *locked* (kept; reasons in ``graph.notes``); untraceable models raise
+  :class:`~secateur.errors.UnsupportedModelError` naming the op and module path. The model's
+  outputs (the classifier) and ``ignore`` d layers are never pruned.
+- :func:`plan_pruning` scores channels with a :data:`GROUP_CRITERIA` name (``l1``, ``l2``,
+  ``bn-scale``, ``taylor``, ``random``) and allocates locally or globally, with
+  ``min_channels``, ``round_to`` and per-layer ``ratios``; it returns a JSON-able :class:`Plan`.
+- :func:`apply_plan` performs the surgery atomically (all or nothing).
+- :func:`save_pruned` / :func:`load_pruned` store plan + safetensors and rebuild from the
+  original factory.
+- :func:`kernel_masks` / :func:`nm_masks` give kernel-level and N:M masks for
+  ``secateur.masks.apply_masks`` (sparsity that cannot be removed physically).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .graph import DependencyGraph, Group, Member, analyse
+from .importance import GROUP_CRITERIA
+from .io import load_pruned, read_pruned_plan, save_pruned
+from .plan import Plan, plan_pruning
+from .semi import kernel_masks, nm_masks
+from .surgery import apply_plan
+
+__all__ = [
+    "GROUP_CRITERIA", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan",
+    "kernel_masks", "load_pruned", "nm_masks", "plan_pruning", "prune_channels", "read_pruned_plan",
+    "save_pruned",
+]
+
+
+def prune_channels(model: nn.Module, example_input: torch.Tensor, ratio: float = 0.5, *,
+                   criterion: str = "l1", scope: str = "local", ignore: Sequence[str] = (),
+                   min_channels: int = 1, round_to: int = 1, ratios: Mapping[str, float] | None = None,
+                   batches: Iterable | None = None, generator: torch.Generator | None = None,
+                   inplace: bool = True) -> tuple[nn.Module, Plan]:
+    """Analyse, plan and apply in one call; returns the (smaller) model and its plan.
+
+    With ``inplace=False`` the input model is left untouched and a pruned copy is returned.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    graph = analyse(target, example_input, ignore=ignore)
+    plan = plan_pruning(target, graph, ratio=ratio, criterion=criterion, scope=scope,
+                        min_channels=min_channels, round_to=round_to, ratios=ratios,
+                        batches=batches, generator=generator)
+    apply_plan(target, plan, example_input)
+    return target, plan

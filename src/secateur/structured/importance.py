@@ -1,0 +1,149 @@
+"""Group importance criteria: one score per coupled channel, higher = more important.
+
+Registered in :data:`GROUP_CRITERIA` (all scores are summed over every layer of the group):
+
+- ``l1`` / ``l2``: norm of every weight attached to the channel (its filters in the layers
+  that produce it, its input columns in the layers that consume it);
+- ``bn-scale``: ``|gamma|`` of the BatchNorm / GroupNorm layers on the channel (network
+  slimming); groups without a norm layer fall back to ``l2``;
+- ``taylor``: first-order Taylor estimate ``|sum(w * dL/dw)|`` of the channel's filters and
+  norm parameters, accumulated over ``batches`` of ``(inputs, targets)`` (cross-entropy loss);
+- ``random``: uniform random scores from ``generator`` (the baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .graph import DependencyGraph, Group, Member
+
+Scores = dict[str, torch.Tensor]
+GroupCriterion = Callable[..., Scores]
+GROUP_CRITERIA: Registry[GroupCriterion] = Registry("structured criterion")
+
+
+def _weight_of(model: nn.Module, member: Member) -> torch.Tensor | None:
+    """The weight slice a member owns, as [positions, rest] (None when it has none)."""
+    m = model.get_submodule(member.module)
+    w = getattr(m, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return None
+    w = w.detach()
+    if member.role == "in":
+        if getattr(m, "groups", 1) != 1:
+            return None  # grouped conv inputs are counted with its outputs
+        return w.transpose(0, 1).reshape(w.shape[1], -1)
+    return w.reshape(w.shape[0], -1)
+
+
+def _accumulate(group: Group, per_member: Callable[[Member], torch.Tensor | None]) -> torch.Tensor:
+    scores = torch.zeros(group.size, dtype=torch.float64)
+    for member in group.members:
+        values = per_member(member)
+        if values is not None:
+            scores.index_add_(0, member.channel, values[member.positions].double())
+    return scores
+
+
+def _norm_scores(model: nn.Module, graph: DependencyGraph, power: int) -> Scores:
+    def per(member: Member) -> torch.Tensor | None:
+        if member.role == "norm":
+            return None
+        w = _weight_of(model, member)
+        return None if w is None else w.abs().pow(power).sum(1)
+
+    out = {g.name: _accumulate(g, per) for g in graph.groups}
+    return out if power == 1 else {k: v.sqrt() for k, v in out.items()}
+
+
+@GROUP_CRITERIA.register("l1")
+def l1(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
+    """L1 norm of every weight attached to the channel, summed over the group."""
+    return _norm_scores(model, graph, 1)
+
+
+@GROUP_CRITERIA.register("l2")
+def l2(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
+    """L2 norm of every weight attached to the channel, over the whole group."""
+    return _norm_scores(model, graph, 2)
+
+
+@GROUP_CRITERIA.register("bn-scale")
+def bn_scale(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
+    """|gamma| of the group's norm layers (network slimming); l2 for groups without one."""
+    fallback = _norm_scores(model, graph, 2)
+
+    def per(member: Member) -> torch.Tensor | None:
+        w = getattr(model.get_submodule(member.module), "weight", None)
+        return w.detach().abs() if member.role == "norm" and isinstance(w, torch.Tensor) else None
+
+    out = {}
+    for g in graph.groups:
+        has_norm = any(m.role == "norm" and getattr(model.get_submodule(m.module), "weight", None) is not None
+                       for m in g.members)
+        out[g.name] = _accumulate(g, per) if has_norm else fallback[g.name]
+    return out
+
+
+@GROUP_CRITERIA.register("random")
+def random(model: nn.Module, graph: DependencyGraph, *, generator: torch.Generator | None = None,
+           **_: Any) -> Scores:
+    """Uniform random scores (the baseline every criterion must beat)."""
+    return {g.name: torch.rand(g.size, generator=generator, dtype=torch.float64) for g in graph.groups}
+
+
+@GROUP_CRITERIA.register("taylor")
+def taylor(model: nn.Module, graph: DependencyGraph, *, batches: Iterable | None = None, **_: Any) -> Scores:
+    """First-order Taylor |sum(w * grad)| per channel, accumulated over ``batches``."""
+    if batches is None:
+        raise ConfigError("criterion 'taylor' needs batches=[(inputs, targets), ...] to compute gradients")
+    members = [m for g in graph.groups for m in g.members if m.role in ("out", "norm")]
+    params = _taylor_params(model, members)
+    acc = {key: torch.zeros(p.shape[0], dtype=torch.float64) for key, p in params.items()}
+    was_training, seen = model.training, 0
+    model.eval()
+    try:
+        for batch in batches:
+            _taylor_step(model, batch, params, acc)
+            seen += 1
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ConfigError("criterion 'taylor' got no batches; pass at least one (inputs, targets) batch")
+
+    def per(member: Member) -> torch.Tensor | None:
+        keys = [k for k in acc if k[0] == member.module] if member.role != "in" else []
+        return torch.stack([acc[k] for k in keys]).sum(0) if keys else None
+
+    return {g.name: _accumulate(g, per) for g in graph.groups}
+
+
+def _taylor_params(model: nn.Module, members: list[Member]) -> dict[tuple[str, str], torch.Tensor]:
+    params = {}
+    for member in members:
+        m = model.get_submodule(member.module)
+        for pname in ("weight", "bias"):
+            p = getattr(m, pname, None)
+            if isinstance(p, nn.Parameter) and p.requires_grad:
+                params[(member.module, pname)] = p
+    return params
+
+
+def _taylor_step(model: nn.Module, batch: Any, params: dict, acc: dict) -> None:
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise ConfigError("taylor batches must be (inputs, targets) pairs")
+    x, y = batch[0], batch[1]
+    loss = F.cross_entropy(model(x), y)
+    keys = list(params)
+    grads = torch.autograd.grad(loss, [params[k] for k in keys], allow_unused=True)
+    for key, g in zip(keys, grads):
+        if g is not None:
+            prod = (params[key].detach() * g).reshape(g.shape[0], -1).sum(1)
+            acc[key] += prod.abs().double()

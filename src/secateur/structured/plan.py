@@ -1,0 +1,168 @@
+"""Pruning plans: which output / input indices of which layer survive.
+
+A :class:`Plan` is plain data (JSON-serialisable, no tensors) so it can be saved next to the
+weights and re-applied to a freshly built model. :func:`plan_pruning` turns a
+:class:`DependencyGraph` plus a criterion into a plan:
+
+- ``scope="local"``: every group loses ``ratio`` of its channels (per-group ``ratios``
+  override by fnmatch pattern on any of the group's layer paths);
+- ``scope="global"``: scores are divided by their group's mean and ranked across groups, so
+  the least important ``ratio`` of all channels go, wherever they are;
+- every group keeps at least ``min_channels`` channels and a multiple of ``round_to``
+  (rounded up, never more than it has), and never fewer than one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .graph import DependencyGraph, Group
+from .importance import GROUP_CRITERIA
+
+PLAN_FORMAT = "secateur-structured-plan/1"
+
+
+@dataclass
+class Plan:
+    """Kept indices per layer: ``keep_out`` (output channels / norm channels), ``keep_in`` (inputs)."""
+
+    keep_out: dict[str, list[int]] = field(default_factory=dict)
+    keep_in: dict[str, list[int]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict; index lists are stored as [start, stop) runs."""
+        return {"format": PLAN_FORMAT,
+                "keep_out": {k: _runs(v) for k, v in self.keep_out.items()},
+                "keep_in": {k: _runs(v) for k, v in self.keep_in.items()},
+                "info": self.info}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Plan:
+        """Inverse of :meth:`to_json`; malformed data raises :class:`ConfigError`."""
+        if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
+            raise ConfigError(f"not a structured pruning plan (expected format {PLAN_FORMAT!r})")
+        try:
+            return cls(keep_out={str(k): _unruns(v) for k, v in data["keep_out"].items()},
+                       keep_in={str(k): _unruns(v) for k, v in data["keep_in"].items()},
+                       info=dict(data.get("info", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ConfigError(f"malformed structured pruning plan: {err}") from None
+
+
+def _runs(idx: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return runs
+
+
+def _unruns(runs: Iterable) -> list[int]:
+    out: list[int] = []
+    for start, stop in runs:
+        out.extend(range(int(start), int(stop)))
+    return out
+
+
+def _check_ratio(r: float, what: str) -> float:
+    if not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+        raise ConfigError(f"{what} must be a fraction in [0, 1), got {r!r}")
+    return float(r)
+
+
+def _group_ratio(g: Group, ratio: float, ratios: Mapping[str, float]) -> float | None:
+    """The override for ``g`` (first pattern matching one of its layers), or None."""
+    for pattern, r in ratios.items():
+        if any(fnmatch.fnmatchcase(m, pattern) for m in [g.name, *g.modules()]):
+            return _check_ratio(r, f"ratio for {pattern!r}")
+    return None
+
+
+def n_keep(size: int, ratio: float, min_channels: int, round_to: int) -> int:
+    """Channels a group of ``size`` keeps after removing ``ratio`` of them."""
+    keep = size - math.floor(size * ratio + 1e-9)
+    keep = max(keep, min(min_channels, size), 1)
+    if round_to > 1:
+        keep = min(size, math.ceil(keep / round_to) * round_to)
+    return keep
+
+
+def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, criterion: str = "l1",
+                 scope: str = "local", min_channels: int = 1, round_to: int = 1,
+                 ratios: Mapping[str, float] | None = None, batches: Iterable | None = None,
+                 generator: torch.Generator | None = None) -> Plan:
+    """Rank coupled channels with ``criterion`` and decide which ones every group keeps."""
+    ratio = _check_ratio(ratio, "ratio")
+    if scope not in ("local", "global"):
+        raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
+    if int(min_channels) < 1 or int(round_to) < 1:
+        raise ConfigError(f"min_channels and round_to must be >= 1, got {min_channels} and {round_to}")
+    scores = GROUP_CRITERIA.get(criterion)(model, graph, batches=batches, generator=generator)
+    overrides = {g.name: _group_ratio(g, ratio, ratios or {}) for g in graph.groups}
+    counts = {g.name: n_keep(g.size, overrides[g.name] if overrides[g.name] is not None else ratio,
+                             min_channels, round_to) for g in graph.groups}
+    if scope == "global":
+        free = [g for g in graph.groups if overrides[g.name] is None]
+        counts.update(_global_counts(free, scores, ratio, min_channels, round_to))
+    kept = {g.name: _top(scores[g.name], counts[g.name]) for g in graph.groups}
+    plan = build_plan(graph, kept)
+    plan.info = {"criterion": criterion, "ratio": ratio, "scope": scope, "min_channels": int(min_channels),
+                 "round_to": int(round_to), "groups": {g.name: [counts[g.name], g.size] for g in graph.groups}}
+    return plan
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean keep-vector of the ``k`` highest scores (ties broken by index)."""
+    keep = torch.zeros(len(scores), dtype=torch.bool)
+    keep[torch.argsort(scores, descending=True, stable=True)[:k]] = True
+    return keep
+
+
+def _global_counts(groups: list[Group], scores: dict[str, torch.Tensor], ratio: float,
+                   min_channels: int, round_to: int) -> dict[str, int]:
+    """Per-group kept counts when the lowest mean-normalised scores go first, across groups."""
+    if not groups:
+        return {}
+    normed = [scores[g.name] / scores[g.name].mean().clamp_min(1e-12) for g in groups]
+    owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+    order = torch.argsort(torch.cat(normed), stable=True).tolist()
+    left = [g.size for g in groups]
+    floor = [max(min(min_channels, g.size), 1) for g in groups]
+    budget = math.floor(sum(left) * ratio + 1e-9)
+    owners = owner.tolist()
+    for idx in order:
+        if budget <= 0:
+            break
+        i = owners[idx]
+        if left[i] > floor[i]:
+            left[i] -= 1
+            budget -= 1
+    return {g.name: n_keep(g.size, 1 - left[i] / g.size, min_channels, round_to) for i, g in enumerate(groups)}
+
+
+def build_plan(graph: DependencyGraph, kept: Mapping[str, torch.Tensor]) -> Plan:
+    """Turn per-group keep-vectors (bool per coupled channel) into per-layer kept indices."""
+    removed: dict[tuple[str, str], set[int]] = {}
+    for g in graph.groups:
+        keep = kept[g.name]
+        for m in g.members:
+            gone = m.positions[~keep[m.channel]].tolist()
+            if gone:
+                removed.setdefault((m.module, m.role), set()).update(gone)
+    plan = Plan()
+    for (module, role), gone in removed.items():
+        idx = [i for i in range(graph.dims[(module, role)]) if i not in gone]
+        target = plan.keep_in if role == "in" else plan.keep_out
+        target[module] = idx
+    return plan

@@ -1,0 +1,88 @@
+"""Following channel labels through flatten / view / reshape.
+
+A reshape is split into independent dim groups whose sizes multiply to the same number on
+both sides. Inside the group holding the labelled dim, the tag of every element is laid out
+row-major; the output keeps labels if the tags vary along exactly one output dim (flatten
+``[N, C, H, W] -> [N, C*H*W]`` repeats each channel's tag ``H*W`` times, so a following Linear
+learns which of its inputs belong to which channel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Labels = tuple[int, torch.Tensor]
+
+
+def dim_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[range, range]]:
+    """Pairs of (input dims, output dims) whose sizes have equal products, in order."""
+    i = j = 0
+    groups = []
+    while i < len(a) or j < len(b):
+        i0, j0, pa, pb = i, j, 1, 1
+        if i < len(a):
+            pa, i = a[i], i + 1
+        if j < len(b):
+            pb, j = b[j], j + 1
+        while pa != pb:
+            if pa < pb:
+                pa, i = pa * a[i], i + 1
+            else:
+                pb, j = pb * b[j], j + 1
+        groups.append((range(i0, i), range(j0, j)))
+    return groups
+
+
+def reshape_labels(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: Labels,
+                   literal: set[int]) -> Labels | None:
+    """Labels after reshaping ``in_shape`` to ``out_shape``; None when channels get mixed.
+
+    ``literal`` holds output dims whose size was hard-coded (then the channel count cannot
+    change, so any group touching them is refused).
+    """
+    d, tags = lab
+    try:
+        groups = dim_groups(in_shape, out_shape)
+    except IndexError:
+        return None
+    for ins, outs in groups:
+        if d in ins:
+            break
+    else:
+        return None
+    if literal & set(outs):
+        return None
+    sub_in = [in_shape[k] for k in ins]
+    inner = math.prod(in_shape[d + 1:ins.stop])
+    flat = (torch.arange(math.prod(sub_in)) // inner) % in_shape[d]
+    grid = tags[flat].reshape([out_shape[k] for k in outs]) if outs else tags[flat]
+    varying = [k for k, size in zip(outs, grid.shape) if size > 1 and not _constant_except(grid, k - outs.start)]
+    if not varying and len(outs) == 1:
+        return (outs.start, grid.reshape(-1))
+    if len(varying) != 1:
+        return None
+    k = varying[0]
+    line = _line(grid, k - outs.start)
+    if not torch.equal(grid, _broadcast_line(line, grid.shape, k - outs.start)):
+        return None
+    return (k, line)
+
+
+def _constant_except(grid: torch.Tensor, axis: int) -> bool:
+    """True when ``grid`` does not vary along ``axis``."""
+    first = grid.narrow(axis, 0, 1)
+    return bool((grid == first).all())
+
+
+def _line(grid: torch.Tensor, axis: int) -> torch.Tensor:
+    index = [0] * grid.dim()
+    index[axis] = slice(None)
+    return grid[tuple(index)]
+
+
+def _broadcast_line(line: torch.Tensor, shape: torch.Size, axis: int) -> torch.Tensor:
+    view = [1] * len(shape)
+    view[axis] = len(line)
+    return line.reshape(view).expand(shape)

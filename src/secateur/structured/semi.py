@@ -1,0 +1,66 @@
+"""Structured sparsity that cannot be removed physically, returned as masks.
+
+- :func:`kernel_masks`: whole 2-D kernels ``weight[o, i, :, :]`` of conv layers, the lowest
+  L1 norms per layer;
+- :func:`nm_masks`: N:M semi-structured sparsity (e.g. 2:4): in every run of ``m``
+  consecutive input weights of a row, only the ``n`` largest magnitudes survive.
+
+Both return ``{"layer.weight": bool mask}`` (True = keep) for ``secateur.masks.apply_masks``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+Masks = dict[str, torch.Tensor]
+
+
+def _skip(name: str, ignore: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in ignore)
+
+
+def kernel_masks(model: nn.Module, ratio: float, *, ignore: Sequence[str] = ()) -> Masks:
+    """Masks removing the ``ratio`` of 2-D kernels with the lowest L1 norm in every Conv2d."""
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"kernel ratio must be in [0, 1), got {ratio!r}")
+    masks: Masks = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d) or _skip(name, ignore):
+            continue
+        w = m.weight.detach()
+        norms = w.abs().sum(dim=(2, 3)).reshape(-1)
+        n_prune = int(norms.numel() * ratio)
+        keep = torch.ones_like(norms, dtype=torch.bool)
+        keep[torch.argsort(norms, stable=True)[:n_prune]] = False
+        masks[f"{name}.weight"] = keep.reshape(w.shape[:2])[:, :, None, None].expand_as(w).clone()
+    return masks
+
+
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4, *, ignore: Sequence[str] = ()) -> Masks:
+    """N:M masks for Linear and Conv2d weights whose input size is a multiple of ``m``.
+
+    For convs, groups of ``m`` run along the input channels at each kernel position (the
+    layout sparse tensor cores use after an NHWC permute). Layers that do not divide are skipped.
+    """
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+        raise ConfigError(f"n:m sparsity needs integers 0 < n < m, got {n}:{m}")
+    masks: Masks = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)) or _skip(name, ignore):
+            continue
+        w = mod.weight.detach()
+        rows = w if w.dim() == 2 else w.permute(0, 2, 3, 1)  # [out, (kh, kw,) in]
+        if rows.shape[-1] % m:
+            continue
+        groups = rows.reshape(-1, m).abs()
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
+        keep = keep.reshape(rows.shape)
+        masks[f"{name}.weight"] = keep if w.dim() == 2 else keep.permute(0, 3, 1, 2).contiguous()
+    return masks

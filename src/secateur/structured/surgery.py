@@ -1,0 +1,181 @@
+"""Physical surgery: shrink layers to the indices a :class:`Plan` keeps.
+
+The result is the same model object with the same module classes and smaller tensors
+(conv / linear weights and biases, BatchNorm / InstanceNorm / GroupNorm / PReLU parameters
+and running statistics) and updated ``in_channels`` / ``out_channels`` / ``groups`` /
+``in_features`` / ``num_features`` ... attributes. No masks, no wrappers.
+
+Surgery is atomic: every edit is computed and validated before any is applied, and when an
+``example_input`` is given the shrunk model must run on it, otherwise every edit is undone
+and :class:`UnsupportedModelError` is raised. Either way a failure leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, UnsupportedModelError
+from .plan import Plan
+from .propagate import CHANNEL_NORMS, CONVS
+
+
+@dataclass
+class _Edit:
+    module: nn.Module
+    name: str
+    new: Any
+    old: Any = None
+
+
+def apply_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor | None = None) -> nn.Module:
+    """Shrink ``model`` in place to ``plan`` and return it (atomic; see module docstring)."""
+    edits: list[_Edit] = []
+    for path in sorted(set(plan.keep_out) | set(plan.keep_in)):
+        module = _get(model, path)
+        edits.extend(_module_edits(path, module, plan.keep_out.get(path), plan.keep_in.get(path)))
+    _swap(edits, forward=True)
+    if example_input is not None:
+        try:
+            _check_runs(model, example_input)
+        except Exception as err:
+            _swap(edits, forward=False)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UnsupportedModelError(
+                f"pruned model does not run ({type(err).__name__}: {first[:160]}); the model is unchanged"
+            ) from None
+    return model
+
+
+def _get(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"plan names layer {path!r}, which this model does not have") from None
+
+
+def _check_runs(model: nn.Module, x: torch.Tensor) -> None:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _swap(edits: list[_Edit], forward: bool) -> None:
+    """Apply (or undo) edits; plain attribute assignment, so it cannot fail halfway."""
+    for e in edits if forward else reversed(edits):
+        if forward:
+            e.old = _read(e.module, e.name)
+        _write(e.module, e.name, e.new if forward else e.old)
+
+
+def _read(module: nn.Module, name: str) -> Any:
+    if name in module._parameters:
+        return module._parameters[name]
+    if name in module._buffers:
+        return module._buffers[name]
+    return getattr(module, name)
+
+
+def _write(module: nn.Module, name: str, value: Any) -> None:
+    if name in module._parameters:
+        module._parameters[name] = value
+    elif name in module._buffers:
+        module._buffers[name] = value
+    else:
+        object.__setattr__(module, name, value)
+
+
+def _index(idx: list[int], size: int, path: str, what: str) -> torch.Tensor:
+    if not idx or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= size:
+        raise ConfigError(f"plan for {path!r} keeps invalid {what} indices (size {size}): "
+                          f"need distinct values in [0, {size}), at least one")
+    return torch.tensor(sorted(idx), dtype=torch.long)
+
+
+def _sliced(t: torch.Tensor | None, dim: int, idx: torch.Tensor) -> Any:
+    """A new Parameter / tensor holding ``t`` restricted to ``idx`` along ``dim``."""
+    if t is None:
+        return None
+    new = t.detach().index_select(dim, idx.to(t.device)).clone()
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(new, requires_grad=t.requires_grad)
+    return new
+
+
+def _module_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
+    for kinds, fn in _EDITORS:
+        if isinstance(m, kinds):
+            return fn(path, m, out, inp)
+    raise ConfigError(f"plan prunes {path!r}, a {type(m).__name__}, which structured surgery cannot shrink")
+
+
+def _conv_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
+    edits, w, groups = [], m.weight, m.groups
+    o = _index(out, m.out_channels, path, "output") if out is not None else None
+    i = _index(inp, m.in_channels, path, "input") if inp is not None else None
+    if groups > 1:
+        ipg, opg = m.in_channels // groups, m.out_channels // groups
+        n_in = len(i) if i is not None else m.in_channels
+        n_out = len(o) if o is not None else m.out_channels
+        if n_in % ipg or n_out % opg or n_in // ipg != n_out // opg:
+            raise ConfigError(f"plan for grouped conv {path!r} does not keep whole groups")
+        groups = n_in // ipg
+        edits.append(_Edit(m, "groups", groups))
+        i = None  # weight's input dim is per group and keeps its size
+    if o is not None:
+        w = _sliced(w, 0, o)
+        edits += [_Edit(m, "out_channels", len(o)), _Edit(m, "bias", _sliced(m.bias, 0, o))]
+    if inp is not None:
+        edits.append(_Edit(m, "in_channels", len(inp)))
+    if i is not None:
+        w = _sliced(w, 1, i)
+    edits.append(_Edit(m, "weight", w if isinstance(w, nn.Parameter) else nn.Parameter(w)))
+    return edits
+
+
+def _linear_edits(path: str, m: nn.Linear, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
+    edits, w = [], m.weight
+    if out is not None:
+        o = _index(out, m.out_features, path, "output")
+        w = _sliced(w, 0, o)
+        edits += [_Edit(m, "out_features", len(o)), _Edit(m, "bias", _sliced(m.bias, 0, o))]
+    if inp is not None:
+        i = _index(inp, m.in_features, path, "input")
+        w = _sliced(w, 1, i)
+        edits.append(_Edit(m, "in_features", len(i)))
+    edits.append(_Edit(m, "weight", w))
+    return edits
+
+
+def _norm_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
+    if inp is not None or out is None:
+        raise ConfigError(f"plan for norm layer {path!r} must only keep output channels")
+    size = (m.num_channels if isinstance(m, nn.GroupNorm)
+            else m.num_parameters if isinstance(m, nn.PReLU) else m.num_features)
+    o = _index(out, size, path, "channel")
+    edits = [_Edit(m, name, _sliced(getattr(m, name), 0, o))
+             for name in ("weight", "bias", "running_mean", "running_var") if getattr(m, name, None) is not None]
+    if isinstance(m, nn.GroupNorm):
+        per = m.num_channels // m.num_groups
+        if len(o) % per:
+            raise ConfigError(f"plan for GroupNorm {path!r} does not keep whole groups")
+        return edits + [_Edit(m, "num_channels", len(o)), _Edit(m, "num_groups", len(o) // per)]
+    if isinstance(m, nn.PReLU):
+        return edits + [_Edit(m, "num_parameters", len(o))]
+    return edits + [_Edit(m, "num_features", len(o))]
+
+
+_EDITORS: list[tuple[tuple[type, ...], Callable[..., list[_Edit]]]] = [
+    (CONVS, _conv_edits),
+    ((nn.Linear,), _linear_edits),
+    ((*CHANNEL_NORMS, nn.GroupNorm, nn.PReLU), _norm_edits),
+]

@@ -1,0 +1,72 @@
+"""Helpers shared by the structured-pruning tests (not a test module)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from secateur.structured import Plan, analyse, apply_plan, plan_pruning
+
+
+def zero_pruned(model: nn.Module, plan: Plan) -> None:
+    """Zero every output channel the plan removes (filters, biases, norm scales and shifts)."""
+    with torch.no_grad():
+        for path, keep in plan.keep_out.items():
+            m = model.get_submodule(path)
+            for name in ("weight", "bias"):
+                t = getattr(m, name, None)
+                if isinstance(t, torch.Tensor):
+                    gone = torch.ones(t.shape[0], dtype=torch.bool)
+                    gone[keep] = False
+                    t[gone] = 0
+
+
+def calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
+    """Give BatchNorm realistic running statistics (as in a trained model), then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(x)
+    model.eval()
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def equivalence(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, seed: int = 0,
+                **kw) -> tuple[nn.Module, Plan, float, float]:
+    """Prune a zeroed copy; returns (pruned, plan, max |diff|, max |reference output|)."""
+    calibrate_bn(model, x)
+    graph = analyse(model, x[:1], **{k: v for k, v in kw.items() if k == "ignore"})
+    opts = {k: v for k, v in kw.items() if k != "ignore"}
+    opts.setdefault("criterion", "random")
+    plan = plan_pruning(model, graph, ratio=ratio, generator=torch.Generator().manual_seed(seed), **opts)
+    zero_pruned(model, plan)
+    with torch.no_grad():
+        ref = model(x)
+    pruned = apply_plan(copy.deepcopy(model), plan, x[:1])
+    with torch.no_grad():
+        out = pruned(x)
+    return pruned, plan, (out - ref).abs().max().item(), ref.abs().max().item()
+
+
+def assert_equivalent(diff: float, scale: float) -> None:
+    """Within 1e-5 absolutely and (for tiny outputs) 1e-4 relative to the output scale."""
+    assert diff <= 1e-5, diff
+    assert diff <= 1e-4 * scale or diff <= 1e-7, (diff, scale)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, num_classes: int = 10) -> None:
+    """One SGD step must run and change the weights."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = nn.functional.cross_entropy(model(x), torch.arange(len(x)) % num_classes)
+    assert torch.isfinite(loss)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
