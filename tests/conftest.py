@@ -6,8 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+torch.set_num_threads(1)  # tiny test models run faster (and identically) on one thread
 
 
 @pytest.fixture(scope="session")

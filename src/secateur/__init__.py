@@ -1,5 +1,33 @@
-"""secateur: prune trained PyTorch networks within an accuracy drop bound."""
+"""secateur: prune trained PyTorch networks within an accuracy drop bound.
+
+The Python API mirrors the CLI; every name (``"han"``, ``"lenet5"``, ``"mnist"``) resolves
+through the same registries::
+
+    import secateur
+    data = secateur.load_dataset("mnist")
+    model = secateur.build_model("lenet300")
+    secateur.fit(model, data, secateur.TrainConfig(epochs=20))
+    result = secateur.prune(model, data=data, method="han", max_drop=0.1)
+    print(result.compression, result.results["pruned"]["test"]["accuracy"])
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .baseline import default_config, train_baseline
+from .data import DATASETS, Dataset, load_dataset
+from .errors import SecateurError
+from .masks import apply_masks, make_permanent, masks_of
+from .metrics import count_macs, count_params, sparsity_report
+from .models import MODELS, build_model
+from .pruning import PruneConfig, PruneResult, prune
+from .storage import load_model, save_model
+from .train import TrainConfig, evaluate, fit
+
+__all__ = [
+    "DATASETS", "MODELS", "Dataset", "PruneConfig", "PruneResult", "SecateurError", "TrainConfig",
+    "apply_masks", "build_model", "count_macs", "count_params", "default_config", "evaluate", "fit",
+    "load_dataset", "load_model", "make_permanent", "masks_of", "prune", "save_model",
+    "sparsity_report", "train_baseline",
+]

@@ -20,10 +20,10 @@ from .train import TrainConfig, evaluate, fit
 
 # Default training recipes. Chosen on the validation split; see README "Baselines".
 RECIPES: dict[str, TrainConfig] = {
-    "lenet300": TrainConfig(epochs=20, batch_size=64, lr=0.05, weight_decay=1e-4, augment=0),
-    "lenet5": TrainConfig(epochs=15, batch_size=64, lr=0.05, weight_decay=5e-4, augment=2),
+    "lenet300": TrainConfig(epochs=20, batch_size=64, lr=0.05, weight_decay=1e-4, augment=1),
+    "lenet5": TrainConfig(epochs=15, batch_size=64, lr=0.01, weight_decay=5e-4, augment=1),
 }
-GENERIC_RECIPE = TrainConfig(epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4)
+GENERIC_RECIPE = TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=5e-4)
 
 
 def default_config(model_name: str) -> TrainConfig:

@@ -136,6 +136,17 @@ class Tracker:
         self.notes: list[str] = []
         self.visited: set[str] = set()
 
+    def snapshot(self) -> tuple:
+        """Copy of the mutable state, to retry a failed propagation from scratch."""
+        return (list(self.uf.parent), list(self.uf.locked), dict(self.records), dict(self.producers),
+                list(self.notes), set(self.visited))
+
+    def restore(self, state: tuple) -> None:
+        parent, locked, records, producers, notes, visited = state
+        self.uf.parent, self.uf.locked = list(parent), list(locked)
+        self.records, self.producers = dict(records), dict(producers)
+        self.notes, self.visited = list(notes), set(visited)
+
     def produce(self, path: str, n: int) -> torch.Tensor:
         """Output tags of layer ``path`` (the same tags every time the layer is called)."""
         if path not in self.producers or len(self.producers[path]) != n:
@@ -175,38 +186,45 @@ class Tracker:
 
 
 def build_groups(tr: Tracker) -> DependencyGraph:
-    """Group the unlocked coupled channels by the set of layers they touch."""
+    """Group the unlocked coupled channels by the set of layers they touch (vectorised)."""
     uf = tr.uf
-    members: dict[int, list[tuple[str, str, int]]] = {}
-    for (path, role), tags in tr.records.items():
-        for pos, t in enumerate(tags.tolist()):
-            root = uf.find(t)
-            if not uf.locked[root]:
-                members.setdefault(root, []).append((path, role, pos))
-    by_sig: dict[tuple, list[list[tuple[str, str, int]]]] = {}
-    for items in members.values():
-        sig = tuple(dict.fromkeys((p, r) for p, r, _ in items))
-        by_sig.setdefault(sig, []).append(items)
-    order = {key: i for i, key in enumerate(tr.records)}
-    groups = [_make_group(sig, comps, order) for sig, comps in by_sig.items()]
+    roots = torch.tensor([uf.find(t) for t in range(len(uf.parent))], dtype=torch.long)
+    locked = torch.tensor(uf.locked, dtype=torch.bool)[roots]
+    keys = list(tr.records)
+    per_key = []
+    touching: dict[int, list[int]] = {}
+    for ki, key in enumerate(keys):
+        tags = tr.records[key]
+        free = ~locked[tags]
+        pos, r = free.nonzero().flatten(), roots[tags[free]]
+        per_key.append((pos, r))
+        for root in torch.unique(r).tolist():
+            touching.setdefault(root, []).append(ki)
+    by_sig: dict[tuple[int, ...], list[int]] = {}
+    for root, kis in touching.items():
+        by_sig.setdefault(tuple(kis), []).append(root)
+    groups = [_make_group(sig, rts, keys, per_key, len(roots)) for sig, rts in sorted(by_sig.items())]
     groups = [g for g in groups if g.modules("out")]
-    groups.sort(key=lambda g: min(order[(m.module, m.role)] for m in g.members))
     dims = {key: len(tags) for key, tags in tr.records.items()}
     return DependencyGraph(groups=groups, dims=dims, notes=list(dict.fromkeys(tr.notes)))
 
 
-def _make_group(sig: tuple, comps: list[list[tuple[str, str, int]]], order: dict) -> Group:
-    comps.sort(key=lambda items: min(p for _, _, p in items))
-    parts: dict[tuple[str, str], tuple[list[int], list[int]]] = {key: ([], []) for key in sig}
-    for ci, items in enumerate(comps):
-        for path, role, pos in items:
-            parts[(path, role)][0].append(pos)
-            parts[(path, role)][1].append(ci)
-    keys = sorted(sig, key=lambda k: order[k])
-    mem = [Member(p, r, torch.tensor(parts[(p, r)][0]), torch.tensor(parts[(p, r)][1])) for p, r in keys]
-    outs = [m.module for m in mem if m.role == "out"]
-    name = outs[0] if outs else mem[0].module
-    return Group(name=name, size=len(comps), members=mem)
+def _make_group(sig: tuple[int, ...], group_roots: list[int], keys: list, per_key: list, n_tags: int) -> Group:
+    """One group: channels numbered by first position in the group's first layer."""
+    in_group = torch.zeros(n_tags, dtype=torch.bool)
+    in_group[group_roots] = True
+    pos0, r0 = per_key[sig[0]]
+    first = r0[in_group[r0]]
+    order = list(dict.fromkeys(first.tolist()))
+    channel_of = torch.full((n_tags,), -1, dtype=torch.long)
+    channel_of[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    members = []
+    for ki in sig:
+        pos, r = per_key[ki]
+        sel = in_group[r]
+        members.append(Member(keys[ki][0], keys[ki][1], pos[sel], channel_of[r[sel]]))
+    outs = [m.module for m in members if m.role == "out"]
+    return Group(name=outs[0] if outs else members[0].module, size=len(order), members=members)
 
 
 def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = ()) -> DependencyGraph:

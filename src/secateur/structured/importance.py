@@ -57,7 +57,7 @@ def _norm_scores(model: nn.Module, graph: DependencyGraph, power: int) -> Scores
         if member.role == "norm":
             return None
         w = _weight_of(model, member)
-        return None if w is None else w.abs().pow(power).sum(1)
+        return None if w is None else (w.abs() if power == 1 else w.pow(2)).sum(1)
 
     out = {g.name: _accumulate(g, per) for g in graph.groups}
     return out if power == 1 else {k: v.sqrt() for k, v in out.items()}

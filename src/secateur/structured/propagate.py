@@ -7,12 +7,14 @@ the labels of its output: ``(dim, tags)`` for a tensor, a list for a tuple of te
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..errors import UnsupportedModelError
 from .graph import Labels, Tracker
@@ -54,13 +56,15 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class _LabelInterpreter(fx.Interpreter):
     """Runs the graph for real (shapes) and computes labels node by node."""
 
-    def __init__(self, gm: fx.GraphModule, tracker: Tracker) -> None:
+    def __init__(self, gm: fx.GraphModule, tracker: Tracker, mode: Any = None) -> None:
         super().__init__(gm)
         self.tracker = tracker
         self.labels: dict[fx.Node, Any] = {}
+        self.mode = mode if mode is not None else contextlib.nullcontext()
 
     def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
+        with self.mode:
+            value = super().run_node(n)
         try:
             self.labels[n] = label_node(self, n, value)
         except UnsupportedModelError:
@@ -72,18 +76,55 @@ class _LabelInterpreter(fx.Interpreter):
 
 
 def propagate(gm: fx.GraphModule, tracker: Tracker, example_input: torch.Tensor) -> None:
-    """Run ``gm`` on ``example_input`` under no_grad and fill ``tracker`` with channel records."""
-    interp = _LabelInterpreter(gm, tracker)
-    try:
-        with torch.no_grad():
-            interp.run(example_input)
-    except UnsupportedModelError:
-        raise
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UnsupportedModelError(
-            f"cannot run the traced model on the example input: {type(err).__name__}: {first[:200]}"
-        ) from None
+    """Run ``gm`` on ``example_input`` under no_grad and fill ``tracker`` with channel records.
+
+    Only shapes matter, so the graph first runs on the ``meta`` device (no arithmetic), then
+    with fake tensors, and only if both fail for real.
+    """
+    snapshot = tracker.snapshot()
+    with torch.no_grad():
+        for runner in (_run_meta, _run_fake):
+            try:
+                runner(gm, tracker, example_input)
+                return
+            except UnsupportedModelError:
+                raise
+            except Exception:  # an op without a meta / fake implementation: try the next way
+                tracker.restore(snapshot)
+        try:
+            _LabelInterpreter(gm, tracker).run(example_input)
+        except UnsupportedModelError:
+            raise
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UnsupportedModelError(
+                f"cannot run the traced model on the example input: {type(err).__name__}: {first[:200]}"
+            ) from None
+
+
+class _Runner(nn.Module):
+    """Wraps an interpreter so ``torch.func.functional_call`` can swap in meta parameters."""
+
+    def __init__(self, gm: fx.GraphModule, interp: _LabelInterpreter) -> None:
+        super().__init__()
+        self.gm = gm
+        self.interp = [interp]
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.interp[0].run(x)
+
+
+def _run_meta(gm: fx.GraphModule, tracker: Tracker, x: torch.Tensor) -> None:
+    runner = _Runner(gm, _LabelInterpreter(gm, tracker))
+    tensors = {**dict(runner.named_parameters(remove_duplicate=False)),
+               **dict(runner.named_buffers(remove_duplicate=False))}
+    meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+    torch.func.functional_call(runner, meta, (x.to("meta"),), strict=True)
+
+
+def _run_fake(gm: fx.GraphModule, tracker: Tracker, x: torch.Tensor) -> None:
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    _LabelInterpreter(gm, tracker, fake).run(fake.from_tensor(x))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -15,11 +15,16 @@ class _PathTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.path_stack: list[str] = []
+        self.failed_in: str | None = None
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.path_stack.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.path_stack[-1]
+            raise
         finally:
             self.path_stack.pop()
 
@@ -30,8 +35,7 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises many types (TraceError, TypeError, RuntimeError ...)
-        where = tracer.path_stack[-1] if tracer.path_stack else "<root>"
-        where = where or "<root>"
+        where = tracer.failed_in or "<root>"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UnsupportedModelError(
             f"cannot trace {type(model).__name__} for structured pruning: {type(err).__name__}: "
