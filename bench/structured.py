@@ -10,8 +10,9 @@ extra) is the peer; when it is missing its entries say so.
                                [--no-latency] [--repeats N]
 
 The JSON maps each model name to ``{"secateur": {...}, "torch_pruning": {...}}``; a markdown
-table is printed (and written with ``--md``). Models run one at a time; results are written
-after each model, so an interrupted run keeps what it finished.
+table is printed (and written with ``--md``). Models run one at a time, each tool in its own
+process that is stopped past ``--timeout`` seconds or ``--max-gb`` of memory (recorded as a
+failure); results are written after each model, so an interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import copy
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -142,8 +144,54 @@ def _ratios(entry: dict) -> None:
             entry[f"speedup_{b}_over_mac_ratio"] = speedup / entry["mac_ratio"]
 
 
+def _child(name: str, tool: str, before: dict, args: argparse.Namespace, conn: Any) -> None:
+    """Subprocess body: build the model again (same seed) and prune it with ``tool``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = torchvision.models.get_model(name, weights=None).eval()
+    conn.send(run_one(tool, base, name, before, args))
+    conn.close()
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_isolated(name: str, tool: str, before: dict, args: argparse.Namespace) -> dict:
+    """``run_one`` in a fresh process, killed past ``--timeout`` seconds or ``--max-gb`` of memory."""
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(name, tool, before, args, send), daemon=True)
+    proc.start()
+    send.close()
+    start, limit = time.perf_counter(), args.max_gb * 2**30
+    why = None
+    while not recv.poll(0.5):
+        if not proc.is_alive():
+            why = f"worker died (exit code {proc.exitcode})"
+            break
+        if time.perf_counter() - start > args.timeout:
+            why = f"gave up after {args.timeout:.0f} s"
+            break
+        if _rss_bytes(proc.pid) > limit:
+            why = f"gave up above {args.max_gb:g} GB of memory"
+            break
+    result = None if why else recv.recv()
+    proc.kill()
+    proc.join()
+    return result or {"ok": False, "error": why, **before}
+
+
 def bench_model(name: str, args: argparse.Namespace) -> dict:
-    """Both tools on one model."""
+    """Both tools on one model, each in its own process."""
     torch.manual_seed(0)
     shape = input_shape(name)
     try:
@@ -155,10 +203,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     except Exception as err:
         failed = {"ok": False, "error": f"could not build or measure: {first_line(err)}"}
         return {tool: dict(failed) for tool in PRUNERS}
-    result = {tool: run_one(tool, base, name, before, args) for tool in PRUNERS}
     del base
     gc.collect()
-    return result
+    return {tool: run_isolated(name, tool, before, args) for tool in PRUNERS}
 
 
 def _fmt(v: Any, scale: float = 1.0, digits: int = 2) -> str:
@@ -215,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-latency", action="store_true", help="skip CPU latency measurements")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per latency (median)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per model and tool before giving up")
+    parser.add_argument("--max-gb", type=float, default=8, help="memory per model and tool before giving up")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,3 +58,21 @@ def test_state_round_trips_through_json_form():
 def test_invalid_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         SearchSettings(**kwargs).validate()
+
+
+def test_a_collapsed_bracket_reopens_when_retraining_makes_progress_possible():
+    """Iterative schedules keep retraining the accepted model, so the edge can move."""
+    settings = SearchSettings(rounds=40, start=1.0, step=0.5, resolution=0.1, patience=2)
+    state, edge = initial_state(settings), 2.0
+    while (x := next_strength(state, settings)) is not None:
+        feasible = x < edge
+        state = record(state, x, feasible, settings)
+        if feasible:
+            edge += 0.15  # each accepted round's retraining lets the model go a bit further
+    assert state.accepted > 3.0  # well past the first failure at about 2
+
+
+def test_patience_zero_stops_at_the_first_collapse():
+    settings = SearchSettings(rounds=40, resolution=0.1, patience=0)
+    state, tried = drive(2.0, settings)
+    assert state.failed is not None and state.failed - state.accepted <= 0.1

@@ -150,6 +150,17 @@ def test_unfollowable_reshape_locks_channels_but_model_still_prunes():
     assert pruned.a[0].out_channels == 8 and pruned.b[0].out_channels == 4
 
 
+def test_strict_mode_raises_naming_op_and_module_and_leaves_model():
+    model = Shuffle()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(UnsupportedModelError) as err:
+        prune_channels(model, X, strict=True)
+    message = str(err.value)
+    assert "\n" not in message and "'view'" in message and "<root>" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.a[0].out_channels == 8
+
+
 def test_layernorm_over_channels_is_kept_but_mlp_hidden_is_pruned():
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
                                                hidden_dim=16, mlp_dim=32, num_classes=4)
@@ -321,3 +332,11 @@ def test_nm_masks_are_two_of_four():
     assert ((w * kept).sum(1) >= (w * ~kept).sum(1)).all()
     with pytest.raises(ConfigError):
         nm_masks(model, 4, 2)
+
+
+def test_pruned_model_is_plain_and_exportable():
+    model, plan = prune_channels(Residual(), X, ratio=0.5)
+    assert {type(m) for m in model.modules()} == {type(m) for m in Residual().modules()}
+    assert all("mask" not in name and "orig" not in name for name, _ in model.named_parameters())
+    exported = torch.export.export(model.eval(), (X,))
+    assert torch.allclose(exported.module()(X), model(X))

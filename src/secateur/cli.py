@@ -162,9 +162,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain-epochs", type=non_negative_int, default=None,
                         help="retraining epochs per round (default 4)")
     parser.add_argument("--retrain-lr", type=positive_float, default=None,
-                        help="retraining learning rate (default: baseline lr / 10)")
-    parser.add_argument("--sensitivity", action="store_true",
-                        help="choose per-layer levels from a sensitivity analysis first")
+                        help="retraining learning rate (default: baseline lr / 2)")
+    parser.add_argument("--sensitivity", action=argparse.BooleanOptionalAction, default=None,
+                        help="choose per-layer levels from a sensitivity analysis first (default: on for han)")
 
 
 def prune_config_from(args: argparse.Namespace):
@@ -189,7 +189,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     train_config = train_config_from(args, args.model) if args.model else None
     result = prune_run(out=args.out, model=args.model, dataset=args.dataset, from_dir=args.from_dir,
                        config=prune_config_from(args), train_config=train_config, data_dir=args.data_dir,
-                       resume=args.resume, progress=not args.quiet)
+                       resume=args.resume, progress=not args.quiet, device=args.device)
     print(summary_line(result.results, args.out))
     return 0
 

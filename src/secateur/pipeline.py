@@ -65,14 +65,19 @@ def _check_fresh(out: Path, resume: bool) -> None:
 def prune_run(*, out: str | Path, model: str | None = None, dataset: str = "mnist",
               from_dir: str | Path | None = None, config: PruneConfig | None = None,
               train_config: TrainConfig | None = None, data_dir: str | Path | None = None,
-              resume: bool = False, progress: bool = True) -> PruneResult:
-    """The whole ``secateur prune`` run: data, baseline, search, run folder and report."""
+              resume: bool = False, progress: bool = True, device: str | None = None) -> PruneResult:
+    """The whole ``secateur prune`` run: data, baseline, search, run folder and report.
+
+    ``device`` overrides where retraining runs (default: where the baseline was trained).
+    """
     out = Path(out)
     _check_fresh(out, resume)
     data = load_dataset(dataset, data_dir)
     baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=train_config, progress=progress)
     _check_dataset(baseline.meta, data)
     meta = {"model": baseline.meta["model"], "dataset": data.name}
+    if device is not None:
+        baseline.train_config = baseline.train_config.replace(device=device).validate()
     resuming = resume and (out / rundir.STATE).exists()
     return prune(copy.deepcopy(baseline.model), data=data, config=config,
                  train_config=baseline.train_config, out=out, resume=resuming, progress=progress, meta=meta)

@@ -8,8 +8,12 @@ maps x to its own level, see :mod:`secateur.criteria`). Each round tries a stren
 - a round whose retrained model breaks the bound is rolled back to the last accepted state
   and marks the failed strength; from then on the next strength bisects the bracket
   ``(accepted, failed)``;
-- the search ends when the bracket is narrower than ``resolution``, or the round budget is
-  spent. The answer is the most compressed feasible model seen.
+- once the bracket is narrower than ``resolution``, a schedule that continues from the
+  accepted model (iterative, gradual) reopens it: the accepted model has been retrained
+  further since the failure, so a small step (``resolution``) may now hold. After
+  ``patience`` such stalls in a row without progress the search ends; so it does when the
+  round budget is spent, and at once for schedules that restart from the baseline.
+  The answer is the most compressed feasible model seen.
 
 This module holds only the bookkeeping (pure and serialisable, so ``--resume`` can restore
 it); :mod:`secateur.pruning` runs the rounds.
@@ -33,6 +37,7 @@ class SearchSettings:
     growth: float = 1.25
     resolution: float = 0.1
     max_strength: float = 12.0
+    patience: int = 2  # bracket collapses in a row before giving up (0: never reopen)
 
     def validate(self) -> "SearchSettings":
         """Raise ConfigError on impossible settings."""
@@ -40,6 +45,8 @@ class SearchSettings:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.start <= 0 or self.step <= 0 or self.resolution <= 0:
             raise ConfigError("start, step and resolution must all be > 0")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0, got {self.patience}")
         if self.growth < 1:
             raise ConfigError(f"growth must be >= 1, got {self.growth}")
         return self
@@ -54,6 +61,7 @@ class SearchState:
     failed: float | None = None
     step: float = 0.0
     best_round: int | None = None
+    stalls: int = 0
 
     def to_dict(self) -> dict:
         """JSON form."""
@@ -62,7 +70,7 @@ class SearchState:
     @classmethod
     def from_dict(cls, data: dict) -> "SearchState":
         """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def initial_state(settings: SearchSettings) -> SearchState:
@@ -88,9 +96,13 @@ def record(state: SearchState, strength: float, feasible: bool, settings: Search
     """The state after a round at ``strength`` that was ``feasible`` (or not)."""
     state = dataclasses.replace(state, round=state.round + 1)
     if feasible:
-        state.accepted, state.best_round = strength, state.round
+        state.accepted, state.best_round, state.stalls = strength, state.round, 0
         if state.failed is None:
             state.step *= settings.growth
     else:
         state.failed = strength if state.failed is None else min(state.failed, strength)
+    collapsed = state.failed is not None and state.failed - state.accepted <= settings.resolution
+    if collapsed and (feasible or state.stalls < settings.patience):
+        stalls = 0 if feasible else state.stalls + 1
+        state.failed, state.step, state.stalls = None, settings.resolution, stalls
     return state

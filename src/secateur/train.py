@@ -162,9 +162,14 @@ def random_shift(x: torch.Tensor, pixels: int, background: torch.Tensor,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
-             device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``data.<split>``."""
+             device: str | torch.device | None = None) -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``data.<split>``.
+
+    Runs where the model's parameters are unless ``device`` says otherwise.
+    """
     part: Split = getattr(data, split)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     correct = 0

@@ -50,7 +50,7 @@ __all__ = [
 
 
 def prune_channels(model: nn.Module, example_input: torch.Tensor, ratio: float = 0.5, *,
-                   criterion: str = "l1", scope: str = "local", ignore: Sequence[str] = (),
+                   criterion: str = "l1", scope: str = "local", ignore: Sequence[str] = (), strict: bool = False,
                    min_channels: int = 1, round_to: int = 1, ratios: Mapping[str, float] | None = None,
                    batches: Iterable | None = None, generator: torch.Generator | None = None,
                    inplace: bool = True) -> tuple[nn.Module, Plan]:
@@ -59,7 +59,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, ratio: float =
     With ``inplace=False`` the input model is left untouched and a pruned copy is returned.
     """
     target = model if inplace else copy.deepcopy(model)
-    graph = analyse(target, example_input, ignore=ignore)
+    graph = analyse(target, example_input, ignore=ignore, strict=strict)
     plan = plan_pruning(target, graph, ratio=ratio, criterion=criterion, scope=scope,
                         min_channels=min_channels, round_to=round_to, ratios=ratios,
                         batches=batches, generator=generator)

@@ -24,6 +24,7 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -127,9 +128,9 @@ class _UnionFind:
 class Tracker:
     """Mutable state of one analysis: union-find, per-layer tag records, notes."""
 
-    def __init__(self, modules: dict[str, nn.Module], ignore: Sequence[str]) -> None:
+    def __init__(self, ignore: Sequence[str] = (), strict: bool = False) -> None:
         self.uf = _UnionFind()
-        self.modules = modules
+        self.strict = strict
         self.ignore = tuple(ignore)
         self.records: dict[tuple[str, str], torch.Tensor] = {}
         self.producers: dict[str, torch.Tensor] = {}
@@ -173,7 +174,9 @@ class Tracker:
             for item in labels:
                 self.lock_labels(item, why)
             return
-        if why and not all(self.uf.is_locked(t) for t in labels[1].tolist()[:1]):
+        if why and not all(self.uf.is_locked(t) for t in labels[1].tolist()):
+            if self.strict:
+                raise UnsupportedModelError(f"strict structured pruning: {why}; the model is unchanged")
             self.notes.append(why)
         self.uf.lock(labels[1])
 
@@ -186,60 +189,85 @@ class Tracker:
 
 
 def build_groups(tr: Tracker) -> DependencyGraph:
-    """Group the unlocked coupled channels by the set of layers they touch (vectorised)."""
+    """Group the unlocked coupled channels by the set of layers they touch.
+
+    Vectorised with numpy (tiny single-threaded index ops; torch's thread pool only adds
+    latency): a channel's signature is a random 64-bit hash summed over the layers it touches.
+    """
     uf = tr.uf
-    roots = torch.tensor([uf.find(t) for t in range(len(uf.parent))], dtype=torch.long)
-    locked = torch.tensor(uf.locked, dtype=torch.bool)[roots]
+    n_tags = len(uf.parent)
+    roots = np.fromiter((uf.find(t) for t in range(n_tags)), dtype=np.int64, count=n_tags)
+    locked = np.asarray(uf.locked, dtype=bool)[roots]
     keys = list(tr.records)
-    per_key = []
-    touching: dict[int, list[int]] = {}
+    per_key, pair_roots, pair_keys = [], [], []
     for ki, key in enumerate(keys):
-        tags = tr.records[key]
+        tags = tr.records[key].numpy()
         free = ~locked[tags]
-        pos, r = free.nonzero().flatten(), roots[tags[free]]
+        pos, r = np.flatnonzero(free), roots[tags[free]]
         per_key.append((pos, r))
-        for root in torch.unique(r).tolist():
-            touching.setdefault(root, []).append(ki)
-    by_sig: dict[tuple[int, ...], list[int]] = {}
-    for root, kis in touching.items():
-        by_sig.setdefault(tuple(kis), []).append(root)
-    groups = [_make_group(sig, rts, keys, per_key, len(roots)) for sig, rts in sorted(by_sig.items())]
-    groups = [g for g in groups if g.modules("out")]
+        uniq = np.unique(r)
+        pair_roots.append(uniq)
+        pair_keys.append(np.full(len(uniq), ki, dtype=np.int64))
+    if not keys:
+        return DependencyGraph(groups=[], dims={}, notes=list(dict.fromkeys(tr.notes)))
+    pr, pk = np.concatenate(pair_roots), np.concatenate(pair_keys)
+    salt = np.random.default_rng(0).integers(1, 2**62, size=len(keys), dtype=np.int64)
+    sig = np.zeros(n_tags, dtype=np.int64)
+    np.add.at(sig, pr, salt[pk])
+    live = np.unique(pr)
+    _, group_idx = np.unique(sig[live], return_inverse=True)
+    group_of = np.full(n_tags, -1, dtype=np.int64)
+    group_of[live] = group_idx
+    groups = _make_groups(keys, per_key, group_of, pr, pk)
     dims = {key: len(tags) for key, tags in tr.records.items()}
     return DependencyGraph(groups=groups, dims=dims, notes=list(dict.fromkeys(tr.notes)))
 
 
-def _make_group(sig: tuple[int, ...], group_roots: list[int], keys: list, per_key: list, n_tags: int) -> Group:
-    """One group: channels numbered by first position in the group's first layer."""
-    in_group = torch.zeros(n_tags, dtype=torch.bool)
-    in_group[group_roots] = True
-    pos0, r0 = per_key[sig[0]]
-    first = r0[in_group[r0]]
-    order = list(dict.fromkeys(first.tolist()))
-    channel_of = torch.full((n_tags,), -1, dtype=torch.long)
-    channel_of[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    members = []
-    for ki in sig:
-        pos, r = per_key[ki]
-        sel = in_group[r]
-        members.append(Member(keys[ki][0], keys[ki][1], pos[sel], channel_of[r[sel]]))
-    outs = [m.module for m in members if m.role == "out"]
-    return Group(name=outs[0] if outs else members[0].module, size=len(order), members=members)
+def _make_groups(keys: list, per_key: list, group_of: np.ndarray, pr: np.ndarray, pk: np.ndarray) -> list[Group]:
+    """Groups in trace order; channels numbered by first position in the group's first layer."""
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    members: list[list[Member]] = [[] for _ in range(n_groups)]
+    sizes = np.bincount(group_of[np.unique(pr)], minlength=n_groups)
+    channel = np.full(len(group_of), -1, dtype=np.int64)
+    seen = np.zeros(n_groups, dtype=np.int64)
+    first_key = np.full(n_groups, -1, dtype=np.int64)
+    for ki, (pos, r) in enumerate(per_key):
+        g = group_of[r]
+        for gi in np.unique(g).tolist():
+            sel = g == gi
+            rr = r[sel]
+            new = rr[channel[rr] < 0]
+            if len(new):
+                _, first = np.unique(new, return_index=True)
+                fresh = new[np.sort(first)]
+                channel[fresh] = seen[gi] + np.arange(len(fresh))
+                seen[gi] += len(fresh)
+            if first_key[gi] < 0:
+                first_key[gi] = ki
+            members[gi].append(Member(keys[ki][0], keys[ki][1], torch.from_numpy(pos[sel]),
+                                      torch.from_numpy(channel[rr])))
+    groups = []
+    for gi in np.argsort(first_key, kind="stable").tolist():
+        outs = [m.module for m in members[gi] if m.role == "out"]
+        if outs:
+            groups.append(Group(name=outs[0], size=int(sizes[gi]), members=members[gi]))
+    return groups
 
 
-def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = ()) -> DependencyGraph:
+def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = (),
+            strict: bool = False) -> DependencyGraph:
     """Trace ``model`` on ``example_input`` into groups of coupled channels.
 
     ``ignore`` holds module paths (fnmatch patterns such as ``"features.*"``) whose channels
     are all kept. The model's outputs are always kept. The model is not modified. Raises
-    :class:`UnsupportedModelError` naming the op and module path when tracing fails.
+    :class:`UnsupportedModelError` naming the op and module path when tracing fails, and with
+    ``strict`` also at the first op whose channels it would otherwise keep (``graph.notes``).
     """
     from .propagate import propagate
 
     if not isinstance(example_input, torch.Tensor):
         raise UnsupportedModelError("example_input must be a single tensor batch, e.g. torch.randn(1, 3, 224, 224)")
-    modules = dict(model.named_modules())
-    tracker = Tracker(modules, ignore)
+    tracker = Tracker(ignore, strict)
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -248,22 +276,44 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     finally:
         for m, mode in was_training.items():
             m.training = mode
+    tracker.visited.update(_attr_owners(gm))
     _train_only_branches(model, tracker, example_input)
     _lock_shared_parameters(gm, tracker)
     return tracker.finish()
 
 
+def _attr_owners(gm: fx.GraphModule) -> set[str]:
+    """Modules whose tensors the graph reads directly (``get_attr``)."""
+    return {n.target.rsplit(".", 1)[0] if "." in n.target else "" for n in gm.graph.nodes if n.op == "get_attr"}
+
+
 def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torch.Tensor) -> None:
-    """Also trace training mode when some layers only run there (auxiliary classifiers)."""
+    """Also trace training mode when some layers only run there (auxiliary classifiers).
+
+    The training-mode run uses meta tensors, so BatchNorm statistics are not touched; should
+    that fail, it runs on a copy of the model.
+    """
     from .propagate import propagate
 
+    visited = tracker.visited
     unused = [p for p, m in model.named_modules()
               if any(True for _ in m.parameters(recurse=False))
-              and not any(p == v or p.startswith(v + ".") for v in tracker.visited)]
+              and not any(p == v or (v and p.startswith(v + ".")) for v in visited)]
     if not unused:
         return
-    twin = copy.deepcopy(model).train()
     batch = example_input if example_input.shape[0] > 1 else example_input.repeat(2, *[1] * (example_input.dim() - 1))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.train()
+        gm = trace_model(model)
+        propagate(gm, tracker, batch, real_ok=False)
+        return
+    except UnsupportedModelError:
+        pass
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    twin = copy.deepcopy(model).train()
     propagate(trace_model(twin), tracker, batch)
 
 

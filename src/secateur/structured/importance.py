@@ -48,7 +48,7 @@ def _accumulate(group: Group, per_member: Callable[[Member], torch.Tensor | None
     for member in group.members:
         values = per_member(member)
         if values is not None:
-            scores.index_add_(0, member.channel, values[member.positions].double())
+            scores.index_add_(0, member.channel, values[member.positions.to(values.device)].double().cpu())
     return scores
 
 
@@ -146,4 +146,4 @@ def _taylor_step(model: nn.Module, batch: Any, params: dict, acc: dict) -> None:
     for key, g in zip(keys, grads):
         if g is not None:
             prod = (params[key].detach() * g).reshape(g.shape[0], -1).sum(1)
-            acc[key] += prod.abs().double()
+            acc[key] += prod.abs().double().cpu()

@@ -4,8 +4,8 @@ A :class:`Plan` is plain data (JSON-serialisable, no tensors) so it can be saved
 weights and re-applied to a freshly built model. :func:`plan_pruning` turns a
 :class:`DependencyGraph` plus a criterion into a plan:
 
-- ``scope="local"``: every group loses ``ratio`` of its channels (per-group ``ratios``
-  override by fnmatch pattern on any of the group's layer paths);
+- ``scope="local"``: every group loses ``ratio`` of its channels (``ratios`` overrides it
+  for groups whose producing conv / linear layers match an fnmatch pattern, first match wins);
 - ``scope="global"``: scores are divided by their group's mean and ranked across groups, so
   the least important ``ratio`` of all channels go, wherever they are;
 - every group keeps at least ``min_channels`` channels and a multiple of ``round_to``
@@ -81,10 +81,10 @@ def _check_ratio(r: float, what: str) -> float:
     return float(r)
 
 
-def _group_ratio(g: Group, ratio: float, ratios: Mapping[str, float]) -> float | None:
-    """The override for ``g`` (first pattern matching one of its layers), or None."""
+def _group_ratio(g: Group, ratios: Mapping[str, float]) -> float | None:
+    """The override for ``g`` (first pattern matching a layer that produces its channels), or None."""
     for pattern, r in ratios.items():
-        if any(fnmatch.fnmatchcase(m, pattern) for m in [g.name, *g.modules()]):
+        if any(fnmatch.fnmatchcase(m, pattern) for m in g.modules("out")):
             return _check_ratio(r, f"ratio for {pattern!r}")
     return None
 
@@ -109,7 +109,7 @@ def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, crit
     if int(min_channels) < 1 or int(round_to) < 1:
         raise ConfigError(f"min_channels and round_to must be >= 1, got {min_channels} and {round_to}")
     scores = GROUP_CRITERIA.get(criterion)(model, graph, batches=batches, generator=generator)
-    overrides = {g.name: _group_ratio(g, ratio, ratios or {}) for g in graph.groups}
+    overrides = {g.name: _group_ratio(g, ratios or {}) for g in graph.groups}
     counts = {g.name: n_keep(g.size, overrides[g.name] if overrides[g.name] is not None else ratio,
                              min_channels, round_to) for g in graph.groups}
     if scope == "global":

@@ -50,17 +50,30 @@ POINTWISE_MODULES = (
     nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d,
 )
 CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+SHAPE_PRESERVING = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
+    nn.ELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.Dropout3d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _LabelInterpreter(fx.Interpreter):
     """Runs the graph for real (shapes) and computes labels node by node."""
 
-    def __init__(self, gm: fx.GraphModule, tracker: Tracker, mode: Any = None) -> None:
+    def __init__(self, gm: fx.GraphModule, tracker: Tracker, mode: Any = None, shapes_only: bool = False) -> None:
         super().__init__(gm)
         self.tracker = tracker
         self.labels: dict[fx.Node, Any] = {}
         self.mode = mode if mode is not None else contextlib.nullcontext()
+        self.shapes_only = shapes_only
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        """On meta tensors, shape-preserving layers just pass their input on (no meta kernels)."""
+        if self.shapes_only and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            if isinstance(self.fetch_attr(target), SHAPE_PRESERVING):
+                return args[0]
+        return super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         with self.mode:
@@ -75,31 +88,38 @@ class _LabelInterpreter(fx.Interpreter):
         return value
 
 
-def propagate(gm: fx.GraphModule, tracker: Tracker, example_input: torch.Tensor) -> None:
+def propagate(gm: fx.GraphModule, tracker: Tracker, example_input: torch.Tensor, real_ok: bool = True) -> None:
     """Run ``gm`` on ``example_input`` under no_grad and fill ``tracker`` with channel records.
 
     Only shapes matter, so the graph first runs on the ``meta`` device (no arithmetic), then
-    with fake tensors, and only if both fail for real.
+    with fake tensors, and only if both fail (and ``real_ok``) for real.
     """
     snapshot = tracker.snapshot()
     with torch.no_grad():
-        for runner in (_run_meta, _run_fake):
+        for runner in (_run_meta, _run_fake) if real_ok else (_run_meta,):
             try:
                 runner(gm, tracker, example_input)
                 return
-            except UnsupportedModelError:
-                raise
+            except UnsupportedModelError as err:
+                raise _one_line(err) from None
             except Exception:  # an op without a meta / fake implementation: try the next way
                 tracker.restore(snapshot)
         try:
+            if not real_ok:
+                raise RuntimeError("no meta-device run")
             _LabelInterpreter(gm, tracker).run(example_input)
-        except UnsupportedModelError:
-            raise
+        except UnsupportedModelError as err:
+            raise _one_line(err) from None
         except Exception as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise UnsupportedModelError(
                 f"cannot run the traced model on the example input: {type(err).__name__}: {first[:200]}"
             ) from None
+
+
+def _one_line(err: UnsupportedModelError) -> UnsupportedModelError:
+    """fx appends the failing node to exception messages; keep the user-facing first line."""
+    return UnsupportedModelError((str(err).strip().splitlines() or [""])[0])
 
 
 class _Runner(nn.Module):
@@ -115,7 +135,7 @@ class _Runner(nn.Module):
 
 
 def _run_meta(gm: fx.GraphModule, tracker: Tracker, x: torch.Tensor) -> None:
-    runner = _Runner(gm, _LabelInterpreter(gm, tracker))
+    runner = _Runner(gm, _LabelInterpreter(gm, tracker, shapes_only=True))
     tensors = {**dict(runner.named_parameters(remove_duplicate=False)),
                **dict(runner.named_buffers(remove_duplicate=False))}
     meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
@@ -236,6 +256,9 @@ def _function(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
 
 def _pointwise(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
     src = n.args[0] if n.args else None
+    for extra in _nodes(n):
+        if extra is not src:
+            it.tracker.lock_labels(_lab(it, extra), f"kept channels of a second input to {_describe(n)}")
     lab, x = _lab(it, src), _val(it, src)
     if lab is None or not isinstance(x, torch.Tensor):
         return _broadcast(it, n, value) if _name(n) in ("where",) else None
@@ -440,7 +463,10 @@ _HANDLERS.update({k: _softmax for k in SOFTMAX})
 
 def _module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, value: Any) -> Any:
     path = str(n.target)
-    src = n.args[0] if n.args else None
+    inputs = [*n.args, *n.kwargs.values()]
+    src = inputs[0] if inputs else None
+    for extra in inputs[1:]:  # only the first input's channels are followed through a module
+        it.tracker.lock_labels(_lab(it, extra), f"kept channels of a second input to {_describe(n)}")
     lab, x = _lab(it, src), _val(it, src)
     if isinstance(m, CONVS):
         return _conv(it.tracker, path, m, lab)

@@ -1,0 +1,105 @@
+"""The command line: one-line errors with exit code 2, and small end-to-end runs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from secateur.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse exits for usage mistakes
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["train", "--model", "lenet9", "--out", "x", "--dataset", "digits"], ["unknown model", "lenet5"]),
+    (["train", "--model", "lenet5", "--out", "x", "--epochs", "-1"], ["--epochs", ">= 0"]),
+    (["train", "--model", "lenet5", "--out", "x", "--lr", "0"], ["--lr", "> 0"]),
+    (["train", "--model", "lenet5", "--out", "x", "--dataset", "imagenet"], ["unknown dataset", "mnist"]),
+    (["prune", "--from", "does/not/exist", "--out", "x"], ["does not exist"]),
+    (["prune", "--model", "lenet5", "--out", "x", "--method", "l0"], ["invalid choice"]),
+    (["prune", "--model", "lenet5", "--out", "x", "--max-drop", "-0.5"], ["--max-drop"]),
+    (["info", "resnet1000"], ["unknown model"]),
+    (["report", "nowhere"], ["does not exist"]),
+])
+def test_expected_mistakes_are_one_line_with_exit_code_2(capsys, tmp_path, monkeypatch, argv, fragments):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_info_prints_the_layer_table_and_totals(capsys):
+    code, out, _ = run_cli(capsys, "info", "lenet5")
+    assert code == 0
+    assert "conv2" in out and "431,080" in out and "2,293,000" in out
+
+
+def test_corrupt_mnist_file_is_a_one_line_error(capsys, tmp_path, data_root):
+    folder = tmp_path / "mnist"
+    shutil.copytree(data_root / "mnist", folder)
+    blob = (folder / "train-images-idx3-ubyte.gz").read_bytes()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 3])
+    code, _, err = run_cli(capsys, "train", "--model", "lenet300", "--data-dir", str(folder),
+                           "--out", str(tmp_path / "run"), "--quiet")
+    assert_one_line_error(code, err, "train-images-idx3-ubyte.gz")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_magic_number_is_a_one_line_error(capsys, tmp_path, data_root):
+    folder = tmp_path / "mnist"
+    shutil.copytree(data_root / "mnist", folder)
+    path = folder / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[2:4] = b"\x0d\x07"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    code, _, err = run_cli(capsys, "train", "--model", "lenet300", "--data-dir", str(folder),
+                           "--out", str(tmp_path / "run"), "--quiet")
+    assert_one_line_error(code, err, "t10k-labels-idx1-ubyte.gz", "magic")
+
+
+def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
+    out = tmp_path / "base"
+    code, stdout, _ = run_cli(capsys, "train", "--model", "lenet300", "--dataset", "digits",
+                              "--out", str(out), "--epochs", "3", "--quiet")
+    assert code == 0 and "test accuracy" in stdout
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model"]["name"] == "lenet300" and meta["dataset"]["name"] == "digits"
+    for key in ("seed", "train_seconds", "versions"):
+        assert key in meta
+    assert 0 <= meta["metrics"]["val"]["accuracy"] <= 1 and 0 <= meta["metrics"]["test"]["accuracy"] <= 1
+    # an existing checkpoint is never overwritten without --force
+    code, _, err = run_cli(capsys, "train", "--model", "lenet300", "--dataset", "digits", "--out", str(out))
+    assert_one_line_error(code, err, "already exists")
+
+    run = tmp_path / "pruned"
+    code, stdout, _ = run_cli(capsys, "prune", "--from", str(out), "--dataset", "digits", "--out", str(run),
+                              "--method", "magnitude", "--max-drop", "5", "--rounds", "2",
+                              "--retrain-epochs", "1", "--quiet")
+    assert code == 0 and "smaller" in stdout
+    results = json.loads((run / "results.json").read_text())
+    assert results["drop"]["val"] <= 5.0
+    (run / "report.md").unlink()
+    code, _, _ = run_cli(capsys, "report", str(run))
+    assert code == 0 and (run / "report.md").exists()
+    code, stdout, _ = run_cli(capsys, "info", str(run))
+    assert code == 0 and "fc1" in stdout
+    code, _, err = run_cli(capsys, "prune", "--from", str(out), "--dataset", "digits", "--out", str(run))
+    assert_one_line_error(code, err, "--resume")
