@@ -266,13 +266,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``secateur`` argument parser."""
-    parser = _Parser(prog="secateur", description="Prune trained PyTorch networks within an accuracy drop bound.")
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train a dense baseline model")
     train.add_argument("--model", required=True, help="zoo name, torchvision:<name> or package.module:factory")
     add_data_args(train)
@@ -282,12 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(train)
     train.set_defaults(func=cmd_train)
 
+
+def _add_info(sub) -> None:
     info = sub.add_parser("info", help="per-layer shapes, parameters and MACs of a model or checkpoint")
     info.add_argument("model", help="zoo name, torchvision:<name>, or a checkpoint (.safetensors or run folder)")
     info.add_argument("--input-shape", type=shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
     info.add_argument("--num-classes", type=positive_int, default=10)
     info.set_defaults(func=cmd_info)
 
+
+def _add_prune(sub) -> None:
     prune = sub.add_parser("prune", help="prune to the smallest model within an accuracy drop bound")
     prune.add_argument("--model", help="zoo name, torchvision:<name> or package.module:factory (trains a baseline)")
     prune.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder or checkpoint")
@@ -299,8 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(prune)
     prune.set_defaults(func=cmd_prune)
 
+
+def _add_sweep(sub) -> None:
     sweep = sub.add_parser("sweep", help="trade-off curves of several methods on one plot")
-    sweep.add_argument("--model", help="zoo name (trains a baseline) ...")
+    sweep.add_argument("--model", help="zoo name (trains a baseline first)")
     sweep.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder")
     add_data_args(sweep)
     sweep.add_argument("--methods", default="han,global-magnitude,random")
@@ -311,22 +311,35 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true")
     sweep.set_defaults(func=cmd_sweep)
 
+
+def _add_sensitivity(sub) -> None:
     sens = sub.add_parser("sensitivity", help="prune each layer alone; plot accuracy per layer")
     sens.add_argument("--from", dest="from_dir", type=existing_path, required=True, help="a trained baseline folder")
     sens.add_argument("--method", default="han")
     sens.add_argument("--tolerance", type=non_negative_float, default=1.0,
-                      help="accuracy points a layer may lose alone (default 1.0)")
+                      help="accuracy points the layers may lose in total, each pruned alone (default 1.0)")
     sens.add_argument("--data-dir", type=Path, default=None)
     sens.add_argument("--out", type=Path, required=True)
     sens.add_argument("--quiet", action="store_true")
     sens.set_defaults(func=cmd_sensitivity)
 
+
+def _add_report_and_list(sub) -> None:
     report = sub.add_parser("report", help="re-render the report of a run folder")
     report.add_argument("run_dir", type=existing_path)
     report.set_defaults(func=cmd_report)
-
     listing = sub.add_parser("list", help="list dataset, model, method and schedule names")
     listing.set_defaults(func=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``secateur`` argument parser."""
+    parser = _Parser(prog="secateur", description="Prune trained PyTorch networks within an accuracy drop bound.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in (_add_train, _add_info, _add_prune, _add_sweep, _add_sensitivity, _add_report_and_list):
+        add(sub)
     return parser
 
 
