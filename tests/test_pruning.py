@@ -141,3 +141,21 @@ def test_bad_options_are_config_errors(trained, small):
         prune(copy.deepcopy(trained), method="han")
     with pytest.raises(ConfigError):
         PruneConfig(method="global-magnitude", factors={"fc1.weight": 2.0}).validate()
+
+
+def test_allocations(trained, small, tmp_path):
+    by_sensitivity = run(trained, small, method="han", allocation="sensitivity", max_drop=5.0, rounds=1,
+                         out=tmp_path / "sens")
+    assert (tmp_path / "sens" / "sensitivity.json").exists()
+    assert (tmp_path / "sens" / "sensitivity.png").exists()
+    uniform = run(trained, small, method="han", allocation="uniform", max_drop=5.0, rounds=1)
+    default = run(trained, small, method="han", max_drop=5.0, rounds=1)
+    kept = {r["name"]: r["kept"] for r in uniform.results["layers"]}
+    assert max(kept.values()) - min(kept.values()) < 0.25  # same q per layer: similar fractions
+    kept = {r["name"]: r["kept"] for r in default.results["layers"]}
+    assert kept["fc3.weight"] > kept["fc1.weight"]  # magnitude allocation spares the classifier
+    assert by_sensitivity.results["compression"] > 1.0
+    with pytest.raises(ConfigError, match="unknown allocation"):
+        PruneConfig(allocation="greedy").validate()
+    with pytest.raises(ConfigError):
+        PruneConfig(method="global-magnitude", allocation="sensitivity").validate()

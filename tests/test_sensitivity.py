@@ -52,3 +52,16 @@ def test_sensitivity_on_a_trained_model(small):
     sizes = {"fc1.weight": 235200, "fc2.weight": 30000, "fc3.weight": 1000}
     weighted = sum(factors[n] * sizes[n] for n in sizes) / sum(sizes.values())
     assert weighted == pytest.approx(1.0)
+
+
+def test_magnitude_factors_protect_small_layers_with_large_weights():
+    from secateur.sensitivity import magnitude_factors
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(400, 300), torch.nn.ReLU(), torch.nn.Linear(300, 10))
+    with torch.no_grad():
+        model[2].weight.mul_(10)  # the small classifier has much larger weights
+    factors = magnitude_factors(model, ["0.weight", "2.weight"], reference_sparsity=0.9)
+    assert factors["0.weight"] > 1.0 > factors["2.weight"]
+    weighted = (factors["0.weight"] * 120_000 + factors["2.weight"] * 3000) / 123_000
+    assert weighted == pytest.approx(1.0)

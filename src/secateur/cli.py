@@ -163,8 +163,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
                         help="retraining epochs per round (default 4)")
     parser.add_argument("--retrain-lr", type=positive_float, default=None,
                         help="retraining learning rate (default: baseline lr / 2)")
-    parser.add_argument("--sensitivity", action=argparse.BooleanOptionalAction, default=None,
-                        help="choose per-layer levels from a sensitivity analysis first (default: on for han)")
+    parser.add_argument("--allocation", choices=("uniform", "magnitude", "sensitivity"), default=None,
+                        help="per-layer strengths: uniform, from the dense weight magnitudes (default "
+                             "for han), or from a per-layer sensitivity analysis")
 
 
 def prune_config_from(args: argparse.Namespace):
@@ -172,7 +173,7 @@ def prune_config_from(args: argparse.Namespace):
     from .pruning import PruneConfig
 
     changes = {"method": args.method, "schedule": args.prune_schedule, "max_drop": args.max_drop,
-               "rounds": args.rounds, "sensitivity": args.sensitivity, "seed": args.seed or 0}
+               "rounds": args.rounds, "allocation": args.allocation, "seed": args.seed or 0}
     if args.retrain_epochs is not None:
         changes["retrain_epochs"] = args.retrain_epochs
     if args.retrain_lr is not None:

@@ -33,6 +33,7 @@ from .search import SearchSettings, SearchState, initial_state, next_strength, r
 from .train import TrainConfig, evaluate as evaluate_on, fit
 
 Evaluate = Callable[[nn.Module], float]
+ALLOCATIONS = ("uniform", "magnitude", "sensitivity")
 Train = Callable[[nn.Module], None]
 
 
@@ -56,8 +57,8 @@ class PruneConfig:
     targets: tuple[str, ...] | None = None  # default: weights of every Linear / Conv layer
     include_bias: bool = False
     factors: Mapping[str, float] | None = None  # per-layer strength multipliers
-    sensitivity: bool | None = None  # per-layer factors from a sensitivity analysis (None: for han)
-    tolerance: float = 1.0  # points one layer may lose alone in that analysis
+    allocation: str | None = None  # per-layer strengths: uniform | magnitude | sensitivity (None: see below)
+    tolerance: float = 1.0  # points the layers may lose in total in the sensitivity analysis
     seed: int = 0
     steps_per_round: int | None = None  # optimiser steps per round (gradual + custom train)
 
@@ -75,10 +76,18 @@ class PruneConfig:
             raise ConfigError(f"retrain lr factor must be in (0, 10], got {self.retrain_lr_factor}")
         if self.retrain_lr is not None and not self.retrain_lr > 0:
             raise ConfigError(f"retrain learning rate must be > 0, got {self.retrain_lr}")
-        if self.factors and self.method == "global-magnitude":
+        if self.allocation not in (None, *ALLOCATIONS):
+            raise ConfigError(f"unknown allocation {self.allocation!r}; choose one of: {', '.join(ALLOCATIONS)}")
+        if (self.factors or self.resolved_allocation() != "uniform") and self.method == "global-magnitude":
             raise ConfigError("per-layer factors do not apply to global-magnitude (one threshold for all layers)")
         self.search_settings()
         return self
+
+    def resolved_allocation(self) -> str:
+        """``magnitude`` for han (Han et al. chose per-layer q), ``uniform`` for the others."""
+        if self.allocation is not None:
+            return self.allocation
+        return "magnitude" if self.method == "han" else "uniform"
 
     def search_settings(self) -> SearchSettings:
         """The search's part of the configuration (no reopening when rounds restart)."""
@@ -240,9 +249,8 @@ def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train
         raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
     baseline = masked_copy(model, targets)
     reference = {name: float(effective(baseline, name).detach().float().std()) for name in targets}
-    wants_sensitivity = config.sensitivity if config.sensitivity is not None else config.method == "han"
-    if wants_sensitivity and not config.factors:
-        config = dataclasses.replace(config, factors=_sensitivity_factors(baseline, config, evaluate, targets, out))
+    if not config.factors and config.resolved_allocation() != "uniform":
+        config = dataclasses.replace(config, factors=_allocate(baseline, config, evaluate, targets, out))
     pruner = Pruner(CRITERIA.get(config.method), targets, dict(config.factors or {}), reference, config.seed)
     baseline_val = evaluate(baseline)
     if out is not None:
@@ -258,11 +266,13 @@ def saved_config(out: Path) -> PruneConfig:
     return PruneConfig(**{**saved, "targets": tuple(saved["targets"]) if saved.get("targets") else None}).validate()
 
 
-def _sensitivity_factors(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
-                         targets: tuple[str, ...], out: Path | None) -> dict[str, float]:
-    """Per-layer factors from a sensitivity analysis (saved as ``sensitivity.json``)."""
-    from .sensitivity import sensitivity
+def _allocate(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
+              targets: tuple[str, ...], out: Path | None) -> dict[str, float]:
+    """Per-layer strength factors, from the dense weights or a sensitivity analysis."""
+    from .sensitivity import magnitude_factors, sensitivity
 
+    if config.resolved_allocation() == "magnitude":
+        return magnitude_factors(model, targets)
     analysis = sensitivity(model, evaluate, method=config.method, targets=targets, tolerance=config.tolerance)
     if out is not None:
         from .storage import atomic_write_json

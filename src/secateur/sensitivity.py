@@ -11,6 +11,7 @@ compression).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -106,3 +107,21 @@ def sensitivity(model: nn.Module, evaluate: Callable[[nn.Module], float], *, met
     curves = layer_curves(model, evaluate, method=method, targets=targets, strengths=strengths, progress=progress)
     return {"method": method, "baseline_val": baseline, "tolerance": tolerance, "layers": curves,
             "factors": choose_factors(model, curves, baseline, tolerance)}
+
+
+def magnitude_factors(model: nn.Module, targets: Sequence[str], reference_sparsity: float = 0.9) -> dict[str, float]:
+    """Per-layer factors from where one global |w| threshold would cut the dense weights.
+
+    Layers whose weights are small relative to the rest (big fully connected layers) get
+    larger factors; small layers with large weights (the classifier, the first conv) get
+    smaller ones. Needs no data. Factors are normalised like :func:`choose_factors`.
+    """
+    from .criteria import global_magnitude_masks
+
+    weights = {name: effective(model, name).detach() for name in targets}
+    masks = global_magnitude_masks(weights, reference_sparsity)
+    sizes = {name: w.numel() for name, w in weights.items()}
+    kept = {name: max(float(masks[name].float().mean()), 1.0 / sizes[name]) for name in targets}
+    strengths = {name: max(-math.log2(kept[name]), 0.05) for name in targets}
+    mean = sum(strengths[n] * sizes[n] for n in targets) / sum(sizes.values())
+    return {name: strengths[name] / mean for name in targets}
