@@ -61,7 +61,7 @@ def weight_sparsity(results: dict) -> float:
     return 1 - sum(layer["nonzero"] for layer in results["layers"]) / total
 
 
-def run_model(name: str, data, out: Path, max_drop: float) -> dict:
+def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True) -> dict:
     """Baseline, secateur's run and the peer for one network."""
     shutil.rmtree(out / name, ignore_errors=True)
     start = time.perf_counter()
@@ -73,7 +73,7 @@ def run_model(name: str, data, out: Path, max_drop: float) -> dict:
     res = result.results
     budget_rounds = len(result.history) + sum(r.get("recovery_passes", 0) for r in result.history)
     retrain = retrain_config(config, TrainConfig(**baseline.meta["train"]))
-    peer = torch_prune_peer(baseline.model, data, weight_sparsity(res), budget_rounds, retrain)
+    peer = torch_prune_peer(baseline.model, data, weight_sparsity(res), budget_rounds, retrain) if peer else None
     shutil.copy(out / name / "prune" / "tradeoff.png", RESULTS / f"{name}_tradeoff.png")
     return {
         "params_before": res["params"]["baseline"], "params_after": res["params"]["nonzero"],
@@ -83,9 +83,10 @@ def run_model(name: str, data, out: Path, max_drop: float) -> dict:
         "total_seconds": train_seconds + res["seconds"], "rounds": res["rounds"],
         "layers": [{k: layer[k] for k in ("name", "weights", "nonzero", "kept", "macs", "macs_nonzero")}
                    for layer in res["layers"]],
-        "torch_prune": {**peer, "error_after": 100 * (1 - peer["test_accuracy"]),
-                        "compression": res["params"]["baseline"] / max(peer["params_nonzero"], 1),
-                        "retrain_rounds": budget_rounds},
+        "torch_prune": None if peer is None else {
+            **peer, "error_after": 100 * (1 - peer["test_accuracy"]),
+            "compression": res["params"]["baseline"] / max(peer["params_nonzero"], 1),
+            "retrain_rounds": budget_rounds},
     }
 
 
@@ -102,6 +103,8 @@ def markdown(rows: dict) -> str:
                      f"{row['error_after']:.2f}% | {row['params_before']:,} -> {row['params_after']:,} | "
                      f"**{row['compression']:.1f}x** | {row['total_seconds'] / 60:.1f} min "
                      f"({row['train_seconds'] / 60:.1f} train + {row['prune_seconds'] / 60:.1f} prune) |")
+        if peer is None:
+            continue
         lines.append(f"| {name} | torch.nn.utils.prune global L1, same budget | {row['error_before']:.2f}% -> "
                      f"{peer['error_after']:.2f}% | {row['params_before']:,} -> {peer['params_nonzero']:,} | "
                      f"{peer['compression']:.1f}x | {peer['seconds'] / 60:.1f} min prune |")
@@ -112,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--max-drop", type=float, default=0.1)
+    parser.add_argument("--no-peer", action="store_true", help="skip torch.nn.utils.prune (saves half the time)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--json", type=Path, default=RESULTS / "han_table.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "han_table.md")
@@ -121,7 +125,7 @@ def main() -> None:
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     rows = previous.get("models", {})
     for name in args.models.split(","):
-        rows[name] = run_model(name, data, args.out, args.max_drop)
+        rows[name] = run_model(name, data, args.out, args.max_drop, peer=not args.no_peer)
         report = {"machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
                   "max_drop": args.max_drop, "han2015": HAN, "models": rows}
         args.json.write_text(json.dumps(report, indent=2, sort_keys=True))
