@@ -103,3 +103,21 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
     assert code == 0 and "fc1" in stdout
     code, _, err = run_cli(capsys, "prune", "--from", str(out), "--dataset", "digits", "--out", str(run))
     assert_one_line_error(code, err, "--resume")
+
+
+def test_sweep_and_sensitivity_commands_on_digits(capsys, tmp_path):
+    base = tmp_path / "base"
+    assert run_cli(capsys, "train", "--model", "lenet300", "--dataset", "digits", "--out", str(base),
+                   "--epochs", "3", "--quiet")[0] == 0
+    code, _, _ = run_cli(capsys, "sweep", "--from", str(base), "--dataset", "digits", "--out", str(tmp_path / "sw"),
+                         "--methods", "han,random", "--strengths", "1,3", "--retrain-epochs", "1", "--quiet")
+    assert code == 0
+    sweep = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert set(sweep["methods"]) == {"han", "random"}
+    for points in sweep["methods"].values():
+        assert [p["strength"] for p in points] == [1.0, 3.0]
+        assert points[1]["compression"] > points[0]["compression"] > 1.0
+    assert (tmp_path / "sw" / "sweep.png").exists()
+    code, stdout, _ = run_cli(capsys, "sensitivity", "--from", str(base), "--out", str(tmp_path / "sens"), "--quiet")
+    assert code == 0 and "fc1.weight" in stdout
+    assert (tmp_path / "sens" / "sensitivity.json").exists() and (tmp_path / "sens" / "sensitivity.png").exists()
