@@ -18,7 +18,6 @@ failure); results are written after each model, so an interrupted run keeps what
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import multiprocessing
@@ -110,11 +109,11 @@ def first_line(err: BaseException) -> str:
 
 
 def run_one(tool: str, base: nn.Module, name: str, before: dict, args: argparse.Namespace) -> dict:
-    """Prune a copy of ``base`` with ``tool`` and measure it; failures become ``ok: False``."""
+    """Prune ``base`` (in place) with ``tool`` and measure it; failures become ``ok: False``."""
     shape = input_shape(name)
     entry: dict[str, Any] = {"ok": False, "error": None, **before}
     try:
-        model, t_analyse, t_prune = PRUNERS[tool](copy.deepcopy(base), torch.randn(1, *shape))
+        model, t_analyse, t_prune = PRUNERS[tool](base, torch.randn(1, *shape))
         entry.update(analyse_seconds=t_analyse, prune_seconds=t_prune)
         model.eval()
         with torch.no_grad():
