@@ -121,3 +121,15 @@ def test_sweep_and_sensitivity_commands_on_digits(capsys, tmp_path):
     code, stdout, _ = run_cli(capsys, "sensitivity", "--from", str(base), "--out", str(tmp_path / "sens"), "--quiet")
     assert code == 0 and "fc1.weight" in stdout
     assert (tmp_path / "sens" / "sensitivity.json").exists() and (tmp_path / "sens" / "sensitivity.png").exists()
+
+
+def test_resume_needs_only_the_run_folder(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "prune", "--model", "lenet300", "--dataset", "digits", "--out", str(run),
+                         "--epochs", "2", "--rounds", "2", "--retrain-epochs", "1", "--max-drop", "5", "--quiet")
+    assert code == 0
+    recipe = json.loads((run / "baseline" / "model.json").read_text())
+    assert recipe["train"]["epochs"] == 2  # the trained baseline's own record is kept
+    code, stdout, err = run_cli(capsys, "prune", "--out", str(run), "--resume", "--quiet")
+    assert code == 0, err
+    assert "smaller" in stdout

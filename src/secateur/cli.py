@@ -73,7 +73,8 @@ def shape(text: str) -> tuple[int, ...]:
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """--dataset / --data-dir, shared by every command that reads data."""
-    parser.add_argument("--dataset", default="mnist", help="dataset name (see 'secateur list')")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name (see 'secateur list'); default: the baseline's, else mnist")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder holding the dataset files (default: $SECATEUR_DATA/<name>, "
                              "~/.cache/secateur/<name>, else download)")
@@ -110,10 +111,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .baseline import train_baseline
 
     config = train_config_from(args, args.model)
-    result = train_baseline(args.model, args.dataset, out=args.out, config=config,
+    dataset = args.dataset or "mnist"
+    result = train_baseline(args.model, dataset, out=args.out, config=config,
                             data_dir=args.data_dir, progress=not args.quiet, overwrite=args.force)
     metrics = result.meta["metrics"]
-    print(f"{args.model} on {args.dataset}: val accuracy {100 * metrics['val']['accuracy']:.2f}%, "
+    print(f"{args.model} on {dataset}: val accuracy {100 * metrics['val']['accuracy']:.2f}%, "
           f"test accuracy {100 * metrics['test']['accuracy']:.2f}% "
           f"(test error {100 * (1 - metrics['test']['accuracy']):.2f}%) "
           f"in {result.meta['train_seconds']:.0f} s -> {args.out}")

@@ -62,7 +62,26 @@ def _check_fresh(out: Path, resume: bool) -> None:
         raise ConfigError(f"{out}/baseline already holds a baseline; pass --resume to prune it or choose another --out")
 
 
-def prune_run(*, out: str | Path, model: str | None = None, dataset: str = "mnist",
+def run_dataset(out: Path, from_dir: str | Path | None, dataset: str | None) -> str:
+    """The dataset to use: as given, else the one the run folder or baseline was made with."""
+    if dataset is not None:
+        return dataset
+    if (out / rundir.CONFIG).exists():
+        return _dataset_name(rundir.read_config(out).get("dataset")) or "mnist"
+    for folder in (from_dir, out / "baseline"):
+        if folder is not None and (Path(folder) / "model.json").exists():
+            from .storage import read_json
+
+            return _dataset_name(read_json(Path(folder) / "model.json").get("dataset")) or "mnist"
+    return "mnist"
+
+
+def _dataset_name(entry: object) -> str | None:
+    """A dataset name from metadata that holds either the name or ``{"name": ...}``."""
+    return entry.get("name") if isinstance(entry, dict) else entry if isinstance(entry, str) else None
+
+
+def prune_run(*, out: str | Path, model: str | None = None, dataset: str | None = None,
               from_dir: str | Path | None = None, config: PruneConfig | None = None,
               train_config: TrainConfig | None = None, data_dir: str | Path | None = None,
               resume: bool = False, progress: bool = True, device: str | None = None) -> PruneResult:
@@ -72,7 +91,7 @@ def prune_run(*, out: str | Path, model: str | None = None, dataset: str = "mnis
     """
     out = Path(out)
     _check_fresh(out, resume)
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=train_config, progress=progress)
     _check_dataset(baseline.meta, data)
     meta = {"model": baseline.meta["model"], "dataset": data.name}
@@ -84,7 +103,7 @@ def prune_run(*, out: str | Path, model: str | None = None, dataset: str = "mnis
 
 
 def _check_dataset(meta: dict, data: Dataset) -> None:
-    trained_on = (meta.get("dataset") or {}).get("name")
+    trained_on = _dataset_name(meta.get("dataset"))
     if trained_on and trained_on != data.name:
         raise ConfigError(f"the baseline was trained on {trained_on!r}, not {data.name!r}; pass --dataset {trained_on}")
 
@@ -109,7 +128,7 @@ def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han
 
 
 def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
-              from_dir: str | Path | None = None, dataset: str = "mnist", strengths=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
+              from_dir: str | Path | None = None, dataset: str | None = None, strengths=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
               retrain_epochs: int = 2, data_dir: str | Path | None = None, progress: bool = True) -> dict:
     """``secateur sweep``: every method's trade-off curve, saved and plotted together."""
     from .pruning import default_callables, retrain_config
@@ -118,7 +137,7 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
     from .sweep import sweep
 
     out = Path(out)
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress)
     retrain = retrain_config(PruneConfig(retrain_epochs=retrain_epochs), baseline.train_config)
     make_train, evaluate, _ = default_callables(data, retrain)

@@ -255,7 +255,8 @@ def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train
     baseline_val = evaluate(baseline)
     if out is not None:
         rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val, **meta})
-        _save(baseline, out / "baseline" / "model", meta, {"val": {"accuracy": baseline_val}})
+        if not (out / "baseline" / "model.safetensors").exists():  # keep a trained baseline's own record
+            _save(baseline, out / "baseline" / "model", meta, {"val": {"accuracy": baseline_val}})
     return _Run(config, baseline, copy.deepcopy(baseline), pruner, SCHEDULES.get(config.schedule), evaluate,
                 make_train, baseline_val, input_shape, out, initial_state(config.search_settings()), [])
 
