@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..storage import atomic_write_bytes
 from .plan import Plan
 from .surgery import apply_plan
 
@@ -29,17 +29,6 @@ PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
 
 Builder = Callable[..., nn.Module]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pruned(model: nn.Module, plan: Plan, path: str | os.PathLike, model_record: Mapping[str, Any]) -> Path:
@@ -59,11 +48,8 @@ def save_pruned(model: nn.Module, plan: Plan, path: str | os.PathLike, model_rec
     except (TypeError, ValueError):
         raise ConfigError(f"model_record must hold JSON values only, got {record!r}") from None
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        tmp_file = Path(tmp) / WEIGHTS_FILE
-        save_file(state, str(tmp_file), metadata={"format": PRUNED_FORMAT})
-        os.replace(tmp_file, folder / WEIGHTS_FILE)
-    _atomic_write_bytes(folder / PLAN_FILE, text.encode())
+    atomic_write_bytes(folder / WEIGHTS_FILE, save(state, metadata={"format": PRUNED_FORMAT}))
+    atomic_write_bytes(folder / PLAN_FILE, text.encode())
     return folder
 
 
