@@ -46,7 +46,6 @@ class Criterion:
 
     name: str
     select: Callable[..., Masks]
-    level_name: str
     strength_to_level: Callable[[float], float]
     doc: str
 
@@ -136,13 +135,13 @@ def _sparsity_from_strength(x: float) -> float:
 
 def _register() -> None:
     entries = [
-        Criterion("han", han_masks, "q", _q_from_strength,
+        Criterion("han", han_masks, _q_from_strength,
                   "Han et al. 2015: per layer, zero |w| < q x std of the layer's dense weights"),
-        Criterion("magnitude", magnitude_masks, "sparsity", _sparsity_from_strength,
+        Criterion("magnitude", magnitude_masks, _sparsity_from_strength,
                   "the same fraction of smallest-|w| weights in every layer"),
-        Criterion("global-magnitude", global_magnitude_masks, "sparsity", _sparsity_from_strength,
+        Criterion("global-magnitude", global_magnitude_masks, _sparsity_from_strength,
                   "one |w| threshold across all layers"),
-        Criterion("random", random_masks, "sparsity", _sparsity_from_strength,
+        Criterion("random", random_masks, _sparsity_from_strength,
                   "random weights (the baseline every method must beat)"),
     ]
     for entry in entries:

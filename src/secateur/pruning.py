@@ -383,7 +383,8 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     """Measure the chosen model, write the model, results and report, and return them."""
     chosen, baseline, targets = run.accepted, run.baseline, run.pruner.targets
     tests = {name: test_evaluate(m) if test_evaluate else None for name, m in (("baseline", baseline), ("pruned", chosen))}
-    pruned_val = run.evaluate(chosen)
+    best = run.state.best_round
+    pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val
     params_baseline, nonzero = count_params(baseline), count_params(chosen, nonzero=True)
     shape = run.input_shape
     results = {
