@@ -1,10 +1,12 @@
-"""``secateur.prune``: the smallest model within an accuracy drop bound (unstructured).
+"""``secateur.prune``: the smallest model within an accuracy drop bound.
 
 Given a trained model, a way to retrain it and a way to measure validation accuracy, the
-search (:mod:`secateur.search`) raises the pruning strength round by round with the chosen
-criterion (:mod:`secateur.criteria`) and schedule (:mod:`secateur.schedules`), rolls back and
+search (:mod:`secateur.search`) raises the pruning strength round by round, rolls back and
 bisects when a retrained round breaks the bound, and returns the most compressed feasible
-model. Decisions use validation accuracy only; test accuracy (when a test evaluator or a
+model. ``granularity="weight"`` zeroes single weights with a criterion of
+:mod:`secateur.criteria` under a schedule of :mod:`secateur.schedules` (masks);
+``granularity="neuron"`` / ``"channel"`` removes whole neurons / filters physically with a
+group criterion of :mod:`secateur.structured` (see :mod:`secateur.structured.rounds`). Decisions use validation accuracy only; test accuracy (when a test evaluator or a
 dataset is given) is measured for the baseline and the final model, and only reported.
 """
 
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +26,13 @@ from torch import nn
 
 from . import rundir
 from .criteria import CRITERIA
+from .structured.importance import GROUP_CRITERIA
+from .structured.plan import Plan
+from .structured.rounds import GRANULARITIES, ChannelPruner, granularity_ignore, group_sizes
 from .data import Dataset, load_dataset
 from .errors import ConfigError
 from .masks import apply_masks, effective, masks_of, prunable_names
-from .metrics import count_macs, count_params
+from .metrics import count_macs, count_params, measure_latency
 from .progress import progress_bar
 from .schedules import SCHEDULES, Pruner, Schedule
 from .search import SearchSettings, SearchState, initial_state, next_strength, record
@@ -41,7 +47,8 @@ Train = Callable[[nn.Module], None]
 class PruneConfig:
     """Everything that decides a pruning run; saved as the run's ``config.yaml``."""
 
-    method: str = "han"
+    method: str | None = None  # None: "han" for weights, "l1" for neurons / channels
+    granularity: str = "weight"  # weight (masks) | neuron | channel (physical removal)
     schedule: str = "iterative"
     max_drop: float = 0.1  # accuracy percentage points on the validation split
     rounds: int = 20
@@ -61,11 +68,30 @@ class PruneConfig:
     tolerance: float = 1.0  # points the layers may lose in total in the sensitivity analysis
     seed: int = 0
     steps_per_round: int | None = None  # optimiser steps per round (gradual + custom train)
+    scope: str = "local"  # structured: same fraction per group (local) or one global ranking
+    min_channels: int = 1  # structured: channels every group keeps at least
+    round_to: int = 1  # structured: kept channels rounded up to a multiple of this
+    ignore: tuple[str, ...] | None = None  # structured: module paths (fnmatch) kept whole
+
+    @property
+    def criterion(self) -> str:
+        """The criterion's registry name: ``method``, else ``han`` (weights) or ``l1`` (neurons / channels)."""
+        if self.method is not None:
+            return self.method
+        return "l1" if self.structured else "han"
+
+    @property
+    def structured(self) -> bool:
+        """Whether neurons / channels are removed physically (rather than weights masked)."""
+        return self.granularity != "weight"
 
     def validate(self) -> "PruneConfig":
         """Raise ConfigError (one line) on an impossible configuration."""
-        CRITERIA.get(self.method)
         SCHEDULES.get(self.schedule)
+        if self.structured:
+            self._validate_structured()
+        else:
+            CRITERIA.get(self.criterion)
         if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
             raise ConfigError(f"max drop must be >= 0 accuracy points, got {self.max_drop}")
         if self.recovery < 0:
@@ -78,16 +104,32 @@ class PruneConfig:
             raise ConfigError(f"retrain learning rate must be > 0, got {self.retrain_lr}")
         if self.allocation not in (None, *ALLOCATIONS):
             raise ConfigError(f"unknown allocation {self.allocation!r}; choose one of: {', '.join(ALLOCATIONS)}")
-        if (self.factors or self.resolved_allocation() != "uniform") and self.method == "global-magnitude":
+        if (self.factors or self.resolved_allocation() != "uniform") and self.criterion == "global-magnitude":
             raise ConfigError("per-layer factors do not apply to global-magnitude (one threshold for all layers)")
         self.search_settings()
         return self
+
+    def _validate_structured(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown granularity {self.granularity!r}; choose one of: weight, {', '.join(GRANULARITIES)}")
+        if self.criterion not in GROUP_CRITERIA.names():
+            raise ConfigError(f"method {self.criterion!r} prunes single weights; with granularity {self.granularity!r} "
+                              f"choose one of: {', '.join(GROUP_CRITERIA.names())}")
+        if self.schedule == "gradual":
+            raise ConfigError("the gradual schedule masks weights; with neurons / channels use iterative or oneshot")
+        if self.factors or self.allocation not in (None, "uniform"):
+            raise ConfigError("per-layer allocation applies to weight pruning; for neurons / channels use "
+                              "scope 'local' or 'global'")
+        if self.scope not in ("local", "global"):
+            raise ConfigError(f"scope must be 'local' or 'global', got {self.scope!r}")
+        if self.min_channels < 1 or self.round_to < 1:
+            raise ConfigError(f"min channels and round-to must be >= 1, got {self.min_channels} and {self.round_to}")
 
     def resolved_allocation(self) -> str:
         """``magnitude`` for han (Han et al. chose per-layer q), ``uniform`` for the others."""
         if self.allocation is not None:
             return self.allocation
-        return "magnitude" if self.method == "han" else "uniform"
+        return "magnitude" if self.criterion == "han" and not self.structured else "uniform"
 
     def search_settings(self) -> SearchSettings:
         """The search's part of the configuration (no reopening when rounds restart)."""
@@ -98,8 +140,10 @@ class PruneConfig:
     def to_dict(self) -> dict:
         """Plain-data form (for config.yaml)."""
         data = dataclasses.asdict(self)
+        data["method"] = self.criterion
         data["targets"] = list(self.targets) if self.targets is not None else None
         data["factors"] = dict(self.factors) if self.factors is not None else None
+        data["ignore"] = list(self.ignore) if self.ignore is not None else None
         return data
 
 
@@ -125,7 +169,7 @@ class _Run:
     config: PruneConfig
     baseline: nn.Module
     accepted: nn.Module
-    pruner: Pruner
+    pruner: Pruner | ChannelPruner
     schedule: Schedule
     evaluate: Evaluate
     make_train: Callable[[int], Train]
@@ -135,6 +179,7 @@ class _Run:
     state: SearchState
     history: list[dict]
     prior_seconds: float = 0.0  # wall time of rounds completed before a resume
+    plan: Plan = field(default_factory=Plan)  # structured: the accepted model's plan over the original
 
 
 def default_callables(data: Dataset, retrain: TrainConfig) -> tuple[Callable[[int], Train], Evaluate, Evaluate]:
@@ -164,16 +209,19 @@ def retrain_config(config: PruneConfig, base: TrainConfig | None) -> TrainConfig
                         lr=config.retrain_lr or base.lr * config.retrain_lr_factor)
 
 
-def round_stats(model: nn.Module, targets: tuple[str, ...], input_shape: tuple[int, ...] | None,
-                params_baseline: int) -> dict:
-    """Size of a model after a round: nonzero parameters, compression, per-layer counts."""
+def round_stats(model: nn.Module, baseline: nn.Module, targets: tuple[str, ...],
+                input_shape: tuple[int, ...] | None) -> dict:
+    """Size of a model after a round: nonzero parameters, compression, per-layer counts.
+
+    Per-layer ``total`` is the baseline's size, so removed neurons count as pruned weights.
+    """
     nonzero = count_params(model, nonzero=True)
     layers = {}
     for name in targets:
         tensor = effective(model, name)
-        layers[name] = {"total": tensor.numel(), "nonzero": int(torch.count_nonzero(tensor))}
+        layers[name] = {"total": effective(baseline, name).numel(), "nonzero": int(torch.count_nonzero(tensor))}
     return {
-        "params_nonzero": nonzero, "compression": params_baseline / max(nonzero, 1),
+        "params_nonzero": nonzero, "compression": count_params(baseline) / max(nonzero, 1),
         "macs_nonzero": count_macs(model, input_shape, nonzero=True) if input_shape else None,
         "layers": layers,
     }
@@ -184,14 +232,24 @@ def _within(run: _Run, accuracy: float) -> bool:
     return 100.0 * (run.baseline_val - accuracy) <= run.config.max_drop + 1e-9
 
 
+def _prune_and_retrain(run: _Run, candidate: nn.Module, strength: float) -> Plan:
+    """One round's pruning and retraining of ``candidate``; returns its plan (structured)."""
+    restart = run.schedule.restart_from_baseline
+    train = run.make_train(run.state.round + 1)
+    if isinstance(run.pruner, ChannelPruner):
+        plan = run.pruner.prune(candidate, strength, Plan() if restart else run.plan)
+        train(candidate)
+        return plan
+    previous = 0.0 if restart else run.state.accepted
+    run.schedule.run(candidate, previous, strength, run.pruner, train, run.config.steps_per_round)
+    return run.plan
+
+
 def _run_round(run: _Run, strength: float) -> dict:
     """Try one strength; returns the history row (the candidate is kept if feasible)."""
     start = time.perf_counter()
-    source = run.baseline if run.schedule.restart_from_baseline else run.accepted
-    candidate = copy.deepcopy(source)
-    previous = 0.0 if run.schedule.restart_from_baseline else run.state.accepted
-    train = run.make_train(run.state.round + 1)
-    run.schedule.run(candidate, previous, strength, run.pruner, train, run.config.steps_per_round)
+    candidate = copy.deepcopy(run.baseline if run.schedule.restart_from_baseline else run.accepted)
+    plan = _prune_and_retrain(run, candidate, strength)
     accuracy, passes = run.evaluate(candidate), 0
     while not _within(run, accuracy) and passes < run.config.recovery:
         passes += 1  # a round over the bound gets more retraining before it counts as failed
@@ -201,10 +259,10 @@ def _run_round(run: _Run, strength: float) -> dict:
     row = {"round": run.state.round + 1, "strength": strength, "level": run.pruner.levels(strength),
            "val_accuracy": accuracy, "drop": drop, "feasible": feasible, "accepted": feasible,
            "recovery_passes": passes}
-    row.update(round_stats(candidate, run.pruner.targets, run.input_shape, count_params(run.baseline)))
+    row.update(round_stats(candidate, run.baseline, run.pruner.targets, run.input_shape))
     row["seconds"] = time.perf_counter() - start
     if feasible:
-        run.accepted = candidate
+        run.accepted, run.plan = candidate, plan
     run.state = record(run.state, strength, feasible, run.config.search_settings())
     return row
 
@@ -219,7 +277,7 @@ def _search(run: _Run, progress: bool) -> None:
             run.history.append(row)
             if run.out is not None:
                 rundir.write_history(run.out, run.history)
-                rundir.save_state(run.out, run.accepted, run.state.to_dict())
+                rundir.save_state(run.out, run.accepted, run.state.to_dict(), _plan_meta(run))
             mark = "ok" if row["feasible"] else "over bound, rolled back"
             advance(status=f"round {row['round']}: {row['compression']:.1f}x, "
                            f"val drop {row['drop']:+.2f} pts ({mark})")
@@ -241,17 +299,45 @@ def masked_copy(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:
     return masked
 
 
-def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: Callable[[int], Train],
-           input_shape: tuple[int, ...] | None, out: Path | None, meta: Mapping) -> _Run:
-    """A fresh run: baseline measured, masks attached, config and baseline written to ``out``."""
-    targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
-    if not targets:
-        raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
+def _weight_pruner(model: nn.Module, config: PruneConfig, targets: tuple[str, ...], evaluate: Evaluate,
+                   out: Path | None) -> tuple[nn.Module, Pruner, PruneConfig]:
+    """The masked baseline, its pruner and the config with per-layer factors filled in."""
     baseline = masked_copy(model, targets)
     reference = {name: float(effective(baseline, name).detach().float().std()) for name in targets}
     if not config.factors and config.resolved_allocation() != "uniform":
         config = dataclasses.replace(config, factors=_allocate(baseline, config, evaluate, targets, out))
-    pruner = Pruner(CRITERIA.get(config.method), targets, dict(config.factors or {}), reference, config.seed)
+    pruner = Pruner(CRITERIA.get(config.criterion), targets, dict(config.factors or {}), reference, config.seed)
+    return baseline, pruner, config
+
+
+def _channel_pruner(model: nn.Module, config: PruneConfig, targets: tuple[str, ...],
+                    input_shape: tuple[int, ...] | None, batches: Callable[[], Iterable] | None) -> ChannelPruner:
+    """The structured pruner, with the original group sizes that every round counts against."""
+    if input_shape is None:
+        raise ConfigError("neuron / channel pruning traces the model: pass input_shape= (one example, e.g. (1, 28, 28))")
+    if config.criterion == "taylor" and batches is None:
+        raise ConfigError("criterion 'taylor' needs training batches: pass data= (a dataset or its name)")
+    ignore = tuple(config.ignore or ()) + granularity_ignore(model, config.granularity)
+    original = group_sizes(model, input_shape, ignore)
+    if not original:
+        raise ConfigError(f"the model has no prunable {config.granularity}s (the output layer is never pruned; "
+                          "check ignore=)")
+    return ChannelPruner(config.criterion, tuple(input_shape), original, config.scope, ignore, config.min_channels,
+                         config.round_to, config.seed, batches, targets)
+
+
+def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: Callable[[int], Train],
+           input_shape: tuple[int, ...] | None, out: Path | None, meta: Mapping,
+           batches: Callable[[], Iterable] | None = None) -> _Run:
+    """A fresh run: baseline measured, pruner ready, config and baseline written to ``out``."""
+    targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
+    if not targets:
+        raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
+    if config.structured:
+        baseline = copy.deepcopy(model)
+        pruner = _channel_pruner(baseline, config, targets, input_shape, batches)
+    else:
+        baseline, pruner, config = _weight_pruner(model, config, targets, evaluate, out)
     baseline_val = evaluate(baseline)
     if out is not None:
         rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val, **meta})
@@ -264,7 +350,8 @@ def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train
 def saved_config(out: Path) -> PruneConfig:
     """The PruneConfig a run folder was started with."""
     saved = rundir.read_config(out)["prune"]
-    return PruneConfig(**{**saved, "targets": tuple(saved["targets"]) if saved.get("targets") else None}).validate()
+    tuples = {key: tuple(saved[key]) if saved.get(key) else None for key in ("targets", "ignore")}
+    return PruneConfig(**{**saved, **tuples}).validate()
 
 
 def _allocate(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
@@ -274,7 +361,7 @@ def _allocate(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
 
     if config.resolved_allocation() == "magnitude":
         return magnitude_factors(model, targets)
-    analysis = sensitivity(model, evaluate, method=config.method, targets=targets, tolerance=config.tolerance)
+    analysis = sensitivity(model, evaluate, method=config.criterion, targets=targets, tolerance=config.tolerance)
     if out is not None:
         from .storage import atomic_write_json
 
@@ -283,15 +370,21 @@ def _allocate(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
 
 
 def _resume(model: nn.Module, evaluate: Evaluate, make_train: Callable[[int], Train],
-            input_shape: tuple[int, ...] | None, out: Path) -> _Run:
+            input_shape: tuple[int, ...] | None, out: Path, batches: Callable[[], Iterable] | None = None) -> _Run:
     """Continue an interrupted run from its last completed round."""
     config = saved_config(out)
-    run = _start(model, config, evaluate, make_train, input_shape, None, {})
+    run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches)
     run.out = out
-    run.accepted, state = rundir.load_state(out, copy.deepcopy(run.baseline))
+    run.accepted, state, plan = rundir.load_state(out, copy.deepcopy(run.baseline))
+    run.plan = Plan.from_json(plan) if plan else Plan()
     run.state, run.history = SearchState.from_dict(state), rundir.read_history(out)[: state["round"]]
     run.prior_seconds = sum(row["seconds"] for row in run.history)
     return run
+
+
+def _plan_meta(run: _Run) -> dict:
+    """Checkpoint metadata that rebuilds a structured model: its plan over the original."""
+    return {"plan": run.plan.to_json()} if run.config.structured else {}
 
 
 def _save(model: nn.Module, path: Path, meta: Mapping, metrics: Mapping) -> None:
@@ -333,10 +426,18 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train |
     elif resume:
         raise ConfigError("resume needs the run folder (out=...)")
     started = time.perf_counter()
-    run = (_resume(model, evaluate, make_train, input_shape, out_dir) if resume else
-           _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {})))
+    batches = _taylor_batches(data) if data is not None else None
+    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches) if resume else
+           _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {}), batches))
     _search(run, progress)
     return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started)
+
+
+def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
+    """A few fixed training batches (the taylor criterion's gradients)."""
+    from .data import batches
+
+    return lambda: itertools.islice(batches(data.train, 128, mean=data.mean, std=data.std), 4)
 
 
 def _callables(data: Dataset | None, train: Train | None, evaluate: Evaluate | None,
@@ -351,21 +452,44 @@ def _callables(data: Dataset | None, train: Train | None, evaluate: Evaluate | N
     return (lambda _round: train), evaluate, test_evaluate
 
 
-def layer_rows(model: nn.Module, targets: tuple[str, ...], input_shape: tuple[int, ...] | None) -> list[dict]:
-    """Han et al.'s Table 2 rows: weights, nonzero, % kept and MACs per pruned layer."""
+def layer_rows(model: nn.Module, baseline: nn.Module, targets: tuple[str, ...],
+               input_shape: tuple[int, ...] | None) -> list[dict]:
+    """Han et al.'s Table 2 rows: weights (of the baseline), nonzero, % kept and MACs per pruned layer."""
     from .metrics import layer_stats
 
-    stats = {s.name: s for s in layer_stats(model, input_shape)} if input_shape else {}
+    before = {s.name: s for s in layer_stats(baseline, input_shape)} if input_shape else {}
+    after = {s.name: s for s in layer_stats(model, input_shape)} if input_shape else {}
     rows = []
     for name in targets:
-        tensor = effective(model, name)
-        module_name = name.rsplit(".", 1)[0]
-        stat = stats.get(module_name)
+        tensor, weights = effective(model, name), effective(baseline, name).numel()
+        module = name.rsplit(".", 1)[0]
         nonzero = int(torch.count_nonzero(tensor))
-        rows.append({"name": name, "kind": stat.kind if stat else "", "shape": list(tensor.shape),
-                     "weights": tensor.numel(), "nonzero": nonzero, "kept": nonzero / max(tensor.numel(), 1),
-                     "macs": stat.macs if stat else None, "macs_nonzero": stat.macs_nonzero if stat else None})
+        rows.append({"name": name, "kind": before[module].kind if module in before else "",
+                     "shape": list(tensor.shape), "weights": weights, "nonzero": nonzero,
+                     "kept": nonzero / max(weights, 1),
+                     "macs": before[module].macs if module in before else None,
+                     "macs_nonzero": after[module].macs_nonzero if module in after else None})
     return rows
+
+
+def channel_counts(model: nn.Module, baseline: nn.Module, targets: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Output channels / neurons per layer before and after structured pruning."""
+    return {name.rsplit(".", 1)[0]: {"before": effective(baseline, name).shape[0],
+                                     "after": effective(model, name).shape[0]}
+            for name in targets if effective(baseline, name).dim() >= 1}
+
+
+def latency_pair(baseline: nn.Module, model: nn.Module, input_shape: tuple[int, ...],
+                 batch_sizes: tuple[int, ...] = (1, 32)) -> dict[str, float]:
+    """CPU seconds per forward (median) of both models as deployed (masks folded), ``b<N>_before/after``."""
+    from .masks import make_permanent
+
+    result = {}
+    for label, source in (("before", baseline), ("after", model)):
+        deployed = make_permanent(copy.deepcopy(source).cpu())
+        for batch in batch_sizes:
+            result[f"b{batch}_{label}"] = measure_latency(deployed, input_shape, batch, repeats=30, device="cpu")
+    return result
 
 
 def sparse_bytes(model: nn.Module, targets: tuple[str, ...]) -> int:
@@ -381,32 +505,46 @@ def sparse_bytes(model: nn.Module, targets: tuple[str, ...]) -> int:
 
 def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: float) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
-    chosen, baseline, targets = run.accepted, run.baseline, run.pruner.targets
+    chosen, baseline = run.accepted, run.baseline
     tests = {name: test_evaluate(m) if test_evaluate else None for name, m in (("baseline", baseline), ("pruned", chosen))}
     best = run.state.best_round
     pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val
-    params_baseline, nonzero = count_params(baseline), count_params(chosen, nonzero=True)
-    shape = run.input_shape
     results = {
-        "kind": "unstructured", "method": run.config.method, "schedule": run.config.schedule,
-        "granularity": "weight", "max_drop": run.config.max_drop, **meta,
+        "kind": "structured" if run.config.structured else "unstructured", "method": run.config.criterion,
+        "schedule": run.config.schedule, "granularity": run.config.granularity, "max_drop": run.config.max_drop,
+        **meta,
         "baseline": {"val": {"accuracy": run.baseline_val}, "test": {"accuracy": tests["baseline"]}},
         "pruned": {"val": {"accuracy": pruned_val}, "test": {"accuracy": tests["pruned"]}},
         "drop": {"val": 100 * (run.baseline_val - pruned_val),
                  "test": 100 * (tests["baseline"] - tests["pruned"]) if test_evaluate else None},
+        **_size_summary(run, chosen),
+        "seconds": seconds + run.prior_seconds,
+        "rounds": len(run.history), "chosen_round": run.state.best_round,
+    }
+    if run.out is not None:
+        _write_outputs(run, chosen, results, meta)
+    return PruneResult(chosen, run.history, results, run.out)
+
+
+def _size_summary(run: _Run, chosen: nn.Module) -> dict:
+    """Parameters, compression, MACs, bytes, per-layer rows, latency (and channels when structured)."""
+    baseline, targets, shape = run.baseline, run.pruner.targets, run.input_shape
+    params_baseline, nonzero = count_params(baseline), count_params(chosen, nonzero=True)
+    summary = {
         "params": {"baseline": params_baseline, "total": count_params(chosen), "nonzero": nonzero},
         "compression": params_baseline / max(nonzero, 1),
         "macs": {"baseline": count_macs(baseline, shape) if shape else None,
                  "dense": count_macs(chosen, shape) if shape else None,
                  "nonzero": count_macs(chosen, shape, nonzero=True) if shape else None},
-        "bytes": {"baseline": 4 * params_baseline, "sparse_csr": sparse_bytes(chosen, targets)},
-        "seconds": seconds + run.prior_seconds,
-        "rounds": len(run.history), "chosen_round": run.state.best_round,
-        "layers": layer_rows(chosen, targets, shape), "masks": len(masks_of(chosen)),
+        "bytes": {"baseline": 4 * params_baseline},
+        "layers": layer_rows(chosen, baseline, targets, shape), "masks": len(masks_of(chosen)),
+        "latency": latency_pair(baseline, chosen, shape) if shape else {},
     }
-    if run.out is not None:
-        _write_outputs(run, chosen, results, meta)
-    return PruneResult(chosen, run.history, results, run.out)
+    if run.config.structured:
+        summary["channels"] = channel_counts(chosen, baseline, targets)
+    else:
+        summary["bytes"]["sparse_csr"] = sparse_bytes(chosen, targets)
+    return summary
 
 
 def _write_outputs(run: _Run, chosen: nn.Module, results: dict, meta: dict) -> None:
@@ -414,7 +552,8 @@ def _write_outputs(run: _Run, chosen: nn.Module, results: dict, meta: dict) -> N
     from .metrics import file_bytes
     from .report import render_report
 
-    _save(chosen, run.out / "model", meta, {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
+    _save(chosen, run.out / "model", {**meta, **_plan_meta(run)},
+          {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
     results["bytes"].update(baseline=file_bytes(run.out / "baseline" / "model.safetensors"),
                             pruned=file_bytes(run.out / "model.safetensors"))
     rundir.write_results(run.out, results)

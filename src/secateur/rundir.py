@@ -58,10 +58,13 @@ def read_history(out: Path) -> list[dict]:
         raise CheckpointError(f"{path}: invalid JSON line ({error}); the run folder is damaged") from None
 
 
-def save_state(out: Path, model: nn.Module, state: Mapping) -> None:
-    """Checkpoint the last accepted model and the search state after a completed round."""
+def save_state(out: Path, model: nn.Module, state: Mapping, meta: Mapping | None = None) -> None:
+    """Checkpoint the last accepted model and the search state after a completed round.
+
+    ``meta`` goes into the checkpoint header (a structured run's ``plan``, which rebuilds it).
+    """
     name = f"round-{state['round']}"
-    save_model(model, out / "state" / name, {"search": dict(state)})
+    save_model(model, out / "state" / name, {**dict(meta or {}), "search": dict(state)})
     previous = read_json(out / STATE)["checkpoint"] if (out / STATE).exists() else None
     atomic_write_json(out / STATE, {"checkpoint": name, "search": dict(state)})
     if previous and previous != name:
@@ -69,11 +72,12 @@ def save_state(out: Path, model: nn.Module, state: Mapping) -> None:
             (out / "state" / f"{previous}{suffix}").unlink(missing_ok=True)
 
 
-def load_state(out: Path, template: nn.Module) -> tuple[nn.Module, dict]:
-    """The accepted model (loaded into ``template``) and the search state to resume from."""
+def load_state(out: Path, template: nn.Module) -> tuple[nn.Module, dict, dict | None]:
+    """The accepted model (loaded into ``template``), the search state to resume from, and the
+    structured plan of the accepted model (None for unstructured runs)."""
     state = read_json(out / STATE)
-    model, _ = load_model(out / "state" / state["checkpoint"], model=template)
-    return model, state["search"]
+    model, meta = load_model(out / "state" / state["checkpoint"], model=template)
+    return model, state["search"], meta.get("plan")
 
 
 def write_results(out: Path, results: Mapping) -> None:

@@ -293,16 +293,33 @@ def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path
     return f"{st_path} does not fit the model: {'; '.join(parts)}; load it into the architecture it was saved from"
 
 
+def _apply_saved_plan(model: nn.Module, plan: Any, js_path: Path) -> None:
+    """Shrink an original-architecture ``model`` with a structured pruning plan from a header."""
+    from .errors import SecateurError
+    from .structured.plan import Plan
+    from .structured.surgery import apply_plan
+
+    try:
+        apply_plan(model, Plan.from_json(plan))
+    except SecateurError as exc:
+        raise CheckpointError(f"{js_path}: its pruning plan does not fit the model ({exc}); "
+                              "load it into the architecture it was pruned from") from None
+
+
 def load_model(
     path: Path | str, model: nn.Module | None = None, *, build: BuildFn | None = None
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or one rebuilt from ``meta["model"]`` with ``build``,
     default ``secateur.models.build_model``); returns (model, meta). Any masks ``model``
-    already had are replaced by the checkpoint's, so outputs equal the saved model's."""
+    already had are replaced by the checkpoint's, so outputs equal the saved model's. A
+    structurally pruned checkpoint (its header holds the ``plan``) is rebuilt by applying the
+    plan to the original architecture first."""
     st_path, js_path = checkpoint_paths(path)
     plain, masks, meta = load_state(path)
     if model is None:
         model = _build(meta, build, js_path)
+    if meta.get("plan") is not None and _key_mismatch(model, plain, st_path):
+        _apply_saved_plan(model, meta["plan"], js_path)
     problem = _key_mismatch(model, plain, st_path)
     if problem:
         raise CheckpointError(problem)

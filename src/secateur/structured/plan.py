@@ -114,22 +114,21 @@ def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, crit
                              min_channels, round_to) for g in graph.groups}
     if scope == "global":
         free = [g for g in graph.groups if overrides[g.name] is None]
-        counts.update(_global_counts(free, scores, ratio, min_channels, round_to))
-    kept = {g.name: _top(scores[g.name], counts[g.name]) for g in graph.groups}
-    plan = build_plan(graph, kept)
+        counts.update(global_counts(free, scores, ratio, min_channels, round_to))
+    plan = build_plan(graph, {g.name: top_channels(scores[g.name], counts[g.name]) for g in graph.groups})
     plan.info = {"criterion": criterion, "ratio": ratio, "scope": scope, "min_channels": int(min_channels),
                  "round_to": int(round_to), "groups": {g.name: [counts[g.name], g.size] for g in graph.groups}}
     return plan
 
 
-def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+def top_channels(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean keep-vector of the ``k`` highest scores (ties broken by index)."""
     keep = torch.zeros(len(scores), dtype=torch.bool)
     keep[torch.argsort(scores, descending=True, stable=True)[:k]] = True
     return keep
 
 
-def _global_counts(groups: list[Group], scores: dict[str, torch.Tensor], ratio: float,
+def global_counts(groups: list[Group], scores: dict[str, torch.Tensor], ratio: float,
                    min_channels: int, round_to: int) -> dict[str, int]:
     """Per-group kept counts when the lowest mean-normalised scores go first, across groups."""
     if not groups:
@@ -166,3 +165,19 @@ def build_plan(graph: DependencyGraph, kept: Mapping[str, torch.Tensor]) -> Plan
         target = plan.keep_in if role == "in" else plan.keep_out
         target[module] = idx
     return plan
+
+
+def compose(first: Plan, second: Plan) -> Plan:
+    """One plan equivalent to applying ``first``, then ``second`` (indexed into ``first``'s result).
+
+    Iterative structured pruning prunes an already pruned model; composing keeps a single
+    plan relative to the original architecture, so the result rebuilds in one step.
+    """
+    def merged(a: Mapping[str, list[int]], b: Mapping[str, list[int]]) -> dict[str, list[int]]:
+        out = {name: list(idx) for name, idx in a.items()}
+        for name, idx in b.items():
+            out[name] = [a[name][i] for i in idx] if name in a else list(idx)
+        return out
+
+    return Plan(merged(first.keep_out, second.keep_out), merged(first.keep_in, second.keep_in),
+                {**first.info, **second.info})
