@@ -37,6 +37,9 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     (["prune", "--from", "does/not/exist", "--out", "x"], ["does not exist"]),
     (["prune", "--model", "lenet5", "--out", "x", "--method", "l0"], ["invalid choice"]),
     (["prune", "--model", "lenet5", "--out", "x", "--max-drop", "-0.5"], ["--max-drop"]),
+    (["prune", "--model", "lenet5", "--out", "x", "--granularity", "channel", "--method", "han"],
+     ["prunes single weights", "l1"]),
+    (["prune", "--model", "lenet5", "--out", "x", "--granularity", "neuron", "--round-to", "0"], ["--round-to"]),
     (["info", "resnet1000"], ["unknown model"]),
     (["report", "nowhere"], ["does not exist"]),
 ])
@@ -103,6 +106,16 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
     assert code == 0 and "fc1" in stdout
     code, _, err = run_cli(capsys, "prune", "--from", str(out), "--dataset", "digits", "--out", str(run))
     assert_one_line_error(code, err, "--resume")
+
+    channels = tmp_path / "neurons"
+    code, stdout, err = run_cli(capsys, "prune", "--from", str(out), "--out", str(channels), "--granularity",
+                                "neuron", "--max-drop", "5", "--rounds", "2", "--retrain-epochs", "1", "--quiet")
+    assert code == 0, err
+    assert "fewer MACs" in stdout
+    results = json.loads((channels / "results.json").read_text())
+    assert results["kind"] == "structured" and results["channels"]["fc1"]["after"] < 300
+    code, stdout, _ = run_cli(capsys, "info", str(channels))  # rebuilt from factory + plan
+    assert code == 0 and f"{results['params']['total']:,}" in stdout
 
 
 def test_sweep_and_sensitivity_commands_on_digits(capsys, tmp_path):

@@ -155,8 +155,13 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     """Options of the drop-bound search (``prune``)."""
     from .criteria import CRITERIA
     from .schedules import SCHEDULES
+    from .structured import GROUP_CRITERIA
 
-    parser.add_argument("--method", default="han", choices=CRITERIA.names(), help="pruning criterion")
+    parser.add_argument("--method", default=None, choices=sorted({*CRITERIA.names(), *GROUP_CRITERIA.names()}),
+                        help="pruning criterion (default: han for weights, l1 for neurons / channels)")
+    parser.add_argument("--granularity", default="weight", choices=("weight", "neuron", "channel"),
+                        help="weight: zero single weights (masks); neuron: remove Linear outputs; channel: also "
+                             "remove conv filters (both physically: a smaller dense model)")
     parser.add_argument("--schedule", dest="prune_schedule", default="iterative", choices=SCHEDULES.names())
     parser.add_argument("--max-drop", type=non_negative_float, default=0.1,
                         help="largest validation accuracy drop accepted, in percentage points (default 0.1)")
@@ -168,6 +173,20 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allocation", choices=("uniform", "magnitude", "sensitivity"), default=None,
                         help="per-layer strengths: uniform, from the dense weight magnitudes (default "
                              "for han), or from a per-layer sensitivity analysis")
+    group = parser.add_argument_group("neurons / channels (--granularity neuron|channel)")
+    group.add_argument("--scope", choices=("local", "global"), default="local",
+                       help="local: the same fraction of every layer; global: one ranking across layers")
+    group.add_argument("--min-channels", type=positive_int, default=1, help="channels every layer keeps at least")
+    group.add_argument("--round-to", type=positive_int, default=1, help="keep a multiple of this many channels")
+    group.add_argument("--ignore", type=names, default=None, help="comma-separated layers kept whole (fnmatch)")
+
+
+def names(text: str) -> tuple[str, ...]:
+    """argparse type: a comma-separated list of names."""
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected names like conv1,fc1, got {text!r}")
+    return values
 
 
 def prune_config_from(args: argparse.Namespace):
@@ -175,7 +194,9 @@ def prune_config_from(args: argparse.Namespace):
     from .pruning import PruneConfig
 
     changes = {"method": args.method, "schedule": args.prune_schedule, "max_drop": args.max_drop,
-               "rounds": args.rounds, "allocation": args.allocation, "seed": args.seed or 0}
+               "rounds": args.rounds, "allocation": args.allocation, "seed": args.seed or 0,
+               "granularity": args.granularity, "scope": args.scope, "min_channels": args.min_channels,
+               "round_to": args.round_to, "ignore": args.ignore}
     if args.retrain_epochs is not None:
         changes["retrain_epochs"] = args.retrain_epochs
     if args.retrain_lr is not None:
@@ -202,9 +223,12 @@ def summary_line(results: dict, out: Path) -> str:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
-    base, pruned = results["baseline"], results["pruned"]
+    base, pruned, macs = results["baseline"], results["pruned"], results.get("macs") or {}
+    fewer = ""
+    if results.get("kind") == "structured" and macs.get("dense"):
+        fewer = f", {macs['baseline'] / macs['dense']:.1f}x fewer MACs"
     return (f"{results['compression']:.1f}x smaller ({results['params']['nonzero']:,} of "
-            f"{results['params']['baseline']:,} parameters nonzero); val {pct(base['val']['accuracy'])} -> "
+            f"{results['params']['baseline']:,} parameters nonzero{fewer}); val {pct(base['val']['accuracy'])} -> "
             f"{pct(pruned['val']['accuracy'])}, test {pct(base['test']['accuracy'])} -> "
             f"{pct(pruned['test']['accuracy'])}; report: {out / 'report.html'}")
 
@@ -258,9 +282,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .data import DATASETS
     from .models import MODELS
     from .schedules import SCHEDULES
+    from .structured import GROUP_CRITERIA
 
-    for title, registry in (("datasets", DATASETS), ("methods", CRITERIA), ("schedules", SCHEDULES),
-                            ("models", MODELS)):
+    for title, registry in (("datasets", DATASETS), ("methods (--granularity weight)", CRITERIA),
+                            ("methods (--granularity neuron|channel)", GROUP_CRITERIA),
+                            ("schedules", SCHEDULES), ("models", MODELS)):
         print(f"{title}:")
         for name in registry.names():
             print(f"  {name:<18} {registry.describe(name)}")

@@ -1,0 +1,153 @@
+"""Structured pruning under the drop bound (``granularity="neuron"|"channel"``), on real MNIST."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import secateur.pruning as pruning_module
+from secateur.errors import ConfigError
+from secateur.masks import masks_of
+from secateur.models import build_model
+from secateur.pruning import PruneConfig, prune
+from secateur.storage import load_model
+from secateur.structured import apply_plan, prune_channels
+from secateur.structured.plan import compose
+from secateur.structured.rounds import removed_fraction
+from secateur.train import TrainConfig, evaluate, fit
+
+QUICK = dict(rounds=3, retrain_epochs=1, start=1.0, step=1.0)
+RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)
+X = torch.randn(6, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    return mnist.subset(train=2000, val=500, test=500)
+
+
+@pytest.fixture(scope="module")
+def trained(small):
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    fit(model, small, TrainConfig(epochs=2, lr=0.05), progress=False)
+    return model
+
+
+def run(trained, small, **options):
+    return prune(copy.deepcopy(trained), data=small, train_config=RETRAIN,
+                 **{**QUICK, "granularity": "channel", **options})
+
+
+def out_channels(model: nn.Module) -> dict[str, int]:
+    return {name: m.weight.shape[0] for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def test_composed_plan_equals_pruning_twice():
+    torch.manual_seed(1)
+    original = build_model("lenet5").eval()
+    once, first = prune_channels(original, X[:1], 0.5, inplace=False)
+    twice, second = prune_channels(once, X[:1], 0.4, inplace=False)
+    rebuilt = apply_plan(copy.deepcopy(original), compose(first, second))
+    assert out_channels(rebuilt) == out_channels(twice)
+    torch.testing.assert_close(rebuilt(X), twice(X), rtol=0, atol=0)
+
+
+def test_strength_maps_to_the_fraction_removed():
+    assert removed_fraction(0) == 0 and removed_fraction(1) == 0.5 and removed_fraction(2) == 0.75
+
+
+def test_channel_run_shrinks_within_the_bound_and_reloads(trained, small, tmp_path):
+    meta = {"model": {"name": "lenet5", "args": {}}, "dataset": "mnist"}
+    result = run(trained, small, max_drop=1.0, out=tmp_path / "run", meta=meta)
+    res = result.results
+    assert res["kind"] == "structured" and res["granularity"] == "channel"
+    assert res["drop"]["val"] <= 1.0 + 1e-9
+    assert all(row["drop"] <= 1.0 + 1e-9 for row in result.history if row["accepted"])
+    assert res["params"]["total"] < res["params"]["baseline"] and res["macs"]["dense"] < res["macs"]["baseline"]
+    assert not masks_of(result.model) and not any(hasattr(m, "parametrizations") for m in result.model.modules())
+    assert res["channels"]["fc2"] == {"before": 10, "after": 10}  # the classifier is never pruned
+    assert res["channels"]["conv2"]["after"] < 50
+    assert set(res["latency"]) == {"b1_before", "b1_after", "b32_before", "b32_after"}
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["channels"] == res["channels"]
+    reloaded, _ = load_model(tmp_path / "run" / "model")  # rebuilt from the factory + plan
+    result.model.eval()
+    torch.testing.assert_close(reloaded(X), result.model.cpu()(X), rtol=0, atol=0)
+    assert "channels" in (tmp_path / "run" / "report.md").read_text().lower()
+
+
+def test_channels_never_come_back_across_rounds(trained, small):
+    result = run(trained, small, max_drop=50.0, rounds=3)
+    rows = [row for row in result.history if row["accepted"]]
+    assert len(rows) == 3
+    for earlier, later in zip(rows, rows[1:]):
+        for name, counts in later["layers"].items():
+            assert counts["nonzero"] <= earlier["layers"][name]["nonzero"]
+            assert counts["total"] == earlier["layers"][name]["total"]  # always the baseline's size
+    conv2 = result.results["channels"]["conv2"]["after"]
+    assert conv2 == 50 - int(50 * removed_fraction(result.history[-1]["strength"]))
+
+
+def test_neuron_granularity_keeps_convolutions_whole(trained, small):
+    result = run(trained, small, granularity="neuron", max_drop=50.0, rounds=1)
+    channels = result.results["channels"]
+    assert channels["conv1"] == {"before": 20, "after": 20} and channels["conv2"] == {"before": 50, "after": 50}
+    assert channels["fc1"]["after"] == 250
+
+
+def test_global_scope_and_oneshot_schedule(trained, small):
+    result = run(trained, small, scope="global", schedule="oneshot", max_drop=50.0, rounds=2)
+    kept = {name: c["after"] / c["before"] for name, c in result.results["channels"].items() if name != "fc2"}
+    assert len(set(round(k, 2) for k in kept.values())) > 1  # one ranking: layers lose different shares
+    assert result.results["params"]["total"] < 431_080
+
+
+def test_killed_structured_run_resumes_to_the_same_model(trained, small, tmp_path, monkeypatch):
+    options = dict(max_drop=50.0, rounds=3)
+    reference = run(trained, small, out=tmp_path / "whole", **options)
+    real_round = pruning_module._run_round
+
+    def dying_round(state, strength):
+        if state.state.round == 2:
+            raise KeyboardInterrupt
+        return real_round(state, strength)
+
+    monkeypatch.setattr(pruning_module, "_run_round", dying_round)
+    with pytest.raises(KeyboardInterrupt):
+        run(trained, small, out=tmp_path / "killed", **options)
+    monkeypatch.setattr(pruning_module, "_run_round", real_round)
+    resumed = run(trained, small, out=tmp_path / "killed", resume=True, **options)
+    assert out_channels(resumed.model) == out_channels(reference.model)
+    expected, got = reference.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(method="han"), "prunes single weights"),
+    (dict(schedule="gradual"), "gradual"),
+    (dict(allocation="sensitivity"), "allocation"),
+    (dict(scope="everywhere"), "scope"),
+    (dict(granularity="kernel"), "granularity"),
+    (dict(round_to=0), "round-to"),
+])
+def test_impossible_structured_options_are_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        PruneConfig(**{"granularity": "channel", **options}).validate()
+
+
+def test_custom_callables_need_an_input_shape_for_tracing(trained, small):
+    def val(model):
+        return evaluate(model, small, "val")
+
+    with pytest.raises(ConfigError, match="input_shape"):
+        prune(copy.deepcopy(trained), train=lambda m: None, evaluate=val, granularity="channel")
+    with pytest.raises(ConfigError, match="taylor"):
+        prune(copy.deepcopy(trained), train=lambda m: None, evaluate=val, granularity="channel",
+              method="taylor", input_shape=(1, 28, 28))
+    result = prune(copy.deepcopy(trained), train=lambda m: None, evaluate=val, granularity="neuron",
+                   input_shape=(1, 28, 28), max_drop=100.0, rounds=1)
+    assert result.results["channels"]["fc1"]["after"] == 250
