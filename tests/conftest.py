@@ -29,3 +29,9 @@ def mnist(data_root: Path):
     from secateur.data import load_dataset
 
     return load_dataset("mnist", data_dir=data_root / "mnist", download=False)
+
+
+@pytest.fixture(scope="session")
+def small(mnist):
+    """2,000 training, 500 validation and 500 test images: end-to-end pruning runs in seconds."""
+    return mnist.subset(train=2000, val=500, test=500)

@@ -21,11 +21,6 @@ RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)
 
 
 @pytest.fixture(scope="module")
-def small(mnist):
-    return mnist.subset(train=2000, val=500, test=500)
-
-
-@pytest.fixture(scope="module")
 def trained(small):
     torch.manual_seed(0)
     model = build_model("lenet300")

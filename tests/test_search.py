@@ -75,4 +75,16 @@ def test_a_collapsed_bracket_reopens_when_retraining_makes_progress_possible():
 def test_patience_zero_stops_at_the_first_collapse():
     settings = SearchSettings(rounds=40, resolution=0.1, patience=0)
     state, tried = drive(2.0, settings)
-    assert state.failed is not None and state.failed - state.accepted <= 0.1
+    assert state.failed is not None and state.failed - state.accepted <= 0.1 + 1e-9
+
+
+def test_each_stall_after_a_collapse_costs_one_round():
+    """A reopened step of exactly `resolution` that fails counts as collapsed (float rounding aside)."""
+    settings = SearchSettings(rounds=40, start=1.0, step=0.5, resolution=0.1, patience=2)
+    state = SearchState(round=10, accepted=2.689, failed=2.739, step=0.1, best_round=8, stalls=0)
+    tried = []
+    state = record(state, 2.739, False, settings)  # collapse: reopen with a step of one resolution
+    while (x := next_strength(state, settings)) is not None:
+        tried.append(x)
+        state = record(state, x, False, settings)
+    assert tried == [pytest.approx(2.789)] * 2  # one retry per stall, no bisection in between

@@ -26,11 +26,6 @@ X = torch.randn(6, 1, 28, 28)
 
 
 @pytest.fixture(scope="module")
-def small(mnist):
-    return mnist.subset(train=2000, val=500, test=500)
-
-
-@pytest.fixture(scope="module")
 def trained(small):
     torch.manual_seed(0)
     model = build_model("lenet5")

@@ -87,9 +87,18 @@ def next_strength(state: SearchState, settings: SearchSettings) -> float | None:
             return min(settings.start, settings.max_strength)
         candidate = state.accepted + state.step
         return None if state.accepted >= settings.max_strength else min(candidate, settings.max_strength)
-    if state.failed - state.accepted <= settings.resolution:
+    if collapsed(state, settings):
         return None
     return (state.accepted + state.failed) / 2
+
+
+def collapsed(state: SearchState, settings: SearchSettings) -> bool:
+    """Whether the bracket (accepted, failed) is no wider than the resolution.
+
+    A reopened step of exactly ``resolution`` that fails must count as collapsed; without
+    the tolerance, float rounding (2.689 + 0.1 - 2.689 > 0.1) cost a wasted bisection round.
+    """
+    return state.failed is not None and state.failed - state.accepted <= settings.resolution + 1e-9
 
 
 def record(state: SearchState, strength: float, feasible: bool, settings: SearchSettings) -> SearchState:
@@ -101,8 +110,7 @@ def record(state: SearchState, strength: float, feasible: bool, settings: Search
             state.step *= settings.growth
     else:
         state.failed = strength if state.failed is None else min(state.failed, strength)
-    collapsed = state.failed is not None and state.failed - state.accepted <= settings.resolution
-    if collapsed and (feasible or state.stalls < settings.patience):
+    if collapsed(state, settings) and (feasible or state.stalls < settings.patience):
         stalls = 0 if feasible else state.stalls + 1
         state.failed, state.step, state.stalls = None, settings.resolution, stalls
     return state
