@@ -176,10 +176,22 @@ def test_untraceable_model_raises_one_line_error_naming_module_and_leaves_model(
     model = DataDependent()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(UnsupportedModelError) as err:
-        prune_channels(model, X)
+        prune_channels(model, X, strict=True)  # strict: no opaque fallback
     message = str(err.value)
     assert "\n" not in message and "'block'" in message and "unchanged" in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(UnsupportedModelError, match="<root>"):
+        prune_channels(Gate(), X)  # the model's own forward cannot be traced
+
+
+def test_an_untraceable_submodule_is_kept_whole_and_the_rest_is_pruned():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), Gate(), nn.Conv2d(6, 4, 3))
+    graph = analyse(model, X)
+    assert [g.name for g in graph.groups] == ["0"]  # the gate's input and output channels are kept
+    assert "kept 3 whole: fx cannot trace inside it" in graph.notes
+    pruned, plan, diff, scale = equivalence(model, X)
+    assert_equivalent(diff, scale)
+    assert pruned[0].out_channels == 4 and pruned[2].out_channels == 6
 
 
 def test_ignore_keeps_layer_intact_and_output_layer_is_never_pruned():

@@ -14,7 +14,8 @@ The steps, each usable alone:
   :class:`Group` s of coupled channels: conv -> BN -> activation -> conv chains, residual
   adds, concatenation offsets, depthwise / grouped convs (whole groups), GroupNorm groups,
   flatten / view into Linear, pooling, squeeze-excitation multiplies. Channels that reach an
-  op it cannot follow are *locked* (kept; reasons in ``graph.notes``); untraceable models raise
+  op it cannot follow are *locked* (kept; reasons in ``graph.notes``); a submodule fx cannot
+  trace is kept whole as an opaque layer; a model whose own forward cannot be traced raises
   :class:`~secateur.errors.UnsupportedModelError` naming the op and module path. The model's
   outputs (the classifier) and ``ignore`` d layers are never pruned.
 - :func:`plan_pruning` scores channels with a :data:`GROUP_CRITERIA` name (``l1``, ``l2``,

@@ -10,8 +10,10 @@ GroupNorm groups) merge tags in a union-find. After the trace each union-find cl
 
 Anything the analysis cannot follow (an unknown op, a hard-coded ``view`` size, a channel
 slice, attention, LayerNorm statistics over channels, the model output) *locks* the channels
-that reach it: they are kept, so pruning never produces a broken model. Models that cannot be
-traced at all raise :class:`UnsupportedModelError` naming the op and the module path.
+that reach it: they are kept, so pruning never produces a broken model. A submodule fx cannot
+trace (data-dependent control flow) becomes an opaque leaf whose channels are kept; a model
+whose own ``forward`` cannot be traced raises :class:`UnsupportedModelError` naming the op and
+the module path.
 
 Coupled channels with the same set of member layers form a :class:`Group`; a group is
 pruned as a unit by :func:`secateur.structured.plan_pruning`.
@@ -29,7 +31,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import UnsupportedModelError
-from .trace import trace_model
+from .trace import trace_model, trace_tolerant
 
 Labels = tuple[int, torch.Tensor]  # (labelled dim, tag per position along it)
 
@@ -259,9 +261,11 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     """Trace ``model`` on ``example_input`` into groups of coupled channels.
 
     ``ignore`` holds module paths (fnmatch patterns such as ``"features.*"``) whose channels
-    are all kept. The model's outputs are always kept. The model is not modified. Raises
-    :class:`UnsupportedModelError` naming the op and module path when tracing fails, and with
-    ``strict`` also at the first op whose channels it would otherwise keep (``graph.notes``).
+    are all kept. The model's outputs are always kept. The model is not modified. A submodule
+    fx cannot trace is kept whole (noted in ``graph.notes``). Raises
+    :class:`UnsupportedModelError` naming the op and module path when the model's own forward
+    cannot be traced, and with ``strict`` at any tracing failure and at the first op whose
+    channels it would otherwise keep.
     """
     from .propagate import propagate
 
@@ -271,13 +275,14 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        gm = trace_model(model)
+        gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model)
+        tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)
         propagate(gm, tracker, example_input)
     finally:
         for m, mode in was_training.items():
             m.training = mode
     tracker.visited.update(_attr_owners(gm))
-    _train_only_branches(model, tracker, example_input)
+    _train_only_branches(model, tracker, example_input, [path for path, _ in opaque])
     _lock_shared_parameters(gm, tracker)
     return tracker.finish()
 
@@ -287,7 +292,8 @@ def _attr_owners(gm: fx.GraphModule) -> set[str]:
     return {n.target.rsplit(".", 1)[0] if "." in n.target else "" for n in gm.graph.nodes if n.op == "get_attr"}
 
 
-def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torch.Tensor) -> None:
+def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torch.Tensor,
+                         opaque: Sequence[str] = ()) -> None:
     """Also trace training mode when some layers only run there (auxiliary classifiers).
 
     The training-mode run uses meta tensors, so BatchNorm statistics are not touched; should
@@ -305,7 +311,7 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
     modes = {m: m.training for m in model.modules()}
     try:
         model.train()
-        gm = trace_model(model)
+        gm = trace_model(model, opaque)
         propagate(gm, tracker, batch, real_ok=False)
         return
     except UnsupportedModelError:
@@ -314,7 +320,7 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
         for m, mode in modes.items():
             m.training = mode
     twin = copy.deepcopy(model).train()
-    propagate(trace_model(twin), tracker, batch)
+    propagate(trace_model(twin, opaque), tracker, batch)
 
 
 def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:

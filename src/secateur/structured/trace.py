@@ -1,21 +1,34 @@
-"""``torch.fx`` tracing with errors that name the failing op and module path."""
+"""``torch.fx`` tracing with errors that name the failing op and module path.
+
+Where fx fails inside a submodule (data-dependent control flow, unsupported Python), the
+tolerant trace retries with that submodule as an opaque leaf: it still runs, but its channels
+(and those of its inputs and outputs) are kept, and the rest of the model stays prunable.
+Only a failure in the model's own ``forward`` is an error.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from torch import fx, nn
 
 from ..errors import UnsupportedModelError
 
+MAX_OPAQUE = 64  # give up (one clear error) rather than retrace forever
+
 
 class _PathTracer(fx.Tracer):
     """A standard fx tracer that remembers which module it is inside, for error messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, opaque: Iterable[str] = ()) -> None:
         super().__init__()
         self.path_stack: list[str] = []
         self.failed_in: str | None = None
+        self.opaque = frozenset(opaque)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.path_stack.append(self.path_of_module(m))
@@ -29,9 +42,7 @@ class _PathTracer(fx.Tracer):
             self.path_stack.pop()
 
 
-def trace_model(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model``; failures raise one-line :class:`UnsupportedModelError`."""
-    tracer = _PathTracer()
+def _trace(model: nn.Module, tracer: _PathTracer) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as err:  # fx raises many types (TraceError, TypeError, RuntimeError ...)
@@ -42,3 +53,25 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
             f"{first[:200]} (in module {where!r}); the model is unchanged"
         ) from None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def trace_model(model: nn.Module, opaque: Iterable[str] = ()) -> fx.GraphModule:
+    """Symbolically trace ``model`` (``opaque`` submodules as leaves); failures raise one line."""
+    return _trace(model, _PathTracer(opaque))
+
+
+def trace_tolerant(model: nn.Module) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
+    """Trace ``model``, turning each submodule fx cannot trace into an opaque leaf.
+
+    Returns the graph module and ``(module path, reason)`` for every opaque submodule.
+    """
+    opaque: list[tuple[str, str]] = []
+    while True:
+        tracer = _PathTracer(path for path, _ in opaque)
+        try:
+            return _trace(model, tracer), opaque
+        except UnsupportedModelError as err:
+            where = tracer.failed_in
+            if not where or where in tracer.opaque or len(opaque) >= MAX_OPAQUE:
+                raise
+            opaque.append((where, str(err)))
