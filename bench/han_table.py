@@ -3,7 +3,8 @@
 For each network: train the baseline with secateur's default recipe, run
 ``secateur prune --method han --max-drop 0.1`` (defaults otherwise), then give
 torch.nn.utils.prune's global L1 unstructured pruning the same retraining budget (same rounds,
-epochs and learning rate, reaching the same final sparsity) in the same process.
+epochs and learning rate, reaching the same final sparsity, and the same final polish) in the
+same process. Rows of models not run are kept from the existing JSON.
 
     python bench/han_table.py [--models lenet300,lenet5] [--out runs/bench] [--json FILE] [--md FILE]
 
@@ -38,8 +39,12 @@ HAN = {  # Han et al. 2015, Table 1: error before -> after, params before -> aft
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def torch_prune_peer(baseline: nn.Module, data, sparsity: float, rounds: int, retrain: TrainConfig) -> dict:
-    """Iterative global L1 pruning with torch.nn.utils.prune to ``sparsity`` in ``rounds`` rounds."""
+def torch_prune_peer(baseline: nn.Module, data, sparsity: float, rounds: int, retrain: TrainConfig,
+                     polish: TrainConfig | None = None) -> dict:
+    """Iterative global L1 pruning with torch.nn.utils.prune to ``sparsity`` in ``rounds`` rounds.
+
+    ``polish``: the same final retraining secateur gave its chosen model, for the same budget.
+    """
     model = copy.deepcopy(baseline)
     targets = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     start, pruned_before = time.perf_counter(), 0.0
@@ -49,6 +54,8 @@ def torch_prune_peer(baseline: nn.Module, data, sparsity: float, rounds: int, re
         torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=amount)
         fit(model, data, retrain.replace(seed=retrain.seed + r), progress=False)
         pruned_before = goal
+    if polish is not None:
+        fit(model, data, polish, progress=False)
     for module, name in targets:
         torch_prune.remove(module, name)
     return {"test_accuracy": evaluate(model, data, "test"), "val_accuracy": evaluate(model, data, "val"),
@@ -72,21 +79,24 @@ def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True) ->
                        config=config, progress=True)
     res = result.results
     budget_rounds = len(result.history) + sum(r.get("recovery_passes", 0) for r in result.history)
-    retrain = retrain_config(config, TrainConfig(**baseline.meta["train"]))
-    peer = torch_prune_peer(baseline.model, data, weight_sparsity(res), budget_rounds, retrain) if peer else None
+    recipe = TrainConfig(**baseline.meta["train"])
+    retrain = retrain_config(config, recipe)
+    polish = recipe.replace(epochs=res["polish"]["epochs"], seed=recipe.seed + 1) if res.get("polish") else None
+    peer = torch_prune_peer(baseline.model, data, weight_sparsity(res), budget_rounds, retrain, polish) if peer else None
     shutil.copy(out / name / "prune" / "tradeoff.png", RESULTS / f"{name}_tradeoff.png")
     return {
         "params_before": res["params"]["baseline"], "params_after": res["params"]["nonzero"],
         "compression": res["compression"], "error_before": 100 * (1 - res["baseline"]["test"]["accuracy"]),
         "error_after": 100 * (1 - res["pruned"]["test"]["accuracy"]),
-        "val_drop": res["drop"]["val"], "train_seconds": train_seconds, "prune_seconds": res["seconds"],
+        "val_drop": res["drop"]["val"], "acceptance": res.get("acceptance"), "polish": res.get("polish"),
+        "train_seconds": train_seconds, "prune_seconds": res["seconds"],
         "total_seconds": train_seconds + res["seconds"], "rounds": res["rounds"],
         "layers": [{k: layer[k] for k in ("name", "weights", "nonzero", "kept", "macs", "macs_nonzero")}
                    for layer in res["layers"]],
         "torch_prune": None if peer is None else {
             **peer, "error_after": 100 * (1 - peer["test_accuracy"]),
             "compression": res["params"]["baseline"] / max(peer["params_nonzero"], 1),
-            "retrain_rounds": budget_rounds},
+            "retrain_rounds": budget_rounds, "polish_epochs": polish.epochs if polish else 0},
     }
 
 
@@ -99,7 +109,9 @@ def markdown(rows: dict) -> str:
         if han:
             lines.append(f"| {name} | Han et al. 2015 | {han['error_before']:.2f}% -> {han['error_after']:.2f}% | "
                          f"{han['params_before'] // 1000}K -> {han['params_after'] // 1000}K | {han['compression']}x | - |")
-        lines.append(f"| {name} | **secateur** (han, iterative, max-drop 0.1) | {row['error_before']:.2f}% -> "
+        rule = (f", confidence {row['acceptance']['confidence']:g}" if row.get("acceptance") else ", plain rule") + \
+            (f", polish {row['polish']['epochs']} ep" if row.get("polish") else "")
+        lines.append(f"| {name} | **secateur** (han, iterative, max-drop 0.1{rule}) | {row['error_before']:.2f}% -> "
                      f"{row['error_after']:.2f}% | {row['params_before']:,} -> {row['params_after']:,} | "
                      f"**{row['compression']:.1f}x** | {row['total_seconds'] / 60:.1f} min "
                      f"({row['train_seconds'] / 60:.1f} train + {row['prune_seconds'] / 60:.1f} prune) |")

@@ -41,7 +41,8 @@ def test_final_validation_drop_never_exceeds_the_bound(trained, small, method):
     result = run(trained, small, method=method, max_drop=0.6)
     assert result.results["drop"]["val"] <= 0.6 + 1e-9
     assert all(row["drop"] <= 0.6 + 1e-9 for row in accepted_rows(result.history))
-    assert all(row["drop"] > 0.6 for row in result.history if not row["feasible"])
+    assert all(row["drop"] + row["margin"] > 0.6 for row in result.history if not row["feasible"])
+    assert all(row["drop"] + row["margin"] <= 0.6 + 1e-9 for row in accepted_rows(result.history))
     assert result.compression > 1.5
 
 
@@ -154,3 +155,83 @@ def test_allocations(trained, small, tmp_path):
         PruneConfig(allocation="greedy").validate()
     with pytest.raises(ConfigError):
         PruneConfig(method="global-magnitude", allocation="sensitivity").validate()
+
+
+def _scripted(baseline_hits: torch.Tensor, candidate_hits: torch.Tensor, as_float: bool):
+    """An evaluator: the dense model scores ``baseline_hits``, any pruned one ``candidate_hits``."""
+    from secateur.metrics import count_params
+
+    def evaluate(model):
+        hits = baseline_hits if count_params(model, nonzero=True) == count_params(model) else candidate_hits
+        return int(hits.sum()) / len(hits) if as_float else hits
+
+    return evaluate
+
+
+def test_a_round_within_the_plain_bound_but_not_its_margin_is_rejected():
+    baseline = torch.ones(5000, dtype=torch.bool)
+    baseline[25:45] = False  # b = 25 images only the baseline gets right, c = 20 only the candidate
+    candidate = torch.ones(5000, dtype=torch.bool)
+    candidate[:25] = False  # drop 0.1 points exactly; paired SE 0.134 points
+    options = dict(train=lambda m: None, method="magnitude", max_drop=0.1, rounds=2)
+    model = build_model("lenet300")
+
+    strict = prune(copy.deepcopy(model), evaluate=_scripted(baseline, candidate, False), confidence=1.0, **options)
+    assert not any(row["feasible"] for row in strict.history)
+    assert strict.history[0]["drop"] == pytest.approx(0.1)
+    assert strict.history[0]["margin"] == pytest.approx(0.13416, abs=1e-4)
+    assert strict.compression == 1.0 and strict.results["acceptance"]["paired"]
+
+    plain = prune(copy.deepcopy(model), evaluate=_scripted(baseline, candidate, False), confidence=0.0, **options)
+    assert all(row["feasible"] for row in plain.history) and plain.compression > 1.0
+
+
+def test_a_float_evaluator_gets_the_plain_rule_whatever_the_confidence():
+    baseline = torch.ones(5000, dtype=torch.bool)
+    baseline[25:45] = False
+    candidate = torch.ones(5000, dtype=torch.bool)
+    candidate[:25] = False
+    result = prune(build_model("lenet300"), train=lambda m: None, evaluate=_scripted(baseline, candidate, True),
+                   method="magnitude", max_drop=0.1, rounds=2, confidence=3.0)
+    assert all(row["feasible"] and row["margin"] == 0.0 for row in result.history)
+    assert not result.results["acceptance"]["paired"]
+    assert result.results["drop"]["val"] == pytest.approx(0.1)
+
+
+def test_confidence_is_validated_and_recorded_for_resume(trained, small, tmp_path):
+    with pytest.raises(ConfigError, match="confidence"):
+        PruneConfig(confidence=-1.0).validate()
+    run(trained, small, method="han", max_drop=1.0, rounds=1, confidence=0.5, out=tmp_path / "run")
+    assert pruning_module.saved_config(tmp_path / "run").confidence == 0.5
+
+
+def test_a_run_folder_from_before_the_confidence_setting_resumes_with_the_plain_rule(trained, small, tmp_path):
+    import yaml
+
+    run(trained, small, method="han", max_drop=1.0, rounds=1, out=tmp_path / "run")
+    path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    del saved["prune"]["confidence"], saved["prune"]["polish_epochs"]
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    config = pruning_module.saved_config(tmp_path / "run")
+    assert config.confidence == 0.0 and config.polish_epochs == 0
+
+
+def test_the_polish_is_kept_only_if_validation_accuracy_does_not_go_down(trained, small, monkeypatch):
+    kept = run(trained, small, method="han", max_drop=1.0, rounds=2, polish_epochs=1)
+    polish = kept.results["polish"]
+    assert polish is not None and polish["epochs"] == 1
+    chosen_val = kept.history[kept.results["chosen_round"] - 1]["val_accuracy"]
+    assert polish["val_accuracy_before"] == chosen_val
+    final_val = kept.results["pruned"]["val"]["accuracy"]
+    assert final_val == (polish["val_accuracy_after"] if polish["kept"] else chosen_val)
+
+    def ruin(model):  # a polish that makes the model worse must be thrown away
+        with torch.no_grad():
+            model.fc3.bias.add_(torch.linspace(-5, 5, 10))
+
+    monkeypatch.setattr(pruning_module, "_polisher", lambda *args: ruin)
+    spoiled = run(trained, small, method="han", max_drop=1.0, rounds=2, polish_epochs=1)
+    assert spoiled.results["polish"]["kept"] is False
+    assert spoiled.results["pruned"]["val"]["accuracy"] == chosen_val
+    assert spoiled.results["drop"]["val"] <= 1.0 + 1e-9

@@ -154,6 +154,7 @@ def _model_for_info(args: argparse.Namespace):
 def add_search_args(parser: argparse.ArgumentParser) -> None:
     """Options of the drop-bound search (``prune``)."""
     from .criteria import CRITERIA
+    from .pruning import CONFIDENCE
     from .schedules import SCHEDULES
     from .structured import GROUP_CRITERIA
 
@@ -165,11 +166,18 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", dest="prune_schedule", default="iterative", choices=SCHEDULES.names())
     parser.add_argument("--max-drop", type=non_negative_float, default=0.1,
                         help="largest validation accuracy drop accepted, in percentage points (default 0.1)")
+    parser.add_argument("--confidence", type=non_negative_float, default=None,
+                        help="paired standard errors added to each round's validation drop before it is "
+                             f"compared with --max-drop, against validation noise (default {CONFIDENCE:g}; 0: plain rule)")
     parser.add_argument("--rounds", type=positive_int, default=20, help="round budget of the search")
     parser.add_argument("--retrain-epochs", type=non_negative_int, default=None,
                         help="retraining epochs per round (default 4)")
     parser.add_argument("--retrain-lr", type=positive_float, default=None,
                         help="retraining learning rate (default: baseline lr / 2)")
+    parser.add_argument("--polish-epochs", type=non_negative_int, default=None,
+                        help="final retraining of the chosen model at the baseline's learning rate, masks "
+                             "fixed, kept only if validation accuracy does not go down (default: the "
+                             "baseline's epochs; 0: none)")
     parser.add_argument("--allocation", choices=("uniform", "magnitude", "sensitivity"), default=None,
                         help="per-layer strengths: uniform, from the dense weight magnitudes (default "
                              "for han), or from a per-layer sensitivity analysis")
@@ -201,6 +209,10 @@ def prune_config_from(args: argparse.Namespace):
         changes["retrain_epochs"] = args.retrain_epochs
     if args.retrain_lr is not None:
         changes["retrain_lr"] = args.retrain_lr
+    if args.confidence is not None:
+        changes["confidence"] = args.confidence
+    if args.polish_epochs is not None:
+        changes["polish_epochs"] = args.polish_epochs
     return PruneConfig(**changes).validate()
 
 

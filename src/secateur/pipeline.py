@@ -18,7 +18,7 @@ from .data import Dataset, load_dataset
 from .errors import CheckpointError, ConfigError
 from .pruning import PruneConfig, PruneResult, prune
 from .storage import load_model
-from .train import TrainConfig
+from .train import TrainConfig, evaluate
 
 
 @dataclass
@@ -114,7 +114,6 @@ def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han
     from .report import sensitivity_figure
     from .sensitivity import sensitivity
     from .storage import atomic_write_json
-    from .train import evaluate
 
     baseline = load_baseline(from_dir)
     data = load_dataset(baseline.meta["dataset"]["name"], data_dir)
@@ -140,8 +139,8 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress)
     retrain = retrain_config(PruneConfig(retrain_epochs=retrain_epochs), baseline.train_config)
-    make_train, evaluate, _ = default_callables(data, retrain)
-    result = sweep(baseline.model, methods, make_train=make_train, evaluate=evaluate,
+    make_train, _, _ = default_callables(data, retrain)
+    result = sweep(baseline.model, methods, make_train=make_train, evaluate=lambda m: evaluate(m, data, "val"),
                    strengths=strengths, progress=progress)
     result.update(model=baseline.meta["model"], dataset=data.name)
     atomic_write_json(out / "sweep.json", result)

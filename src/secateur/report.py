@@ -425,11 +425,31 @@ def _header(results: Mapping[str, Any]) -> Meta:
     chosen = results.get("chosen_round")
     rounds = f"{results.get('rounds', DASH)}" + (f" (chosen: round {chosen})" if chosen is not None else
                                                   " (no feasible round: baseline kept)")
-    return Meta((("model", _model_name(results.get("model"))), ("dataset", str(results.get("dataset", DASH))),
-                 ("method / granularity", f"{method} ({results.get('kind', 'unstructured')})"),
-                 ("schedule", str(results.get("schedule", DASH))),
-                 ("max drop", _pts(results.get("max_drop")) + " (validation accuracy)"),
-                 ("wall time", _duration(results.get("seconds"))), ("rounds", rounds)))
+    rows = [("model", _model_name(results.get("model"))), ("dataset", str(results.get("dataset", DASH))),
+            ("method / granularity", f"{method} ({results.get('kind', 'unstructured')})"),
+            ("schedule", str(results.get("schedule", DASH))),
+            ("max drop", _pts(results.get("max_drop")) + " (validation accuracy)")]
+    if "acceptance" in results:  # runs from before the noise-aware rule have neither
+        rows += [("acceptance", _acceptance(results["acceptance"])), ("polish", _polish(results.get("polish")))]
+    return Meta((*rows, ("wall time", _duration(results.get("seconds"))), ("rounds", rounds)))
+
+
+def _acceptance(acceptance: Mapping[str, Any] | None) -> str:
+    """The rule rounds were judged by (see secateur.acceptance)."""
+    if not acceptance:
+        return DASH
+    if not acceptance.get("paired") or not acceptance.get("confidence"):
+        return "drop <= max drop (plain rule)"
+    return f"drop + {acceptance['confidence']:g} paired standard errors <= max drop"
+
+
+def _polish(polish: Mapping[str, Any] | None) -> str:
+    """Whether the final retraining ran and was kept."""
+    if not polish:
+        return "none"
+    verdict = "kept" if polish.get("kept") else "not kept (validation accuracy went down)"
+    return (f"{polish.get('epochs')} epochs, val accuracy {_pct(polish.get('val_accuracy_before'))} -> "
+            f"{_pct(polish.get('val_accuracy_after'))}: {verdict}")
 
 
 def _before_after(results: Mapping[str, Any]) -> Table:
@@ -488,11 +508,12 @@ def _rounds_table(history: Sequence[Mapping[str, Any]], chosen: int | None) -> T
         return DASH if v is None else ("yes" if v else "no")
 
     rows = [(str(h.get("round", DASH)), DASH if h.get("strength") is None else f"{h['strength']:.3g}",
-             _pct(h.get("val_accuracy")), _pts(h.get("drop")), yes(h.get("feasible")), yes(h.get("accepted")),
+             _pct(h.get("val_accuracy")), _pts(h.get("drop")), _pts(h.get("margin")), yes(h.get("feasible")),
+             yes(h.get("accepted")),
              _count(h.get("params_nonzero")), _times(h.get("compression")), _duration(h.get("seconds")),
              "**chosen**" if chosen is not None and h.get("round") == chosen else "") for h in history]
-    return Table(("round", "strength", "val accuracy", "drop", "feasible", "accepted", "nonzero params",
-                  "compression", "time", ""), tuple(rows), ("r", "r", "r", "r", "l", "l", "r", "r", "r", "l"))
+    return Table(("round", "strength", "val accuracy", "drop", "margin", "feasible", "accepted", "nonzero params",
+                  "compression", "time", ""), tuple(rows), ("r", "r", "r", "r", "r", "l", "l", "r", "r", "r", "l"))
 
 
 def _report_blocks(results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],

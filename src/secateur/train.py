@@ -161,22 +161,32 @@ def random_shift(x: torch.Tensor, pixels: int, background: torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
-             device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``data.<split>``.
+def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+                device: str | torch.device | None = None) -> torch.Tensor:
+    """Whether ``model`` classifies each example of ``data.<split>`` right (bool, on the CPU).
 
-    Runs where the model's parameters are unless ``device`` says otherwise.
+    Per-example results let two models be compared on the same images (paired), which the
+    pruning search's acceptance rule needs (:mod:`secateur.acceptance`).
     """
     part: Split = getattr(data, split)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    correct = 0
-    for x, y in batches(part, batch_size, mean=data.mean, std=data.std, device=device):
-        correct += int((model(x).argmax(dim=1) == y).sum())
+    hits = [(model(x).argmax(dim=1) == y).cpu()
+            for x, y in batches(part, batch_size, mean=data.mean, std=data.std, device=device)]
     model.train(was_training)
-    return correct / max(len(part), 1)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+             device: str | torch.device | None = None) -> float:
+    """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``data.<split>``.
+
+    Runs where the model's parameters are unless ``device`` says otherwise.
+    """
+    hits = correctness(model, data, split, batch_size=batch_size, device=device)
+    return int(hits.sum()) / max(hits.numel(), 1)
 
 
 def _epoch_batches(data: Dataset, config: TrainConfig, generator: torch.Generator,
