@@ -56,7 +56,7 @@ class PruneConfig:
     ``confidence`` and ``polish_epochs`` guard the bound against validation noise: a round
     counts as within ``max_drop`` only if its drop plus ``confidence`` paired standard errors
     is (:mod:`secateur.acceptance`), and the chosen model is retrained once more at length
-    (``polish_epochs``, kept only if validation accuracy does not go down).
+    (``polish_epochs``, kept if it still passes the acceptance rule).
     """
 
     method: str | None = None  # None: "han" for weights, "l1" for neurons / channels
@@ -505,8 +505,11 @@ def _polish(run: _Run, train: Train | None) -> dict | None:
     """Retrain the chosen model once more at length, masks fixed, as Han et al. did at the end.
 
     Each round's short retraining leaves some accuracy on the table; a full-length final run
-    recovers part of it. The polished model replaces the chosen one only if its validation
-    accuracy did not go down and it still passes the acceptance rule, so the bound holds.
+    recovers part of it. The polished model replaces the chosen one if it passes the
+    acceptance rule, so the bound holds. It is not also required to match the chosen round's
+    validation accuracy: that round won the search partly by luck on the validation images,
+    and on LeNet-300 the polish improved test error in every run measured, even when
+    validation moved by one image either way.
     """
     best = run.state.best_round
     if train is None or not best:
@@ -515,8 +518,7 @@ def _polish(run: _Run, train: Train | None) -> dict | None:
     candidate = copy.deepcopy(run.accepted)
     train(candidate)
     outcome = Outcome.of(run.evaluate(candidate))
-    drop, extra, ok = _judge(run, outcome)
-    kept = ok and outcome.accuracy >= before
+    drop, extra, kept = _judge(run, outcome)
     if kept:
         run.accepted = candidate
     return {"epochs": run.config.polish_epochs, "kept": kept, "val_accuracy_before": before,
