@@ -443,12 +443,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train |
         config = saved_config(Path(out))  # a resumed run keeps the settings it started with
     if isinstance(data, str):
         data = load_dataset(data)
-    if data is not None and train is None and config.steps_per_round is None:
-        retrain = retrain_config(config, train_config)
-        config = dataclasses.replace(config, steps_per_round=retrain.epochs * math.ceil(len(data.train) / retrain.batch_size))
-    if config.polish_epochs is None:  # made explicit, so config.yaml records what ran
-        polish_epochs = (train_config or TrainConfig()).epochs if data is not None and train is None else 0
-        config = dataclasses.replace(config, polish_epochs=polish_epochs)
+    config = _explicit(config, data, train, train_config)
     make_train, evaluate, test_evaluate = _callables(data, train, evaluate, test_evaluate,
                                                      retrain_config(config, train_config))
     polish = _polisher(data, train, (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED),
@@ -466,6 +461,20 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train |
     _search(run, progress)
     polished = _polish(run, polish)
     return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
+
+
+def _explicit(config: PruneConfig, data: Dataset | None, train: Train | None,
+              train_config: TrainConfig | None) -> PruneConfig:
+    """Fill the settings that depend on the data path, so config.yaml records what ran."""
+    default_path = data is not None and train is None
+    if default_path and config.steps_per_round is None:
+        retrain = retrain_config(config, train_config)
+        steps = retrain.epochs * math.ceil(len(data.train) / retrain.batch_size)
+        config = dataclasses.replace(config, steps_per_round=steps)
+    if config.polish_epochs is None:
+        epochs = (train_config or TrainConfig()).epochs if default_path else 0
+        config = dataclasses.replace(config, polish_epochs=epochs)
+    return config
 
 
 def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
