@@ -149,3 +149,13 @@ def test_resume_needs_only_the_run_folder(capsys, tmp_path):
     code, stdout, err = run_cli(capsys, "prune", "--out", str(run), "--resume", "--quiet")
     assert code == 0, err
     assert "smaller" in stdout
+
+
+def test_make_demo_runs_offline_and_writes_both_reports(tmp_path):
+    from secateur.demo import main as demo
+
+    weights, neurons = demo(tmp_path / "demo")
+    assert weights.compression > 2 and weights.results["drop"]["val"] <= 2.0 + 1e-9
+    assert neurons.results["kind"] == "structured" and neurons.results["params"]["total"] < 50_610
+    assert neurons.results["drop"]["val"] <= 2.0 + 1e-9
+    assert (tmp_path / "demo" / "report.html").exists() and (tmp_path / "demo-neurons" / "report.html").exists()

@@ -1,8 +1,9 @@
 """``make demo``: a one-minute, offline tour of secateur on scikit-learn's bundled digits.
 
 Trains LeNet-300-100 (sized for 8x8 inputs), prunes it with Han et al.'s criterion under a
-2-point validation drop bound (200 validation images: 1 point is 2 images), and writes the
-run folder with its report. No network.
+2-point validation drop bound (200 validation images: 1 point is 2 images), then removes whole
+neurons from the same dense model under the same bound, and writes both run folders with
+their reports. No network.
 """
 
 from __future__ import annotations
@@ -34,8 +35,18 @@ def _table(result: secateur.PruneResult) -> Table:
     return table
 
 
-def main(out: str | Path | None = None) -> secateur.PruneResult:
-    """Run the demo and print what it did; returns the prune result."""
+def _neurons_line(result: secateur.PruneResult) -> str:
+    res = result.results
+    kept = ", ".join(f"{name} {c['after']}/{c['before']}" for name, c in res["channels"].items())
+    latency = res["latency"]
+    return (f"   neurons kept: {kept}; {res['params']['baseline']:,} -> {res['params']['total']:,} parameters "
+            f"(a dense model {res['compression']:.1f}x smaller), test accuracy "
+            f"{100 * res['baseline']['test']['accuracy']:.2f}% -> {100 * res['pruned']['test']['accuracy']:.2f}%, "
+            f"batch-32 CPU latency {1e3 * latency['b32_before']:.3f} -> {1e3 * latency['b32_after']:.3f} ms")
+
+
+def main(out: str | Path | None = None) -> tuple[secateur.PruneResult, secateur.PruneResult]:
+    """Run the demo and print what it did; returns the weight- and neuron-pruning results."""
     console = Console()
     out = Path(out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     data = secateur.load_dataset("digits")
@@ -51,9 +62,14 @@ def main(out: str | Path | None = None) -> secateur.PruneResult:
     result = secateur.prune(model, data=data, method="han", max_drop=2.0, rounds=8, retrain_epochs=6,
                             train_config=recipe, out=out, progress=True, meta=meta)
     console.print(_table(result))
-    console.print(f"[bold]3. report[/]: {out / 'report.html'} (also report.md, tradeoff.png)")
-    console.print(f"   reload it with: secateur info {out}")
-    return result
+    console.print("[bold]3. remove neurons[/] from the same dense model: granularity='neuron', max_drop=2.0")
+    neurons_out = out.with_name(out.name + "-neurons")
+    neurons = secateur.prune(model, data=data, granularity="neuron", max_drop=2.0, rounds=8, retrain_epochs=6,
+                             train_config=recipe, out=neurons_out, progress=True, meta=meta)
+    console.print(_neurons_line(neurons))
+    console.print(f"[bold]4. reports[/]: {out / 'report.html'} and {neurons_out / 'report.html'}")
+    console.print(f"   reload them with: secateur info {out}  /  secateur info {neurons_out}")
+    return result, neurons
 
 
 if __name__ == "__main__":
