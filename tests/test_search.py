@@ -88,3 +88,13 @@ def test_each_stall_after_a_collapse_costs_one_round():
         tried.append(x)
         state = record(state, x, False, settings)
     assert tried == [pytest.approx(2.789)] * 2  # one retry per stall, no bisection in between
+
+
+def test_by_default_a_failure_that_closes_the_bracket_ends_the_search():
+    """Retrying an unchanged accepted model would only draw another seed: no lottery tickets."""
+    settings = SearchSettings(rounds=40, resolution=0.1)
+    state = SearchState(round=10, accepted=2.689, failed=2.789, step=0.1, best_round=8)
+    state = record(state, 2.739, False, settings)
+    assert next_strength(state, settings) is None
+    reopened = record(SearchState(round=10, accepted=2.6, failed=2.739, step=0.1), 2.689, True, settings)
+    assert next_strength(reopened, settings) == pytest.approx(2.789)  # progress: reopen after a success

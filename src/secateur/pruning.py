@@ -69,7 +69,7 @@ class PruneConfig:
     step: float = 0.5
     growth: float = 1.25
     resolution: float = 0.1
-    patience: int = 2
+    patience: int = 0  # retries of a strength whose bracket collapsed on a failure (see secateur.search)
     retrain_epochs: int = 4
     recovery: int = 1  # extra retraining passes for a round over the bound before it counts as failed
     retrain_lr: float | None = None  # default: the baseline's learning rate x retrain_lr_factor

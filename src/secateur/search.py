@@ -8,11 +8,14 @@ maps x to its own level, see :mod:`secateur.criteria`). Each round tries a stren
 - a round whose retrained model breaks the bound is rolled back to the last accepted state
   and marks the failed strength; from then on the next strength bisects the bracket
   ``(accepted, failed)``;
-- once the bracket is narrower than ``resolution``, a schedule that continues from the
-  accepted model (iterative, gradual) reopens it: the accepted model has been retrained
-  further since the failure, so a small step (``resolution``) may now hold. After
-  ``patience`` such stalls in a row without progress the search ends; so it does when the
-  round budget is spent, and at once for schedules that restart from the baseline.
+- once the bracket is narrower than ``resolution`` after an *accepted* round, a schedule
+  that continues from the accepted model (iterative, gradual) reopens it: the accepted model
+  has been retrained further since the failure, so a small step (``resolution``) may now
+  hold. A bracket that collapses on a *failed* round ends the search (``patience`` allows
+  that many retries; the default 0 allows none, because the accepted model has not changed
+  and a retry would only draw another training seed, another chance for a round to pass by
+  luck on the same validation images). The search also ends when the round budget is
+  spent, and at once for schedules that restart from the baseline.
   The answer is the most compressed feasible model seen.
 
 This module holds only the bookkeeping (pure and serialisable, so ``--resume`` can restore
@@ -37,7 +40,7 @@ class SearchSettings:
     growth: float = 1.25
     resolution: float = 0.1
     max_strength: float = 12.0
-    patience: int = 2  # bracket collapses in a row before giving up (0: never reopen)
+    patience: int = 0  # retries after a bracket collapses on a failed round (see the module docstring)
 
     def validate(self) -> "SearchSettings":
         """Raise ConfigError on impossible settings."""
