@@ -6,7 +6,8 @@ torch.nn.utils.prune's global L1 unstructured pruning the same retraining budget
 epochs and learning rate, reaching the same final sparsity, and the same final polish) in the
 same process. Rows of models not run are kept from the existing JSON.
 
-    python bench/han_table.py [--models lenet300,lenet5] [--out runs/bench] [--json FILE] [--md FILE]
+    python bench/han_table.py [--models lenet300,lenet5] [--out runs/bench] [--reuse-baselines] [--no-peer]
+                              [--json FILE] [--md FILE]
 
 Prints a markdown table and writes JSON + markdown (default: bench/results/han_table.*).
 """
@@ -28,7 +29,7 @@ from torch.nn.utils import prune as torch_prune
 from secateur.baseline import train_baseline
 from secateur.data import load_dataset
 from secateur.metrics import count_params
-from secateur.pipeline import prune_run
+from secateur.pipeline import load_baseline, prune_run
 from secateur.pruning import PruneConfig, retrain_config
 from secateur.train import TrainConfig, evaluate, fit
 
@@ -68,12 +69,22 @@ def weight_sparsity(results: dict) -> float:
     return 1 - sum(layer["nonzero"] for layer in results["layers"]) / total
 
 
-def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True) -> dict:
-    """Baseline, secateur's run and the peer for one network."""
+def baseline_for(name: str, data, out: Path, reuse: bool):
+    """The trained baseline and its training seconds (reused from ``out/<name>/baseline`` if asked)."""
+    folder = out / name / "baseline"
+    if reuse and (folder / "model.safetensors").exists():
+        baseline = load_baseline(folder)
+        return baseline, float(baseline.meta.get("train_seconds") or 0.0)
     shutil.rmtree(out / name, ignore_errors=True)
     start = time.perf_counter()
-    baseline = train_baseline(name, data, out=out / name / "baseline", progress=False)
-    train_seconds = time.perf_counter() - start
+    baseline = train_baseline(name, data, out=folder, progress=False)
+    return baseline, time.perf_counter() - start
+
+
+def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True, reuse: bool = False) -> dict:
+    """Baseline, secateur's run and the peer for one network."""
+    baseline, train_seconds = baseline_for(name, data, out, reuse)
+    shutil.rmtree(out / name / "prune", ignore_errors=True)
     config = PruneConfig(method="han", max_drop=max_drop)
     result = prune_run(out=out / name / "prune", dataset=data.name, from_dir=out / name / "baseline",
                        config=config, progress=True)
@@ -129,6 +140,8 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=0.1)
     parser.add_argument("--no-peer", action="store_true", help="skip torch.nn.utils.prune (saves half the time)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--reuse-baselines", action="store_true",
+                        help="reuse OUT/<model>/baseline when present (its recorded training time is reported)")
     parser.add_argument("--json", type=Path, default=RESULTS / "han_table.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "han_table.md")
     args = parser.parse_args()
@@ -137,7 +150,7 @@ def main() -> None:
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     rows = previous.get("models", {})
     for name in args.models.split(","):
-        rows[name] = run_model(name, data, args.out, args.max_drop, peer=not args.no_peer)
+        rows[name] = run_model(name, data, args.out, args.max_drop, peer=not args.no_peer, reuse=args.reuse_baselines)
         report = {"machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
                   "max_drop": args.max_drop, "han2015": HAN, "models": rows}
         args.json.write_text(json.dumps(report, indent=2, sort_keys=True))
