@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/han_table.py
+	$(PY) bench/channel_table.py --models lenet5 --baselines runs/bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
