@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,10 +44,14 @@ def granularity_ignore(model: nn.Module, granularity: str) -> tuple[str, ...]:
     return tuple(name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (cpu for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
     """A zero batch of one example on the model's device (for tracing)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return torch.zeros(1, *input_shape, device=device)
+    return torch.zeros(1, *input_shape, device=model_device(model))
 
 
 def group_sizes(model: nn.Module, input_shape: tuple[int, ...], ignore: Iterable[str] = ()) -> dict[str, int]:
@@ -68,7 +72,7 @@ class ChannelPruner:
     round_to: int = 1
     seed: int = 0
     batches: Callable[[], Iterable] | None = None  # (inputs, targets) batches for the taylor criterion
-    targets: tuple[str, ...] = field(default=())  # weight tensors reported per layer
+    targets: tuple[str, ...] = ()  # weight tensors reported per layer
 
     def levels(self, strength: float) -> float:
         """The fraction of channels removed at ``strength``."""
@@ -89,7 +93,7 @@ class ChannelPruner:
 
     def _scores(self, model: nn.Module, graph: DependencyGraph, strength: float) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed + int(strength * 1e6))
-        device = example_input(model, self.input_shape).device
+        device = model_device(model)
         batches = [(x.to(device), y.to(device)) for x, y in self.batches()] if self.batches is not None else None
         with torch.enable_grad():
             return GROUP_CRITERIA.get(self.criterion)(model, graph, batches=batches, generator=generator)
