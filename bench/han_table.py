@@ -7,7 +7,10 @@ epochs and learning rate, reaching the same final sparsity, and the same final p
 same process. Rows of models not run are kept from the existing JSON.
 
     python bench/han_table.py [--models lenet300,lenet5] [--out runs/bench] [--reuse-baselines] [--no-peer]
-                              [--json FILE] [--md FILE]
+                              [--short] [--json FILE] [--md FILE]
+
+``--short`` gives a shortened budget (SHORT: fewer baseline epochs, one-epoch rounds, fewer
+rounds), for the larger zoo networks on a CPU; the table labels such rows.
 
 Prints a markdown table and writes JSON + markdown (default: bench/results/han_table.*).
 """
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from secateur.baseline import train_baseline
+from secateur.baseline import default_config, train_baseline
 from secateur.data import load_dataset
 from secateur.metrics import count_params
 from secateur.pipeline import load_baseline, prune_run
@@ -38,6 +41,7 @@ HAN = {  # Han et al. 2015, Table 1: error before -> after, params before -> aft
     "lenet5": {"error_before": 0.80, "error_after": 0.77, "params_before": 431_000, "params_after": 36_000, "compression": 12},
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+SHORT = {"train_epochs": 4, "prune": {"retrain_epochs": 1, "rounds": 8, "polish_epochs": 2}}  # --short
 
 
 def torch_prune_peer(baseline: nn.Module, data, sparsity: float, rounds: int, retrain: TrainConfig,
@@ -69,7 +73,7 @@ def weight_sparsity(results: dict) -> float:
     return 1 - sum(layer["nonzero"] for layer in results["layers"]) / total
 
 
-def baseline_for(name: str, data, out: Path, reuse: bool):
+def baseline_for(name: str, data, out: Path, reuse: bool, epochs: int | None = None):
     """The trained baseline and its training seconds (reused from ``out/<name>/baseline`` if asked)."""
     folder = out / name / "baseline"
     if reuse and (folder / "model.safetensors").exists():
@@ -77,15 +81,19 @@ def baseline_for(name: str, data, out: Path, reuse: bool):
         return baseline, float(baseline.meta.get("train_seconds") or 0.0)
     shutil.rmtree(out / name, ignore_errors=True)
     start = time.perf_counter()
-    baseline = train_baseline(name, data, out=folder, progress=False)
+    recipe = default_config(name)
+    baseline = train_baseline(name, data, out=folder, progress=False,
+                              config=recipe.replace(epochs=epochs) if epochs else recipe)
     return baseline, time.perf_counter() - start
 
 
-def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True, reuse: bool = False) -> dict:
-    """Baseline, secateur's run and the peer for one network."""
-    baseline, train_seconds = baseline_for(name, data, out, reuse)
+def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True, reuse: bool = False,
+              budget: dict | None = None) -> dict:
+    """Baseline, secateur's run and the peer for one network (``budget``: SHORT or None)."""
+    budget = budget or {}
+    baseline, train_seconds = baseline_for(name, data, out, reuse, budget.get("train_epochs"))
     shutil.rmtree(out / name / "prune", ignore_errors=True)
-    config = PruneConfig(method="han", max_drop=max_drop)
+    config = PruneConfig(method="han", max_drop=max_drop, **budget.get("prune", {}))
     result = prune_run(out=out / name / "prune", dataset=data.name, from_dir=out / name / "baseline",
                        config=config, progress=True)
     res = result.results
@@ -100,7 +108,8 @@ def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True, re
         "compression": res["compression"], "error_before": 100 * (1 - res["baseline"]["test"]["accuracy"]),
         "error_after": 100 * (1 - res["pruned"]["test"]["accuracy"]),
         "val_drop": res["drop"]["val"], "acceptance": res.get("acceptance"), "polish": res.get("polish"),
-        "train_seconds": train_seconds, "prune_seconds": res["seconds"],
+        "train_seconds": train_seconds, "prune_seconds": res["seconds"], "budget": budget or None,
+        "train_epochs": recipe.epochs, "retrain_epochs": config.retrain_epochs,
         "total_seconds": train_seconds + res["seconds"], "rounds": res["rounds"],
         "layers": [{k: layer[k] for k in ("name", "weights", "nonzero", "kept", "macs", "macs_nonzero")}
                    for layer in res["layers"]],
@@ -121,7 +130,9 @@ def markdown(rows: dict) -> str:
             lines.append(f"| {name} | Han et al. 2015 | {han['error_before']:.2f}% -> {han['error_after']:.2f}% | "
                          f"{han['params_before'] // 1000}K -> {han['params_after'] // 1000}K | {han['compression']}x | - |")
         rule = (f", confidence {row['acceptance']['confidence']:g}" if row.get("acceptance") else ", plain rule") + \
-            (f", polish {row['polish']['epochs']} ep" if row.get("polish") else "")
+            (f", polish {row['polish']['epochs']} ep" if row.get("polish") else "") + \
+            (f"; short budget: {row['train_epochs']}-epoch baseline, {row['retrain_epochs']}-epoch rounds"
+             if row.get("budget") else "")
         lines.append(f"| {name} | **secateur** (han, iterative, max-drop 0.1{rule}) | {row['error_before']:.2f}% -> "
                      f"{row['error_after']:.2f}% | {row['params_before']:,} -> {row['params_after']:,} | "
                      f"**{row['compression']:.1f}x** | {row['total_seconds'] / 60:.1f} min "
@@ -142,6 +153,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--reuse-baselines", action="store_true",
                         help="reuse OUT/<model>/baseline when present (its recorded training time is reported)")
+    parser.add_argument("--short", action="store_true", help=f"shortened budget for big nets on a CPU: {SHORT}")
     parser.add_argument("--json", type=Path, default=RESULTS / "han_table.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "han_table.md")
     args = parser.parse_args()
@@ -150,7 +162,8 @@ def main() -> None:
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     rows = previous.get("models", {})
     for name in args.models.split(","):
-        rows[name] = run_model(name, data, args.out, args.max_drop, peer=not args.no_peer, reuse=args.reuse_baselines)
+        rows[name] = run_model(name, data, args.out, args.max_drop, peer=not args.no_peer, reuse=args.reuse_baselines,
+                               budget=SHORT if args.short else None)
         report = {"machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
                   "max_drop": args.max_drop, "han2015": HAN, "models": rows}
         args.json.write_text(json.dumps(report, indent=2, sort_keys=True))

@@ -95,13 +95,16 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
     run = tmp_path / "pruned"
     code, stdout, _ = run_cli(capsys, "prune", "--from", str(out), "--dataset", "digits", "--out", str(run),
                               "--method", "magnitude", "--max-drop", "5", "--rounds", "2",
-                              "--retrain-epochs", "1", "--confidence", "2", "--polish-epochs", "1", "--quiet")
+                              "--retrain-epochs", "1", "--confidence", "2", "--polish-epochs", "1",
+                              "--distill", "0.3", "--temperature", "2", "--quiet")
     assert code == 0 and "smaller" in stdout
     results = json.loads((run / "results.json").read_text())
     assert results["drop"]["val"] <= 5.0
     assert results["acceptance"]["confidence"] == 2.0 and results["acceptance"]["paired"]
     assert "confidence: 2.0" in (run / "config.yaml").read_text()
     assert "polish_epochs: 1" in (run / "config.yaml").read_text()
+    assert "distill: 0.3" in (run / "config.yaml").read_text()
+    assert "temperature: 2.0" in (run / "config.yaml").read_text()
     (run / "report.md").unlink()
     code, _, _ = run_cli(capsys, "report", str(run))
     assert code == 0 and (run / "report.md").exists()

@@ -239,3 +239,29 @@ def test_the_polish_is_kept_only_if_it_passes_the_acceptance_rule(trained, small
     assert tolerant.results["polish"]["kept"] is True  # worse on val, but within the bound: kept
     assert tolerant.results["pruned"]["val"]["accuracy"] == tolerant.results["polish"]["val_accuracy_after"]
     assert tolerant.results["pruned"]["val"]["accuracy"] < tolerant.history[0]["val_accuracy"]
+
+
+def test_distilled_retraining_uses_the_dense_teacher_and_keeps_the_bound(trained, small, monkeypatch):
+    calls = []
+
+    def counting_step(model, x, y, *, teacher, weight, temperature):
+        calls.append((weight, temperature, teacher.training))
+        return real_step(model, x, y, teacher=teacher, weight=weight, temperature=temperature)
+
+    real_step = pruning_module.distill_step
+    monkeypatch.setattr(pruning_module, "distill_step", counting_step)
+    result = run(trained, small, method="han", max_drop=0.6, distill=0.5, temperature=3.0, rounds=2)
+    assert calls and set(calls) == {(0.5, 3.0, False)}
+    assert result.results["drop"]["val"] <= 0.6 + 1e-9
+    assert result.compression > 1.0
+
+
+@pytest.mark.parametrize("options", [dict(distill=1.5), dict(distill=0.5, temperature=0.0)])
+def test_impossible_distillation_settings_are_config_errors(trained, small, options):
+    with pytest.raises(ConfigError, match="distill"):
+        run(trained, small, **options)
+
+
+def test_distill_with_a_custom_train_callable_is_a_config_error(trained, small):
+    with pytest.raises(ConfigError, match="distil itself"):
+        prune(copy.deepcopy(trained), train=lambda m: None, evaluate=lambda m: 1.0, distill=0.5)

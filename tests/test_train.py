@@ -8,7 +8,7 @@ import torch
 from secateur.errors import ConfigError
 from secateur.masks import apply_masks, effective
 from secateur.models import build_model
-from secateur.train import TrainConfig, evaluate, fit, lr_factor, random_shift
+from secateur.train import TrainConfig, distill_step, evaluate, fit, frozen_teacher, lr_factor, random_shift
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,25 @@ def test_custom_step_is_used(small):
     model = build_model("lenet300")
     fit(model, small.subset(train=256), TrainConfig(epochs=1, batch_size=64), step=step, progress=False)
     assert calls == [64, 64, 64, 64]
+
+
+def test_distillation_from_an_identical_teacher_is_plain_cross_entropy_scaled():
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    teacher = frozen_teacher(model)
+    ce = torch.nn.functional.cross_entropy(model(x), y)
+    blended = distill_step(model, x, y, teacher=teacher, weight=0.25, temperature=3.0)
+    assert torch.allclose(blended, 0.75 * ce, atol=1e-5)  # KL(model || itself) is 0
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    torch.manual_seed(0)
+    student, teacher = build_model("lenet300"), frozen_teacher(build_model("lenet300"))
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    pure_kd = distill_step(student, x, y, teacher=teacher, weight=1.0, temperature=2.0)
+    assert pure_kd > 0
+    pure_kd.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

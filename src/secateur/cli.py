@@ -171,13 +171,18 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
                              f"compared with --max-drop, against validation noise (default {CONFIDENCE:g}; 0: plain rule)")
     parser.add_argument("--rounds", type=positive_int, default=20, help="round budget of the search")
     parser.add_argument("--retrain-epochs", type=non_negative_int, default=None,
-                        help="retraining epochs per round (default 4)")
+                        help="retraining epochs per round (default 3)")
     parser.add_argument("--retrain-lr", type=positive_float, default=None,
                         help="retraining learning rate (default: baseline lr / 2)")
     parser.add_argument("--polish-epochs", type=non_negative_int, default=None,
                         help="final retraining of the chosen model at the baseline's learning rate, masks "
                              "fixed, kept if it still passes the acceptance rule (default: the "
                              "baseline's epochs; 0: none)")
+    parser.add_argument("--distill", type=non_negative_float, default=None,
+                        help="share of the dense model's soft targets in the retraining loss (knowledge "
+                             "distillation, 0..1; default 0: plain cross-entropy)")
+    parser.add_argument("--temperature", type=positive_float, default=None,
+                        help="softening of the dense model's targets with --distill (default 4)")
     parser.add_argument("--allocation", choices=("uniform", "magnitude", "sensitivity"), default=None,
                         help="per-layer strengths: uniform, from the dense weight magnitudes (default "
                              "for han), or from a per-layer sensitivity analysis")
@@ -205,14 +210,8 @@ def prune_config_from(args: argparse.Namespace):
                "rounds": args.rounds, "allocation": args.allocation, "seed": args.seed or 0,
                "granularity": args.granularity, "scope": args.scope, "min_channels": args.min_channels,
                "round_to": args.round_to, "ignore": args.ignore}
-    if args.retrain_epochs is not None:
-        changes["retrain_epochs"] = args.retrain_epochs
-    if args.retrain_lr is not None:
-        changes["retrain_lr"] = args.retrain_lr
-    if args.confidence is not None:
-        changes["confidence"] = args.confidence
-    if args.polish_epochs is not None:
-        changes["polish_epochs"] = args.polish_epochs
+    optional = ("retrain_epochs", "retrain_lr", "confidence", "polish_epochs", "distill", "temperature")
+    changes.update({name: getattr(args, name) for name in optional if getattr(args, name) is not None})
     return PruneConfig(**changes).validate()
 
 

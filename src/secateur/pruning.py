@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -39,7 +40,7 @@ from .metrics import count_macs, count_params, measure_latency
 from .progress import progress_bar
 from .schedules import SCHEDULES, Pruner, Schedule
 from .search import SearchSettings, SearchState, initial_state, next_strength, record
-from .train import TrainConfig, correctness, evaluate as evaluate_on, fit
+from .train import StepFn, TrainConfig, correctness, distill_step, evaluate as evaluate_on, fit, frozen_teacher, resolve_device
 
 Evaluate = Callable[[nn.Module], "float | torch.Tensor"]  # accuracy, or per-example correctness (bool)
 ALLOCATIONS = ("uniform", "magnitude", "sensitivity")
@@ -65,16 +66,18 @@ class PruneConfig:
     max_drop: float = 0.1  # accuracy percentage points on the validation split
     confidence: float = CONFIDENCE  # paired standard errors added to a round's drop (0: plain rule)
     rounds: int = 20
-    start: float = 1.0
+    start: float = 2.0
     step: float = 0.5
     growth: float = 1.25
     resolution: float = 0.1
     patience: int = 0  # retries of a strength whose bracket collapsed on a failure (see secateur.search)
-    retrain_epochs: int = 4
+    retrain_epochs: int = 3
     recovery: int = 1  # extra retraining passes for a round over the bound before it counts as failed
     retrain_lr: float | None = None  # default: the baseline's learning rate x retrain_lr_factor
     retrain_lr_factor: float = 0.5
     polish_epochs: int | None = None  # final retraining, masks fixed (None: the baseline's epochs; 0: none)
+    distill: float = 0.0  # share of the dense model's soft targets in the retraining loss (0: plain CE)
+    temperature: float = 4.0  # softening of those targets
     targets: tuple[str, ...] | None = None  # default: weights of every Linear / Conv layer
     include_bias: bool = False
     factors: Mapping[str, float] | None = None  # per-layer strength multipliers
@@ -116,6 +119,8 @@ class PruneConfig:
             raise ConfigError(f"retrain epochs must be >= 0, got {self.retrain_epochs}")
         if self.polish_epochs is not None and self.polish_epochs < 0:
             raise ConfigError(f"polish epochs must be >= 0, got {self.polish_epochs}")
+        if not 0 <= self.distill <= 1 or not self.temperature > 0:
+            raise ConfigError(f"distill must be in [0, 1] and temperature > 0, got {self.distill} and {self.temperature}")
         if not 0 < self.retrain_lr_factor <= 10:
             raise ConfigError(f"retrain lr factor must be in (0, 10], got {self.retrain_lr_factor}")
         if self.retrain_lr is not None and not self.retrain_lr > 0:
@@ -200,14 +205,15 @@ class _Run:
     plan: Plan = field(default_factory=Plan)  # structured: the accepted model's plan over the original
 
 
-def default_callables(data: Dataset, retrain: TrainConfig) -> tuple[Callable[[int], Train], Evaluate, Evaluate]:
+def default_callables(data: Dataset, retrain: TrainConfig, step: StepFn | None = None
+                      ) -> tuple[Callable[[int], Train], Evaluate, Evaluate]:
     """Retraining with :func:`secateur.train.fit` (seed = base seed + round) and evaluators."""
 
     def make_train(round_index: int) -> Train:
         config = retrain.replace(seed=retrain.seed + round_index)
 
         def train(model: nn.Module) -> None:
-            fit(model, data, config, progress=False)
+            fit(model, data, config, step=step, progress=False)
 
         return train
 
@@ -444,10 +450,11 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train |
     if isinstance(data, str):
         data = load_dataset(data)
     config = _explicit(config, data, train, train_config)
+    step = _distiller(model, config, train, train_config)
     make_train, evaluate, test_evaluate = _callables(data, train, evaluate, test_evaluate,
-                                                     retrain_config(config, train_config))
+                                                     retrain_config(config, train_config), step)
     polish = _polisher(data, train, (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED),
-                       config.polish_epochs)
+                       config.polish_epochs, step)
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -477,6 +484,17 @@ def _explicit(config: PruneConfig, data: Dataset | None, train: Train | None,
     return config
 
 
+def _distiller(model: nn.Module, config: PruneConfig, train: Train | None,
+               train_config: TrainConfig | None) -> StepFn | None:
+    """The retraining step that distils from the dense ``model`` (``config.distill`` > 0)."""
+    if config.distill == 0:
+        return None
+    if train is not None:
+        raise ConfigError("distill applies to secateur's own retraining (data=); a train= callable must distil itself")
+    teacher = frozen_teacher(model).to(resolve_device((train_config or TrainConfig()).device))
+    return functools.partial(distill_step, teacher=teacher, weight=config.distill, temperature=config.temperature)
+
+
 def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
     """A few fixed training batches (the taylor criterion's gradients)."""
     from .data import batches
@@ -485,18 +503,19 @@ def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
 
 
 def _callables(data: Dataset | None, train: Train | None, evaluate: Evaluate | None,
-               test_evaluate: Evaluate | None, retrain: TrainConfig):
+               test_evaluate: Evaluate | None, retrain: TrainConfig, step: StepFn | None = None):
     """Resolve user callables, falling back on the dataset's defaults."""
     if data is None and (train is None or evaluate is None):
         raise ConfigError("give data= (a dataset or its name) or both train= and evaluate= callables")
     if data is not None:
-        default_train, default_eval, default_test = default_callables(data, retrain)
+        default_train, default_eval, default_test = default_callables(data, retrain, step)
         return ((lambda _round: train) if train else default_train, evaluate or default_eval,
                 test_evaluate or default_test)
     return (lambda _round: train), evaluate, test_evaluate
 
 
-def _polisher(data: Dataset | None, train: Train | None, base: TrainConfig, epochs: int) -> Train | None:
+def _polisher(data: Dataset | None, train: Train | None, base: TrainConfig, epochs: int,
+              step: StepFn | None = None) -> Train | None:
     """The polish's training: the baseline's recipe and learning rate for ``epochs`` (dataset path only).
 
     Retraining a pruned network with the original schedule from its current weights
@@ -507,7 +526,7 @@ def _polisher(data: Dataset | None, train: Train | None, base: TrainConfig, epoc
     if data is None or train is not None or epochs == 0:
         return None
     config = base.replace(epochs=epochs)
-    return lambda model: fit(model, data, config, progress=False)
+    return lambda model: fit(model, data, config, step=step, progress=False)
 
 
 def _polish(run: _Run, train: Train | None) -> dict | None:

@@ -35,7 +35,7 @@ class SearchSettings:
     """How the strength moves from round to round."""
 
     rounds: int = 20
-    start: float = 1.0
+    start: float = 2.0
     step: float = 0.5
     growth: float = 1.25
     resolution: float = 0.1

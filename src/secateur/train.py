@@ -13,6 +13,7 @@ instead, as ``train=callable(model)``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -122,6 +123,30 @@ def default_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Te
 def smoothed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Cross-entropy with label smoothing (``TrainConfig.label_smoothing``)."""
     return F.cross_entropy(model(x), y, label_smoothing=smoothing)
+
+
+def distill_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, teacher: nn.Module,
+                 weight: float, temperature: float) -> torch.Tensor:
+    """Cross-entropy blended with the teacher's softened predictions (Hinton et al. 2015).
+
+    ``weight`` is the share of the distillation term; it is scaled by ``temperature**2`` so
+    its gradients keep their size as the temperature changes. Pruning retrains with the
+    dense model as teacher: the pruned model then keeps the original's decisions (fewer
+    examples flip either way), which is what an accuracy *drop* bound measures.
+    """
+    logits = model(x)
+    with torch.no_grad():
+        target = F.softmax(teacher(x) / temperature, dim=1)
+    soft = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, reduction="batchmean")
+    return (1.0 - weight) * F.cross_entropy(logits, y) + weight * temperature ** 2 * soft
+
+
+def frozen_teacher(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with gradients off, to distil from."""
+    teacher = copy.deepcopy(model).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
