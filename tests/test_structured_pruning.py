@@ -144,5 +144,5 @@ def test_custom_callables_need_an_input_shape_for_tracing(trained, small):
         prune(copy.deepcopy(trained), train=lambda m: None, evaluate=val, granularity="channel",
               method="taylor", input_shape=(1, 28, 28))
     result = prune(copy.deepcopy(trained), train=lambda m: None, evaluate=val, granularity="neuron",
-                   input_shape=(1, 28, 28), max_drop=100.0, rounds=1)
+                   input_shape=(1, 28, 28), max_drop=100.0, rounds=1, start=1.0)
     assert result.results["channels"]["fc1"]["after"] == 250
