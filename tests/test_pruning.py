@@ -217,7 +217,7 @@ def test_a_run_folder_from_before_the_confidence_setting_resumes_with_the_plain_
     assert config.confidence == 0.0 and config.polish_epochs == 0
 
 
-def test_the_polish_is_kept_only_if_it_passes_the_acceptance_rule(trained, small, monkeypatch):
+def test_the_polish_is_kept_only_if_its_drop_is_within_the_bound(trained, small, monkeypatch):
     kept = run(trained, small, method="han", max_drop=1.0, rounds=2, polish_epochs=1)
     polish = kept.results["polish"]
     assert polish is not None and polish["epochs"] == 1
@@ -265,3 +265,25 @@ def test_impossible_distillation_settings_are_config_errors(trained, small, opti
 def test_distill_with_a_custom_train_callable_is_a_config_error(trained, small):
     with pytest.raises(ConfigError, match="distil itself"):
         prune(copy.deepcopy(trained), train=lambda m: None, evaluate=lambda m: 1.0, distill=0.5)
+
+
+def test_the_polish_is_judged_without_the_search_noise_margin(trained, small, monkeypatch):
+    polishing = {"now": False}
+    real_polisher = pruning_module._polisher
+
+    def flagged_polisher(*args):
+        train = real_polisher(*args)
+
+        def polish(model):
+            polishing["now"] = True
+            train(model)
+
+        return polish
+
+    monkeypatch.setattr(pruning_module, "_polisher", flagged_polisher)
+    monkeypatch.setattr(pruning_module, "margin", lambda *args: 1000.0 if polishing["now"] else 0.0)
+    result = run(trained, small, method="han", max_drop=50.0, rounds=1, polish_epochs=1)
+    polish = result.results["polish"]
+    assert polishing["now"] and polish["margin"] == 1000.0 and polish["drop"] <= 50.0
+    assert polish["kept"] is True
+    assert result.results["pruned"]["val"]["accuracy"] == polish["val_accuracy_after"]
