@@ -176,7 +176,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
                         help="retraining learning rate (default: baseline lr / 2)")
     parser.add_argument("--polish-epochs", type=non_negative_int, default=None,
                         help="final retraining of the chosen model at the baseline's learning rate, masks "
-                             "fixed, kept if it still passes the acceptance rule (default: the "
+                             "fixed, kept if its validation drop is within --max-drop (default: the "
                              "baseline's epochs; 0: none)")
     parser.add_argument("--distill", type=non_negative_float, default=None,
                         help="share of the dense model's soft targets in the retraining loss (knowledge "
