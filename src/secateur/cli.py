@@ -169,7 +169,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=non_negative_float, default=None,
                         help="paired standard errors added to each round's validation drop before it is "
                              f"compared with --max-drop, against validation noise (default {CONFIDENCE:g}; 0: plain rule)")
-    parser.add_argument("--rounds", type=positive_int, default=20, help="round budget of the search")
+    parser.add_argument("--rounds", type=positive_int, default=15, help="round budget of the search (default 15)")
     parser.add_argument("--retrain-epochs", type=non_negative_int, default=None,
                         help="retraining epochs per round (default 3)")
     parser.add_argument("--retrain-lr", type=positive_float, default=None,

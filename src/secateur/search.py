@@ -34,7 +34,7 @@ from .errors import ConfigError
 class SearchSettings:
     """How the strength moves from round to round."""
 
-    rounds: int = 20
+    rounds: int = 15
     start: float = 2.0
     step: float = 0.5
     growth: float = 1.25
