@@ -109,7 +109,7 @@ def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True, re
         "error_after": 100 * (1 - res["pruned"]["test"]["accuracy"]),
         "val_drop": res["drop"]["val"], "acceptance": res.get("acceptance"), "polish": res.get("polish"),
         "train_seconds": train_seconds, "prune_seconds": res["seconds"], "budget": budget or None,
-        "train_epochs": recipe.epochs, "retrain_epochs": config.retrain_epochs,
+        "train_epochs": recipe.epochs, "retrain_epochs": config.retrain_epochs, "threads": torch.get_num_threads(),
         "total_seconds": train_seconds + res["seconds"], "rounds": res["rounds"],
         "layers": [{k: layer[k] for k in ("name", "weights", "nonzero", "kept", "macs", "macs_nonzero")}
                    for layer in res["layers"]],
@@ -131,8 +131,8 @@ def markdown(rows: dict) -> str:
                          f"{han['params_before'] // 1000}K -> {han['params_after'] // 1000}K | {han['compression']}x | - |")
         rule = (f", confidence {row['acceptance']['confidence']:g}" if row.get("acceptance") else ", plain rule") + \
             (f", polish {row['polish']['epochs']} ep" if row.get("polish") else "") + \
-            (f"; short budget: {row['train_epochs']}-epoch baseline, {row['retrain_epochs']}-epoch rounds"
-             if row.get("budget") else "")
+            (f"; short budget: {row['train_epochs']}-epoch baseline, {row['retrain_epochs']}-epoch rounds, "
+             f"{row['threads']} thread(s)" if row.get("budget") else "")
         lines.append(f"| {name} | **secateur** (han, iterative, max-drop 0.1{rule}) | {row['error_before']:.2f}% -> "
                      f"{row['error_after']:.2f}% | {row['params_before']:,} -> {row['params_after']:,} | "
                      f"**{row['compression']:.1f}x** | {row['total_seconds'] / 60:.1f} min "
