@@ -41,7 +41,7 @@ HAN = {  # Han et al. 2015, Table 1: error before -> after, params before -> aft
     "lenet5": {"error_before": 0.80, "error_after": 0.77, "params_before": 431_000, "params_after": 36_000, "compression": 12},
 }
 RESULTS = Path(__file__).resolve().parent / "results"
-SHORT = {"train_epochs": 6, "prune": {"retrain_epochs": 2, "rounds": 8, "polish_epochs": 3}}  # --short
+SHORT = {"train_epochs": 4, "prune": {"retrain_epochs": 1, "rounds": 8, "polish_epochs": 2}}  # --short
 
 
 def torch_prune_peer(baseline: nn.Module, data, sparsity: float, rounds: int, retrain: TrainConfig,
