@@ -12,8 +12,8 @@ import copy
 import torch
 from torch import nn
 
-from .masks import effective, masks_of
-from .metrics import count_macs, count_params, measure_latency
+from .masks import effective, make_permanent, masks_of
+from .metrics import count_macs, count_params, layer_stats, measure_latency
 
 
 def round_stats(model: nn.Module, baseline: nn.Module, targets: tuple[str, ...],
@@ -37,8 +37,6 @@ def round_stats(model: nn.Module, baseline: nn.Module, targets: tuple[str, ...],
 def layer_rows(model: nn.Module, baseline: nn.Module, targets: tuple[str, ...],
                input_shape: tuple[int, ...] | None) -> list[dict]:
     """Han et al.'s Table 2 rows: weights (of the baseline), nonzero, % kept and MACs per pruned layer."""
-    from .metrics import layer_stats
-
     before = {s.name: s for s in layer_stats(baseline, input_shape)} if input_shape else {}
     after = {s.name: s for s in layer_stats(model, input_shape)} if input_shape else {}
     rows = []
@@ -64,8 +62,6 @@ def channel_counts(model: nn.Module, baseline: nn.Module, targets: tuple[str, ..
 def latency_pair(baseline: nn.Module, model: nn.Module, input_shape: tuple[int, ...],
                  batch_sizes: tuple[int, ...] = (1, 32)) -> dict[str, float]:
     """CPU seconds per forward (median) of both models as deployed (masks folded), ``b<N>_before/after``."""
-    from .masks import make_permanent
-
     result = {}
     for label, source in (("before", baseline), ("after", model)):
         deployed = make_permanent(copy.deepcopy(source).cpu())
