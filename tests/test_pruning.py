@@ -287,3 +287,9 @@ def test_the_polish_is_judged_without_the_search_noise_margin(trained, small, mo
     assert polishing["now"] and polish["margin"] == 1000.0 and polish["drop"] <= 50.0
     assert polish["kept"] is True
     assert result.results["pruned"]["val"]["accuracy"] == polish["val_accuracy_after"]
+
+
+def test_the_first_strength_is_about_4x_at_either_granularity():
+    assert PruneConfig().search_settings().start == 2.0  # weights: 1 - 2^-2 of each layer
+    assert PruneConfig(granularity="channel").search_settings().start == 1.0  # half the channels: ~4x params
+    assert PruneConfig(granularity="neuron", start=0.5).search_settings().start == 0.5
