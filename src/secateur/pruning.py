@@ -37,9 +37,9 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError
 from .masks import apply_masks, effective, prunable_names
 from .progress import progress_bar
-from .summary import round_stats, size_summary
 from .schedules import SCHEDULES, Pruner, Schedule
 from .search import SearchSettings, SearchState, initial_state, next_strength, record
+from .summary import round_stats, size_summary
 from .train import StepFn, TrainConfig, correctness, distill_step, evaluate as evaluate_on, fit, frozen_teacher, resolve_device
 
 Evaluate = Callable[[nn.Module], "float | torch.Tensor"]  # accuracy, or per-example correctness (bool)
