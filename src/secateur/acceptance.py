@@ -1,7 +1,7 @@
 """When a pruned round counts as within the drop bound: a noise-aware acceptance rule.
 
 The drop bound is judged on a finite validation split (MNIST: 5,000 images, so 0.1 points
-is 5 images), and the search tries about twenty candidates against that same split. A plain
+is 5 images), and the search tries up to 15 candidates against that same split. A plain
 rule ``drop <= max_drop`` then keeps whichever candidate happened to be lucky on the split:
 on LeNet-300 it accepted a 36.6x model at exactly 0.10 validation points whose test error
 was 0.17 points above the baseline's.
