@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m secateur.demo
+	$(PY) -m secateur.app.demo
 
 bench: $(STAMP)
 	$(PY) bench/han_table.py

@@ -19,13 +19,13 @@ import shutil
 import time
 from pathlib import Path
 
-import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 
-from secateur.baseline import train_baseline
-from secateur.data import load_dataset
-from secateur.pipeline import prune_run
-from secateur.pruning import PruneConfig
+import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+from secateur.app.pipeline import prune_run
+from secateur.search.orchestrator import PruneConfig
+from secateur.zoo.baseline import train_baseline
+from secateur.zoo.data import load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

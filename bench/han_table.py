@@ -24,17 +24,17 @@ import shutil
 import time
 from pathlib import Path
 
-import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from secateur.baseline import default_config, train_baseline
-from secateur.data import load_dataset
-from secateur.metrics import count_params
-from secateur.pipeline import load_baseline, prune_run
-from secateur.pruning import PruneConfig, retrain_config
+import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+from secateur.analysis.metrics import count_params
+from secateur.app.pipeline import load_baseline, prune_run
+from secateur.search.orchestrator import PruneConfig, retrain_config
 from secateur.train import TrainConfig, evaluate, fit
+from secateur.zoo.baseline import default_config, train_baseline
+from secateur.zoo.data import load_dataset
 
 HAN = {  # Han et al. 2015, Table 1: error before -> after, params before -> after, compression
     "lenet300": {"error_before": 1.64, "error_after": 1.59, "params_before": 267_000, "params_after": 22_000, "compression": 12},

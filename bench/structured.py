@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from secateur.metrics import count_macs, count_params  # noqa: E402
+from secateur.analysis.metrics import count_macs, count_params  # noqa: E402
 from secateur.structured import analyse, apply_plan, plan_pruning  # noqa: E402
 
 DEFAULT_MODELS = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121",

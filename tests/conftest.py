@@ -26,7 +26,7 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def mnist(data_root: Path):
     """The full MNIST dataset (train/val/test), loaded once per session."""
-    from secateur.data import load_dataset
+    from secateur.zoo.data import load_dataset
 
     return load_dataset("mnist", data_dir=data_root / "mnist", download=False)
 

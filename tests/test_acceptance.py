@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from secateur.acceptance import Outcome, discordant, margin, paired_se, within
+from secateur.search.acceptance import Outcome, discordant, margin, paired_se, within
 
 
 def vectors(n: int, b: int, c: int, both_wrong: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from secateur.cli import main
+from secateur.app.cli import main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -155,7 +155,7 @@ def test_resume_needs_only_the_run_folder(capsys, tmp_path):
 
 
 def test_make_demo_runs_offline_and_writes_both_reports(tmp_path):
-    from secateur.demo import main as demo
+    from secateur.app.demo import main as demo
 
     weights, neurons = demo(tmp_path / "demo")
     assert weights.compression > 2 and weights.results["drop"]["val"] <= 2.0 + 1e-9

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from secateur.criteria import CRITERIA, select_masks
 from secateur.errors import ConfigError, UnknownNameError
+from secateur.unstructured.criteria import CRITERIA, select_masks
 
 
 def weights(seed: int = 0) -> dict[str, torch.Tensor]:

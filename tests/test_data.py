@@ -12,10 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from secateur import data as data_mod
-from secateur.data import DATASETS, Dataset, Split, batches, load_dataset, search_dirs
+from secateur.zoo import data as data_mod
 from secateur.errors import ConfigError, DataError, UnknownNameError
-from secateur.idx import read_idx
+from secateur.io.idx import read_idx
+from secateur.zoo.data import (
+    DATASETS,
+    Dataset,
+    Split,
+    batches,
+    load_dataset,
+    search_dirs,
+)
 
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError
-from secateur.masks import (
+from secateur.unstructured.masks import (
     apply_mask,
     apply_masks,
     clear_masks,

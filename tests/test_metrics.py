@@ -8,8 +8,7 @@ from rich.console import Console
 from torch import nn
 from torch.nn.utils import parametrize
 
-from secateur.errors import ConfigError
-from secateur.metrics import (
+from secateur.analysis.metrics import (
     LayerStats,
     SparsityRow,
     count_macs,
@@ -20,7 +19,8 @@ from secateur.metrics import (
     measure_latency,
     sparsity_report,
 )
-from secateur.models import build_model
+from secateur.errors import ConfigError
+from secateur.zoo.models import build_model
 
 MNIST = (1, 28, 28)
 

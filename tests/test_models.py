@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from secateur.analysis.metrics import count_params
 from secateur.errors import ConfigError, UnknownNameError
-from secateur.metrics import count_params
-from secateur.models import MODELS, build_model, model_names, model_record
+from secateur.zoo.models import MODELS, build_model, model_names, model_record
 
 ZOO = ["lenet300", "lenet5", "alexnet-mnist", "vgg-mnist", "resnet-mnist"]
 

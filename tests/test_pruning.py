@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-import secateur.pruning as pruning_module
+import secateur.search.orchestrator as pruning_module
 from secateur.errors import ConfigError
-from secateur.masks import masks_of
-from secateur.models import build_model
-from secateur.pruning import PruneConfig, prune
-from secateur.storage import load_model
+from secateur.io.storage import load_model
+from secateur.search.orchestrator import PruneConfig, prune
 from secateur.train import TrainConfig, fit
+from secateur.unstructured.masks import masks_of
+from secateur.zoo.models import build_model
 
 QUICK = dict(rounds=4, retrain_epochs=1, start=1.0, step=1.0)
 RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)
@@ -159,7 +159,7 @@ def test_allocations(trained, small, tmp_path):
 
 def _scripted(baseline_hits: torch.Tensor, candidate_hits: torch.Tensor, as_float: bool):
     """An evaluator: the dense model scores ``baseline_hits``, any pruned one ``candidate_hits``."""
-    from secateur.metrics import count_params
+    from secateur.analysis.metrics import count_params
 
     def evaluate(model):
         hits = baseline_hits if count_params(model, nonzero=True) == count_params(model) else candidate_hits

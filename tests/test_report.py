@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 from secateur.errors import CheckpointError
-from secateur.report import (layers_figure, render_report, results_markdown, sensitivity_figure, sweep_report,
-                             tradeoff_figure)
+from secateur.report import (
+    layers_figure,
+    render_report,
+    results_markdown,
+    sensitivity_figure,
+    sweep_report,
+    tradeoff_figure,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE_PARAMS = 266_610
@@ -165,7 +171,7 @@ def test_broken_files_are_checkpoint_errors(tmp_path: Path) -> None:
 
 
 def _pt(s: float, drop: float, c: float) -> dict:
-    """A sweep point as secateur.sweep writes it (per-layer level dict, no test accuracy)."""
+    """A sweep point as secateur.analysis.sweep writes it (per-layer level dict, no test accuracy)."""
     return {"strength": s, "level": {"fc1.weight": s, "fc2.weight": s}, "val_accuracy": 0.984 - drop / 100,
             "drop": drop, "compression": c, "params_nonzero": int(BASE_PARAMS / c)}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from secateur.criteria import CRITERIA
-from secateur.masks import apply_masks, effective
-from secateur.schedules import SCHEDULES, Pruner, cubic_strength
+from secateur.search.schedules import SCHEDULES, Pruner, cubic_strength
+from secateur.unstructured.criteria import CRITERIA
+from secateur.unstructured.masks import apply_masks, effective
 
 
 def test_cubic_ramp_starts_ends_and_front_loads():

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from secateur.errors import ConfigError
-from secateur.search import SearchSettings, SearchState, initial_state, next_strength, record
+from secateur.search.bracket import (
+    SearchSettings,
+    SearchState,
+    initial_state,
+    next_strength,
+    record,
+)
 
 
 def drive(feasible_below: float, settings: SearchSettings) -> tuple[SearchState, list[float]]:

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from secateur.models import build_model
-from secateur.sensitivity import allocate, sensitivity
+from secateur.analysis.sensitivity import allocate, sensitivity
 from secateur.train import TrainConfig, evaluate, fit
+from secateur.zoo.models import build_model
 
 
 def curve(costs: list[float], kept: list[float], baseline: float = 0.99) -> list[dict]:
@@ -55,7 +55,7 @@ def test_sensitivity_on_a_trained_model(small):
 
 
 def test_magnitude_factors_protect_small_layers_with_large_weights():
-    from secateur.sensitivity import magnitude_factors
+    from secateur.analysis.sensitivity import magnitude_factors
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(400, 300), torch.nn.ReLU(), torch.nn.Linear(300, 10))

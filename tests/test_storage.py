@@ -11,10 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-import secateur.storage as storage
+import secateur.io.storage as storage
 from secateur.errors import CheckpointError, ConfigError
-from secateur.masks import apply_masks, effective, effective_state_dict, masks_of, prunable_names
-from secateur.storage import (
+from secateur.io.storage import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -22,6 +21,13 @@ from secateur.storage import (
     load_state,
     read_json,
     save_model,
+)
+from secateur.unstructured.masks import (
+    apply_masks,
+    effective,
+    effective_state_dict,
+    masks_of,
+    prunable_names,
 )
 
 

@@ -8,16 +8,28 @@ import json
 import pytest
 import torch
 import torchvision
+from structured_helpers import assert_equivalent, equivalence, train_step
 from torch import nn
 
-from secateur.errors import ConfigError, SecateurError, UnknownNameError, UnsupportedModelError
-from secateur.masks import apply_masks
-from secateur.structured import (
-    GROUP_CRITERIA, Plan, analyse, apply_plan, kernel_masks, load_pruned, nm_masks, plan_pruning,
-    prune_channels, save_pruned,
+from secateur.errors import (
+    ConfigError,
+    SecateurError,
+    UnknownNameError,
+    UnsupportedModelError,
 )
-
-from structured_helpers import assert_equivalent, equivalence, train_step
+from secateur.structured import (
+    GROUP_CRITERIA,
+    Plan,
+    analyse,
+    apply_plan,
+    kernel_masks,
+    load_pruned,
+    nm_masks,
+    plan_pruning,
+    prune_channels,
+    save_pruned,
+)
+from secateur.unstructured.masks import apply_masks
 
 X = torch.randn(2, 3, 16, 16)
 

@@ -6,12 +6,11 @@ import pickle
 
 import pytest
 import torch
-
-from secateur.metrics import count_macs, count_params
-from secateur.models import build_model, model_record
-from secateur.structured import load_pruned, save_pruned
-
 from structured_helpers import assert_equivalent, equivalence, train_step
+
+from secateur.analysis.metrics import count_macs, count_params
+from secateur.structured import load_pruned, save_pruned
+from secateur.zoo.models import build_model, model_record
 
 ZOO = ["lenet300", "lenet5", "alexnet-mnist", "vgg-mnist", "resnet-mnist"]
 TORCHVISION = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121",

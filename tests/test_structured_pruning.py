@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-import secateur.pruning as pruning_module
+import secateur.search.orchestrator as pruning_module
 from secateur.errors import ConfigError
-from secateur.masks import masks_of
-from secateur.models import build_model
-from secateur.pruning import PruneConfig, prune
-from secateur.storage import load_model
+from secateur.io.storage import load_model
+from secateur.search.orchestrator import PruneConfig, prune
 from secateur.structured import apply_plan, prune_channels
 from secateur.structured.plan import compose
-from secateur.structured.rounds import removed_fraction
+from secateur.structured.pruner import removed_fraction
 from secateur.train import TrainConfig, evaluate, fit
+from secateur.unstructured.masks import masks_of
+from secateur.zoo.models import build_model
 
 QUICK = dict(rounds=3, retrain_epochs=1, start=1.0, step=1.0)
 RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-
 from structured_helpers import assert_equivalent, equivalence, n_params
 
 # (name, input size): small inputs keep the suite quick; transformers need their native size.

@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from secateur.errors import ConfigError
-from secateur.masks import apply_masks, effective
-from secateur.models import build_model
-from secateur.train import TrainConfig, distill_step, evaluate, fit, frozen_teacher, lr_factor, random_shift
+from secateur.train import (
+    TrainConfig,
+    distill_step,
+    evaluate,
+    fit,
+    frozen_teacher,
+    lr_factor,
+    random_shift,
+)
+from secateur.unstructured.masks import apply_masks, effective
+from secateur.zoo.models import build_model
 
 
 @pytest.fixture(scope="module")

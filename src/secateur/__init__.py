@@ -23,15 +23,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-from .baseline import default_config, train_baseline
-from .data import DATASETS, Dataset, load_dataset
-from .errors import SecateurError
-from .masks import apply_masks, make_permanent, masks_of
-from .metrics import count_macs, count_params, sparsity_report
-from .models import MODELS, build_model
-from .pruning import PruneConfig, PruneResult, prune
-from .storage import load_model, save_model
-from .train import TrainConfig, evaluate, fit
+from secateur.analysis.metrics import count_macs, count_params, sparsity_report
+from secateur.errors import SecateurError
+from secateur.io.storage import load_model, save_model
+from secateur.search.orchestrator import PruneConfig, PruneResult, prune
+from secateur.train import TrainConfig, evaluate, fit
+from secateur.unstructured.masks import apply_masks, make_permanent, masks_of
+from secateur.zoo.baseline import default_config, train_baseline
+from secateur.zoo.data import DATASETS, Dataset, load_dataset
+from secateur.zoo.models import MODELS, build_model
 
 __all__ = [
     "DATASETS", "MODELS", "Dataset", "PruneConfig", "PruneResult", "SecateurError", "TrainConfig",

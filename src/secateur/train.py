@@ -1,8 +1,8 @@
 """The reusable training loop: baseline training and the retraining between pruning rounds.
 
-:func:`fit` trains any ``nn.Module`` on a :class:`~secateur.data.Dataset` with SGD (momentum,
+:func:`fit` trains any ``nn.Module`` on a :class:`~secateur.zoo.data.Dataset` with SGD (momentum,
 L2 weight decay) or Adam/AdamW, a per-step learning-rate schedule, optional random-shift
-augmentation and a progress bar. Masked weights (``secateur.masks``) stay zero through it
+augmentation and a progress bar. Masked weights (``secateur.unstructured.masks``) stay zero through it
 because the mask is part of the forward pass.
 
 A user's own training step plugs in through ``step``: a callable
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset, Split, batches
-from .errors import ConfigError
-from .progress import Advance, progress_bar
+from secateur.errors import ConfigError
+from secateur.progress import Advance, progress_bar
+from secateur.zoo.data import Dataset, Split, batches
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -191,7 +191,7 @@ def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_si
     """Whether ``model`` classifies each example of ``data.<split>`` right (bool, on the CPU).
 
     Per-example results let two models be compared on the same images (paired), which the
-    pruning search's acceptance rule needs (:mod:`secateur.acceptance`).
+    pruning search's acceptance rule needs (:mod:`secateur.search.acceptance`).
     """
     part: Split = getattr(data, split)
     if device is None:

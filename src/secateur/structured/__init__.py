@@ -25,7 +25,7 @@ The steps, each usable alone:
 - :func:`save_pruned` / :func:`load_pruned` store plan + safetensors and rebuild from the
   original factory.
 - :func:`kernel_masks` / :func:`nm_masks` give kernel-level and N:M masks for
-  ``secateur.masks.apply_masks`` (sparsity that cannot be removed physically).
+  ``secateur.unstructured.masks.apply_masks`` (sparsity that cannot be removed physically).
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .graph import DependencyGraph, Group, Member, analyse
-from .importance import GROUP_CRITERIA
-from .io import load_pruned, read_pruned_plan, save_pruned
-from .plan import Plan, plan_pruning
-from .semi import kernel_masks, nm_masks
-from .surgery import apply_plan
+from secateur.structured.graph import DependencyGraph, Group, Member, analyse
+from secateur.structured.importance import GROUP_CRITERIA
+from secateur.structured.io import load_pruned, read_pruned_plan, save_pruned
+from secateur.structured.plan import Plan, plan_pruning
+from secateur.structured.surgery import apply_plan
+from secateur.unstructured.patterns import kernel_masks, nm_masks
 
 __all__ = [
     "GROUP_CRITERIA", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan",

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ..errors import UnsupportedModelError
-from .trace import trace_model, trace_tolerant
+from secateur.errors import UnsupportedModelError
+from secateur.structured.trace import trace_model, trace_tolerant
 
 Labels = tuple[int, torch.Tensor]  # (labelled dim, tag per position along it)
 
@@ -267,7 +267,7 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     cannot be traced, and with ``strict`` at any tracing failure and at the first op whose
     channels it would otherwise keep.
     """
-    from .propagate import propagate
+    from secateur.structured.propagate import propagate
 
     if not isinstance(example_input, torch.Tensor):
         raise UnsupportedModelError("example_input must be a single tensor batch, e.g. torch.randn(1, 3, 224, 224)")
@@ -299,7 +299,7 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
     The training-mode run uses meta tensors, so BatchNorm statistics are not touched; should
     that fail, it runs on a copy of the model.
     """
-    from .propagate import propagate
+    from secateur.structured.propagate import propagate
 
     visited = tracker.visited
     unused = [p for p, m in model.named_modules()

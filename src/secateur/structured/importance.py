@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import Registry
-from .graph import DependencyGraph, Group, Member
+from secateur.errors import ConfigError
+from secateur.registry import Registry
+from secateur.structured.graph import DependencyGraph, Group, Member
 
 Scores = dict[str, torch.Tensor]
 GroupCriterion = Callable[..., Scores]

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from ..storage import atomic_write_bytes
-from .plan import Plan
-from .surgery import apply_plan
+from secateur.errors import CheckpointError, ConfigError
+from secateur.io.storage import atomic_write_bytes
+from secateur.structured.plan import Plan
+from secateur.structured.surgery import apply_plan
 
 PRUNED_FORMAT = "secateur-pruned/1"
 PLAN_FILE = "plan.json"
@@ -35,7 +35,7 @@ def save_pruned(model: nn.Module, plan: Plan, path: str | os.PathLike, model_rec
     """Write ``plan.json`` + ``model.safetensors`` into folder ``path``; returns the folder.
 
     ``model_record`` is ``{"name": ..., "args": {...}}`` such that ``build(name, **args)``
-    rebuilds the unpruned architecture (see ``secateur.models.model_record``).
+    rebuilds the unpruned architecture (see ``secateur.zoo.models.model_record``).
     """
     if not isinstance(model_record, Mapping) or "name" not in model_record:
         raise ConfigError("model_record must be a dict with 'name' (and optional 'args') that rebuilds the model")
@@ -68,7 +68,7 @@ def read_pruned_plan(path: str | os.PathLike) -> tuple[dict, Plan]:
 
 
 def _default_build(name: str, **args: Any) -> nn.Module:
-    from ..models import build_model
+    from secateur.zoo.models import build_model
 
     return build_model(name, **args)
 
@@ -76,7 +76,7 @@ def _default_build(name: str, **args: Any) -> nn.Module:
 def load_pruned(path: str | os.PathLike, build: Builder | None = None) -> nn.Module:
     """Rebuild the original architecture, apply the stored plan and load the pruned weights.
 
-    ``build(name, **args)`` makes the unpruned model (default ``secateur.models.build_model``).
+    ``build(name, **args)`` makes the unpruned model (default ``secateur.zoo.models.build_model``).
     """
     record, plan = read_pruned_plan(path)
     model = (build or _default_build)(record["name"], **record.get("args", {}))

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .graph import DependencyGraph, Group
-from .importance import GROUP_CRITERIA
+from secateur.errors import ConfigError
+from secateur.structured.graph import DependencyGraph, Group
+from secateur.structured.importance import GROUP_CRITERIA
 
 PLAN_FORMAT = "secateur-structured-plan/1"
 

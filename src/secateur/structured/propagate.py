@@ -16,9 +16,9 @@ import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ..errors import UnsupportedModelError
-from .graph import Labels, Tracker
-from .reshape import reshape_labels
+from secateur.errors import UnsupportedModelError
+from secateur.structured.graph import Labels, Tracker
+from secateur.structured.reshape import reshape_labels
 
 POINTWISE = {
     "relu", "relu_", "relu6", "gelu", "silu", "silu_", "hardswish", "hardswish_", "hardsigmoid",

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, UnsupportedModelError
-from .plan import Plan
-from .propagate import CHANNEL_NORMS, CONVS
+from secateur.errors import ConfigError, UnsupportedModelError
+from secateur.structured.plan import Plan
+from secateur.structured.propagate import CHANNEL_NORMS, CONVS
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from ..errors import UnsupportedModelError
+from secateur.errors import UnsupportedModelError
 
 MAX_OPAQUE = 64  # give up (one clear error) rather than retrace forever
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .criteria import Criterion
-from .errors import ConfigError
-from .masks import apply_masks, effective
-from .registry import Registry
+from secateur.errors import ConfigError
+from secateur.registry import Registry
+from secateur.unstructured.criteria import Criterion
+from secateur.unstructured.masks import apply_masks, effective
 
 
 @dataclass(frozen=True)

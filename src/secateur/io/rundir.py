@@ -14,8 +14,14 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
-from .storage import atomic_write_json, atomic_write_text, load_model, read_json, save_model
+from secateur.errors import CheckpointError, ConfigError
+from secateur.io.storage import (
+    atomic_write_json,
+    atomic_write_text,
+    load_model,
+    read_json,
+    save_model,
+)
 
 CONFIG, HISTORY, STATE, RESULTS = "config.yaml", "history.jsonl", "state.json", "results.json"
 

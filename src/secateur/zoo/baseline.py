@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Dataset, load_dataset
-from .errors import ConfigError
-from .train import TrainConfig, evaluate, fit
+from secateur.errors import ConfigError
+from secateur.train import TrainConfig, evaluate, fit
+from secateur.zoo.data import Dataset, load_dataset
 
 # Default training recipes. Chosen on the validation split; see README "Baselines".
 RECIPES: dict[str, TrainConfig] = {
@@ -43,7 +43,7 @@ def versions() -> dict[str, str]:
     """Library versions recorded in every checkpoint, for reproducibility."""
     import numpy
 
-    from . import __version__
+    from secateur import __version__
 
     return {"secateur": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "torchvision": _version_of("torchvision"), "numpy": numpy.__version__}
@@ -71,7 +71,7 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
     ``out`` (a folder) receives ``model.safetensors`` and ``model.json``; an existing
     checkpoint there is never overwritten unless ``overwrite=True``.
     """
-    from .models import build_model, model_record
+    from secateur.zoo.models import build_model, model_record
 
     config = (config or default_config(model)).validate()
     out_dir = Path(out) if out is not None else None
@@ -90,7 +90,7 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
         "metrics": accuracy_metrics(net, data, config.device),
     }
     if out_dir is not None:
-        from .storage import save_model
+        from secateur.io.storage import save_model
 
         save_model(net, out_dir / "model", meta)
     return Baseline(net, meta)

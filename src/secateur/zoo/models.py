@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, UnknownNameError
-from .registry import Registry
+from secateur.errors import ConfigError, UnknownNameError
+from secateur.registry import Registry
 
 Factory = Callable[..., nn.Module]
 MODELS: Registry[Factory] = Registry("model")

@@ -16,7 +16,7 @@ A criterion maps the current (effective, already-masked) weights of the pruned l
 - ``random``: level = sparsity s; a random fraction s of every layer (the baseline).
 
 Already-zero weights count as pruned, so combining a criterion's mask with the existing one
-(``secateur.masks.apply_masks`` takes the logical AND) only ever grows the pruned set.
+(``secateur.unstructured.masks.apply_masks`` takes the logical AND) only ever grows the pruned set.
 Per-layer levels: ``level`` may be a number or a mapping ``{layer_name: level}``.
 """
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
-from .registry import Registry
+from secateur.errors import ConfigError
+from secateur.registry import Registry
 
 Level = float | Mapping[str, float]
 Masks = dict[str, torch.Tensor]

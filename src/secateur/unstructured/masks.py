@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError
+from secateur.errors import ConfigError
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,

@@ -20,9 +20,9 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from .errors import CheckpointError
-from .rundir import read_history
-from .storage import atomic_write_bytes, read_json
+from secateur.errors import CheckpointError
+from secateur.io.rundir import read_history
+from secateur.io.storage import atomic_write_bytes, read_json
 
 NOTE = ("All decisions (pruning levels, rollbacks, the chosen model) were made on the validation "
         "split; test accuracy is reported for the baseline and the final model only, and was "
@@ -435,7 +435,7 @@ def _header(results: Mapping[str, Any]) -> Meta:
 
 
 def _acceptance(acceptance: Mapping[str, Any] | None) -> str:
-    """The rule rounds were judged by (see secateur.acceptance)."""
+    """The rule rounds were judged by (see secateur.search.acceptance)."""
     if not acceptance:
         return DASH
     if not acceptance.get("paired") or not acceptance.get("confidence"):

@@ -1,6 +1,6 @@
 """Structured pruning in rounds: the drop-bound search's pruner for neurons and channels.
 
-The search (:mod:`secateur.search`) raises one scalar *strength* x >= 0 round by round. For
+The search (:mod:`secateur.search.bracket`) raises one scalar *strength* x >= 0 round by round. For
 structured pruning x means "remove a fraction 1 - 2^-x of every prunable group's channels",
 always counted against the *original* architecture: the model a round prunes is already
 smaller (surgery happened in earlier rounds), so each round removes only the difference, and
@@ -9,7 +9,7 @@ channels removed once never come back (the structured form of "masks only grow")
 Each round re-analyses the current model, ranks its channels with a group criterion
 (``l1``, ``l2``, ``bn-scale``, ``taylor``, ``random``), cuts, and composes the round's plan with
 the plan so far, so the chosen model is always described by one plan over the original model
-(what :func:`secateur.storage.load_model` re-applies).
+(what :func:`secateur.io.storage.load_model` re-applies).
 """
 
 from __future__ import annotations
@@ -21,11 +21,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .graph import DependencyGraph, analyse
-from .importance import GROUP_CRITERIA
-from .plan import Plan, build_plan, compose, global_counts, n_keep, top_channels
-from .surgery import apply_plan
+from secateur.errors import ConfigError
+from secateur.structured.graph import DependencyGraph, analyse
+from secateur.structured.importance import GROUP_CRITERIA
+from secateur.structured.plan import (
+    Plan,
+    build_plan,
+    compose,
+    global_counts,
+    n_keep,
+    top_channels,
+)
+from secateur.structured.surgery import apply_plan
 
 GRANULARITIES = ("neuron", "channel")
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import ConfigError, SecateurError
+from secateur.errors import ConfigError, SecateurError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,7 +98,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def train_config_from(args: argparse.Namespace, model: str):
     """The model's default recipe with any options given on the command line applied."""
-    from .baseline import default_config
+    from secateur.zoo.baseline import default_config
 
     fields = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
               "schedule", "augment", "seed", "device")
@@ -108,7 +108,7 @@ def train_config_from(args: argparse.Namespace, model: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """secateur train: train a dense baseline and save it."""
-    from .baseline import train_baseline
+    from secateur.zoo.baseline import train_baseline
 
     config = train_config_from(args, args.model)
     dataset = args.dataset or "mnist"
@@ -126,7 +126,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     """secateur info: per-layer table of a zoo model or of a saved checkpoint."""
     from rich.console import Console
 
-    from .metrics import count_macs, count_params, format_layer_table, layer_stats
+    from secateur.analysis.metrics import (
+        count_macs,
+        count_params,
+        format_layer_table,
+        layer_stats,
+    )
 
     model, input_shape = _model_for_info(args)
     stats = layer_stats(model, input_shape)
@@ -141,22 +146,22 @@ def _model_for_info(args: argparse.Namespace):
     """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name."""
     target = Path(args.model)
     if target.suffix in (".safetensors", ".json") or target.is_dir():
-        from .storage import load_model
+        from secateur.io.storage import load_model
 
         path = target / "model" if target.is_dir() else target.with_suffix("")
         model, meta = load_model(path)
         return model, tuple(meta["model"]["args"].get("input_shape", args.input_shape))
-    from .models import build_model
+    from secateur.zoo.models import build_model
 
     return build_model(args.model, input_shape=args.input_shape, num_classes=args.num_classes), args.input_shape
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
     """Options of the drop-bound search (``prune``)."""
-    from .criteria import CRITERIA
-    from .pruning import CONFIDENCE
-    from .schedules import SCHEDULES
-    from .structured import GROUP_CRITERIA
+    from secateur.search.orchestrator import CONFIDENCE
+    from secateur.search.schedules import SCHEDULES
+    from secateur.structured import GROUP_CRITERIA
+    from secateur.unstructured.criteria import CRITERIA
 
     parser.add_argument("--method", default=None, choices=sorted({*CRITERIA.names(), *GROUP_CRITERIA.names()}),
                         help="pruning criterion (default: han for weights, l1 for neurons / channels)")
@@ -204,7 +209,7 @@ def names(text: str) -> tuple[str, ...]:
 
 def prune_config_from(args: argparse.Namespace):
     """A PruneConfig from ``prune``'s options."""
-    from .pruning import PruneConfig
+    from secateur.search.orchestrator import PruneConfig
 
     changes = {"method": args.method, "schedule": args.prune_schedule, "max_drop": args.max_drop,
                "rounds": args.rounds, "allocation": args.allocation, "seed": args.seed or 0,
@@ -217,7 +222,7 @@ def prune_config_from(args: argparse.Namespace):
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """secateur prune: the smallest model within --max-drop, with its run folder and report."""
-    from .pipeline import prune_run
+    from secateur.app.pipeline import prune_run
 
     if args.model is None and args.from_dir is None and not args.resume:
         raise ConfigError("give --model (a baseline is trained first) or --from a trained baseline folder")
@@ -246,7 +251,7 @@ def summary_line(results: dict, out: Path) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """secateur report: re-render the report of a run folder."""
-    from .report import render_report
+    from secateur.report import render_report
 
     paths = render_report(args.run_dir)
     print("\n".join(str(path) for path in paths.values()))
@@ -255,7 +260,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """secateur sensitivity: per-layer curves and the factors chosen from them."""
-    from .pipeline import sensitivity_run
+    from secateur.app.pipeline import sensitivity_run
 
     result = sensitivity_run(from_dir=args.from_dir, method=args.method, out=args.out,
                              data_dir=args.data_dir, tolerance=args.tolerance, progress=not args.quiet)
@@ -266,7 +271,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """secateur sweep: trade-off curves of several methods on one plot."""
-    from .pipeline import sweep_run
+    from secateur.app.pipeline import sweep_run
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
@@ -289,11 +294,11 @@ def strengths(text: str) -> tuple[float, ...]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """secateur list: every registry name the CLI and the API accept."""
-    from .criteria import CRITERIA
-    from .data import DATASETS
-    from .models import MODELS
-    from .schedules import SCHEDULES
-    from .structured import GROUP_CRITERIA
+    from secateur.search.schedules import SCHEDULES
+    from secateur.structured import GROUP_CRITERIA
+    from secateur.unstructured.criteria import CRITERIA
+    from secateur.zoo.data import DATASETS
+    from secateur.zoo.models import MODELS
 
     for title, registry in (("datasets", DATASETS), ("methods (--granularity weight)", CRITERIA),
                             ("methods (--granularity neuron|channel)", GROUP_CRITERIA),
@@ -384,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from secateur import __version__
 
     return f"secateur {__version__}"
 

@@ -1,14 +1,14 @@
 """``secateur.prune``: the smallest model within an accuracy drop bound.
 
 Given a trained model, a way to retrain it and a way to measure validation accuracy, the
-search (:mod:`secateur.search`) raises the pruning strength round by round, rolls back and
+search (:mod:`secateur.search.bracket`) raises the pruning strength round by round, rolls back and
 bisects when a retrained round breaks the bound, and returns the most compressed feasible
 model. ``granularity="weight"`` zeroes single weights with a criterion of
-:mod:`secateur.criteria` under a schedule of :mod:`secateur.schedules` (masks);
+:mod:`secateur.unstructured.criteria` under a schedule of :mod:`secateur.search.schedules` (masks);
 ``granularity="neuron"`` / ``"channel"`` removes whole neurons / filters physically with a
-group criterion of :mod:`secateur.structured` (see :mod:`secateur.structured.rounds`). Decisions use validation accuracy only; test accuracy (when a test evaluator or a
+group criterion of :mod:`secateur.structured` (see :mod:`secateur.structured.pruner`). Decisions use validation accuracy only; test accuracy (when a test evaluator or a
 dataset is given) is measured for the baseline and the final model, and only reported.
-Whether a round is within the bound is decided by :mod:`secateur.acceptance` (the observed
+Whether a round is within the bound is decided by :mod:`secateur.search.acceptance` (the observed
 drop plus ``confidence`` paired standard errors, when per-example results are available).
 """
 
@@ -27,24 +27,44 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import rundir
-from .acceptance import Outcome, margin, within
-from .criteria import CRITERIA
-from .structured.importance import GROUP_CRITERIA
-from .structured.plan import Plan
-from .structured.rounds import GRANULARITIES, ChannelPruner, granularity_ignore, group_sizes
-from .data import Dataset, load_dataset
-from .errors import ConfigError
-from .masks import apply_masks, effective, prunable_names
-from .progress import progress_bar
-from .schedules import SCHEDULES, Pruner, Schedule
-from .search import SearchSettings, SearchState, initial_state, next_strength, record
-from .summary import round_stats, size_summary
-from .train import StepFn, TrainConfig, correctness, distill_step, evaluate as evaluate_on, fit, frozen_teacher, resolve_device
+from secateur.analysis.summary import round_stats, size_summary
+from secateur.errors import ConfigError
+from secateur.io import rundir
+from secateur.progress import progress_bar
+from secateur.search.acceptance import Outcome, margin, within
+from secateur.search.bracket import (
+    SearchSettings,
+    SearchState,
+    initial_state,
+    next_strength,
+    record,
+)
+from secateur.search.schedules import SCHEDULES, Pruner, Schedule
+from secateur.structured.importance import GROUP_CRITERIA
+from secateur.structured.plan import Plan
+from secateur.structured.pruner import (
+    GRANULARITIES,
+    ChannelPruner,
+    granularity_ignore,
+    group_sizes,
+)
+from secateur.train import (
+    StepFn,
+    TrainConfig,
+    correctness,
+    distill_step,
+    fit,
+    frozen_teacher,
+    resolve_device,
+)
+from secateur.train import evaluate as evaluate_on
+from secateur.unstructured.criteria import CRITERIA
+from secateur.unstructured.masks import apply_masks, effective, prunable_names
+from secateur.zoo.data import Dataset, load_dataset
 
 Evaluate = Callable[[nn.Module], "float | torch.Tensor"]  # accuracy, or per-example correctness (bool)
 ALLOCATIONS = ("uniform", "magnitude", "sensitivity")
-CONFIDENCE = 0.5  # default z of the acceptance margin (see secateur.acceptance and PruneConfig)
+CONFIDENCE = 0.5  # default z of the acceptance margin (see secateur.search.acceptance and PruneConfig)
 LEGACY = {"confidence": 0.0, "polish_epochs": 0}  # plain rule, no polish: runs from before these settings
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
 Train = Callable[[nn.Module], None]
@@ -56,7 +76,7 @@ class PruneConfig:
 
     ``confidence`` and ``polish_epochs`` guard the bound against validation noise: a round
     counts as within ``max_drop`` only if its drop plus ``confidence`` paired standard errors
-    is (:mod:`secateur.acceptance`), and the chosen model is retrained once more at length
+    is (:mod:`secateur.search.acceptance`), and the chosen model is retrained once more at length
     (``polish_epochs``, kept if it still passes the acceptance rule).
     """
 
@@ -70,7 +90,7 @@ class PruneConfig:
     step: float = 0.5
     growth: float = 1.25
     resolution: float = 0.1
-    patience: int = 0  # retries of a strength whose bracket collapsed on a failure (see secateur.search)
+    patience: int = 0  # retries of a strength whose bracket collapsed on a failure (see secateur.search.bracket)
     retrain_epochs: int = 3
     recovery: int = 1  # extra retraining passes for a round over the bound before it counts as failed
     retrain_lr: float | None = None  # default: the baseline's learning rate x retrain_lr_factor
@@ -382,14 +402,14 @@ def saved_config(out: Path) -> PruneConfig:
 def _allocate(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
               targets: tuple[str, ...], out: Path | None) -> dict[str, float]:
     """Per-layer strength factors, from the dense weights or a sensitivity analysis."""
-    from .sensitivity import magnitude_factors, sensitivity
+    from secateur.analysis.sensitivity import magnitude_factors, sensitivity
 
     if config.resolved_allocation() == "magnitude":
         return magnitude_factors(model, targets)
     analysis = sensitivity(model, lambda m: Outcome.of(evaluate(m)).accuracy, method=config.criterion,
                            targets=targets, tolerance=config.tolerance)
     if out is not None:
-        from .storage import atomic_write_json
+        from secateur.io.storage import atomic_write_json
 
         atomic_write_json(out / "sensitivity.json", analysis)
     return analysis["factors"]
@@ -414,7 +434,7 @@ def _plan_meta(run: _Run) -> dict:
 
 
 def _save(model: nn.Module, path: Path, meta: Mapping, metrics: Mapping) -> None:
-    from .storage import save_model
+    from secateur.io.storage import save_model
 
     save_model(model, path, {**meta, "metrics": dict(metrics)})
 
@@ -432,7 +452,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train |
     ``train(model)`` and ``evaluate(model)`` callables. ``evaluate`` returns the validation
     accuracy (a fraction) or, better, a 1-D bool tensor saying which validation examples the
     model gets right: only then can a round's drop be judged with its paired standard error
-    (``confidence``, see :mod:`secateur.acceptance`); with a bare accuracy the plain rule
+    (``confidence``, see :mod:`secateur.search.acceptance`); with a bare accuracy the plain rule
     ``drop <= max_drop`` applies. Options are the fields of :class:`PruneConfig`, e.g.
     ``method="han", max_drop=0.1, schedule="iterative"``.
     With ``out``, the run directory (config, history, checkpoints, results, report) is
@@ -492,7 +512,7 @@ def _distiller(model: nn.Module, config: PruneConfig, train: Train | None,
 
 def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
     """A few fixed training batches (the taylor criterion's gradients)."""
-    from .data import batches
+    from secateur.zoo.data import batches
 
     return lambda: itertools.islice(batches(data.train, 128, mean=data.mean, std=data.std), 4)
 
@@ -584,8 +604,8 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
 
 def _write_outputs(run: _Run, chosen: nn.Module, results: dict, meta: dict) -> None:
     """model.safetensors/.json, results.json and the report in the run folder."""
-    from .metrics import file_bytes
-    from .report import render_report
+    from secateur.analysis.metrics import file_bytes
+    from secateur.report import render_report
 
     _save(chosen, run.out / "model", {**meta, **_plan_meta(run)},
           {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})

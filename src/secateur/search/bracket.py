@@ -1,7 +1,7 @@
 """The drop-bound search over pruning strength: raise, roll back, bisect.
 
 The search works on one scalar, the *strength* x >= 0 (0 = the dense model; each criterion
-maps x to its own level, see :mod:`secateur.criteria`). Each round tries a strength:
+maps x to its own level, see :mod:`secateur.unstructured.criteria`). Each round tries a strength:
 
 - while no round has failed, the next strength is the last accepted one plus a step (the
   step grows by ``growth`` after every success, so deep sparsity is reached in few rounds);
@@ -19,7 +19,7 @@ maps x to its own level, see :mod:`secateur.criteria`). Each round tries a stren
   The answer is the most compressed feasible model seen.
 
 This module holds only the bookkeeping (pure and serialisable, so ``--resume`` can restore
-it); :mod:`secateur.pruning` runs the rounds.
+it); :mod:`secateur.search.orchestrator` runs the rounds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from secateur.errors import ConfigError
 
 
 @dataclass(frozen=True)

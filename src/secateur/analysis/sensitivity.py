@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .criteria import CRITERIA
-from .errors import ConfigError
-from .masks import effective, prunable_names
-from .progress import progress_bar
-from .schedules import Pruner
+from secateur.errors import ConfigError
+from secateur.progress import progress_bar
+from secateur.search.schedules import Pruner
+from secateur.unstructured.criteria import CRITERIA
+from secateur.unstructured.masks import effective, prunable_names
 
 DEFAULT_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)
 
@@ -116,7 +116,7 @@ def magnitude_factors(model: nn.Module, targets: Sequence[str], reference_sparsi
     larger factors; small layers with large weights (the classifier, the first conv) get
     smaller ones. Needs no data. Factors are normalised like :func:`choose_factors`.
     """
-    from .criteria import global_magnitude_masks
+    from secateur.unstructured.criteria import global_magnitude_masks
 
     weights = {name: effective(model, name).detach() for name in targets}
     masks = global_magnitude_masks(weights, reference_sparsity)

@@ -12,8 +12,13 @@ import copy
 import torch
 from torch import nn
 
-from .masks import effective, make_permanent, masks_of
-from .metrics import count_macs, count_params, layer_stats, measure_latency
+from secateur.analysis.metrics import (
+    count_macs,
+    count_params,
+    layer_stats,
+    measure_latency,
+)
+from secateur.unstructured.masks import effective, make_permanent, masks_of
 
 
 def round_stats(model: nn.Module, baseline: nn.Module, targets: tuple[str, ...],

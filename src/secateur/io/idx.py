@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from secateur.errors import DataError
 
 # IDX type code -> (numpy dtype, name used in messages); multi-byte types are big-endian.
 IDX_TYPES: dict[int, tuple[str, str]] = {

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .criteria import CRITERIA
-from .masks import effective, prunable_names
-from .metrics import count_params
-from .progress import progress_bar
-from .pruning import masked_copy
-from .schedules import SCHEDULES, Pruner
+from secateur.analysis.metrics import count_params
+from secateur.progress import progress_bar
+from secateur.search.orchestrator import masked_copy
+from secateur.search.schedules import SCHEDULES, Pruner
+from secateur.unstructured.criteria import CRITERIA
+from secateur.unstructured.masks import effective, prunable_names
 
 DEFAULT_STRENGTHS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 

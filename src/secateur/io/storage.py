@@ -27,8 +27,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
-from .masks import apply_masks, clear_masks, effective_state_dict, masks_of
+from secateur.errors import CheckpointError, ConfigError
+from secateur.unstructured.masks import (
+    apply_masks,
+    clear_masks,
+    effective_state_dict,
+    masks_of,
+)
 
 FORMAT = "secateur.checkpoint"
 FORMAT_VERSION = 1
@@ -198,7 +203,7 @@ def _check_header(meta: dict, js_path: Path) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise CheckpointError(
-            f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.storage.save_model, re-save the model"
+            f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.io.storage.save_model, re-save the model"
         )
     if meta["format"] != FORMAT:
         raise CheckpointError(f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint")
@@ -274,7 +279,9 @@ def _build(meta: dict, build: BuildFn | None, js_path: Path) -> nn.Module:
             f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); pass model= with the saved architecture"
         )
     if build is None:
-        from .models import build_model as build  # lazy: models imports heavy optional deps
+        from secateur.zoo.models import (
+            build_model as build,  # lazy: models imports heavy optional deps
+        )
     return build(spec["name"], **spec.get("args", {}))
 
 
@@ -295,9 +302,9 @@ def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path
 
 def _apply_saved_plan(model: nn.Module, plan: Any, js_path: Path) -> None:
     """Shrink an original-architecture ``model`` with a structured pruning plan from a header."""
-    from .errors import SecateurError
-    from .structured.plan import Plan
-    from .structured.surgery import apply_plan
+    from secateur.errors import SecateurError
+    from secateur.structured.plan import Plan
+    from secateur.structured.surgery import apply_plan
 
     try:
         apply_plan(model, Plan.from_json(plan))
@@ -310,7 +317,7 @@ def load_model(
     path: Path | str, model: nn.Module | None = None, *, build: BuildFn | None = None
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or one rebuilt from ``meta["model"]`` with ``build``,
-    default ``secateur.models.build_model``); returns (model, meta). Any masks ``model``
+    default ``secateur.zoo.models.build_model``); returns (model, meta). Any masks ``model``
     already had are replaced by the checkpoint's, so outputs equal the saved model's. A
     structurally pruned checkpoint (its header holds the ``plan``) is rebuilt by applying the
     plan to the original architecture first."""

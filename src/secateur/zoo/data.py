@@ -26,10 +26,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
-from .idx import read_idx
-from .registry import Registry
-
+from secateur.errors import ConfigError, DataError
+from secateur.io.idx import read_idx
+from secateur.registry import Registry
 
 # --------------------------------------------------------------------------- splits and datasets
 
@@ -280,7 +279,13 @@ def _md5(path: Path) -> str:
 def _stream(url: str, handle, label: str) -> None:
     """Copy ``url`` into the open file ``handle`` with a rich progress bar on stderr."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
 
     with _urlopen(url, timeout=60) as response:
         total = response.headers.get("Content-Length") if getattr(response, "headers", None) else None

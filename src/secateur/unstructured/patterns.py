@@ -5,7 +5,7 @@
 - :func:`nm_masks`: N:M semi-structured sparsity (e.g. 2:4): in every run of ``m``
   consecutive input weights of a row, only the ``n`` largest magnitudes survive.
 
-Both return ``{"layer.weight": bool mask}`` (True = keep) for ``secateur.masks.apply_masks``.
+Both return ``{"layer.weight": bool mask}`` (True = keep) for ``secateur.unstructured.masks.apply_masks``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from secateur.errors import ConfigError
 
 Masks = dict[str, torch.Tensor]
 

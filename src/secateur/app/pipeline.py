@@ -12,13 +12,13 @@ from pathlib import Path
 
 from torch import nn
 
-from . import rundir
-from .baseline import default_config, train_baseline
-from .data import Dataset, load_dataset
-from .errors import CheckpointError, ConfigError
-from .pruning import PruneConfig, PruneResult, prune
-from .storage import load_model
-from .train import TrainConfig, evaluate
+from secateur.errors import CheckpointError, ConfigError
+from secateur.io import rundir
+from secateur.io.storage import load_model
+from secateur.search.orchestrator import PruneConfig, PruneResult, prune
+from secateur.train import TrainConfig, evaluate
+from secateur.zoo.baseline import default_config, train_baseline
+from secateur.zoo.data import Dataset, load_dataset
 
 
 @dataclass
@@ -70,7 +70,7 @@ def run_dataset(out: Path, from_dir: str | Path | None, dataset: str | None) -> 
         return _dataset_name(rundir.read_config(out).get("dataset")) or "mnist"
     for folder in (from_dir, out / "baseline"):
         if folder is not None and (Path(folder) / "model.json").exists():
-            from .storage import read_json
+            from secateur.io.storage import read_json
 
             return _dataset_name(read_json(Path(folder) / "model.json").get("dataset")) or "mnist"
     return "mnist"
@@ -111,9 +111,9 @@ def _check_dataset(meta: dict, data: Dataset) -> None:
 def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han",
                     data_dir: str | Path | None = None, tolerance: float = 1.0, progress: bool = True) -> dict:
     """``secateur sensitivity``: curves per layer of a trained baseline, saved with a plot."""
-    from .report import sensitivity_figure
-    from .sensitivity import sensitivity
-    from .storage import atomic_write_json
+    from secateur.analysis.sensitivity import sensitivity
+    from secateur.io.storage import atomic_write_json
+    from secateur.report import sensitivity_figure
 
     baseline = load_baseline(from_dir)
     data = load_dataset(baseline.meta["dataset"]["name"], data_dir)
@@ -130,10 +130,10 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
               from_dir: str | Path | None = None, dataset: str | None = None, strengths=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
               retrain_epochs: int = 2, data_dir: str | Path | None = None, progress: bool = True) -> dict:
     """``secateur sweep``: every method's trade-off curve, saved and plotted together."""
-    from .pruning import default_callables, retrain_config
-    from .report import sweep_report
-    from .storage import atomic_write_json
-    from .sweep import sweep
+    from secateur.analysis.sweep import sweep
+    from secateur.io.storage import atomic_write_json
+    from secateur.report import sweep_report
+    from secateur.search.orchestrator import default_callables, retrain_config
 
     out = Path(out)
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)

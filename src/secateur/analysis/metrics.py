@@ -32,7 +32,7 @@ from rich.table import Table
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError
+from secateur.errors import ConfigError
 
 Device = str | torch.device | None
 

@@ -1,0 +1,1 @@
+"""The command line and the name-based workflows behind it (baseline -> prune -> report), and the demo."""

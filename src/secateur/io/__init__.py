@@ -1,0 +1,1 @@
+"""Files: safetensors + JSON checkpoints, the run folder, IDX dataset files."""
