@@ -35,10 +35,10 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     (["train", "--model", "lenet5", "--out", "x", "--lr", "0"], ["--lr", "> 0"]),
     (["train", "--model", "lenet5", "--out", "x", "--dataset", "imagenet"], ["unknown dataset", "mnist"]),
     (["prune", "--from", "does/not/exist", "--out", "x"], ["does not exist"]),
-    (["prune", "--model", "lenet5", "--out", "x", "--method", "l0"], ["invalid choice"]),
+    (["prune", "--model", "lenet5", "--out", "x", "--method", "l0"], ["'l0'", "choose one of", "han"]),
     (["prune", "--model", "lenet5", "--out", "x", "--max-drop", "-0.5"], ["--max-drop"]),
     (["prune", "--model", "lenet5", "--out", "x", "--granularity", "channel", "--method", "han"],
-     ["prunes single weights", "l1"]),
+     ["does not apply to granularity 'channel'", "l1"]),
     (["prune", "--model", "lenet5", "--out", "x", "--granularity", "neuron", "--round-to", "0"], ["--round-to"]),
     (["info", "resnet1000"], ["unknown model"]),
     (["report", "nowhere"], ["does not exist"]),
@@ -119,7 +119,7 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
     assert code == 0, err
     assert "fewer MACs" in stdout
     results = json.loads((channels / "results.json").read_text())
-    assert results["kind"] == "structured" and results["channels"]["fc1"]["after"] < 300
+    assert results["granularity"] == "neuron" and results["channels"]["fc1"]["after"] < 300
     code, stdout, _ = run_cli(capsys, "info", str(channels))  # rebuilt from factory + plan
     assert code == 0 and f"{results['params']['total']:,}" in stdout
 
@@ -159,6 +159,6 @@ def test_make_demo_runs_offline_and_writes_both_reports(tmp_path):
 
     weights, neurons = demo(tmp_path / "demo")
     assert weights.compression > 2 and weights.results["drop"]["val"] <= 2.0 + 1e-9
-    assert neurons.results["kind"] == "structured" and neurons.results["params"]["total"] < 50_610
+    assert neurons.results["granularity"] == "neuron" and neurons.results["params"]["total"] < 50_610
     assert neurons.results["drop"]["val"] <= 2.0 + 1e-9
     assert (tmp_path / "demo" / "report.html").exists() and (tmp_path / "demo-neurons" / "report.html").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from secateur.errors import ConfigError, UnknownNameError
-from secateur.unstructured.criteria import CRITERIA, select_masks
+from secateur.unstructured.criteria import WEIGHT_METHODS, select_masks
 
 
 def weights(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -82,7 +82,7 @@ def test_random_is_seeded_and_hits_the_sparsity():
 def test_strength_maps_to_about_the_same_sparsity_for_every_method(method):
     g = torch.Generator().manual_seed(1)
     w = {"a.weight": torch.randn(400, 300, generator=g)}
-    criterion = CRITERIA.get(method)
+    criterion = WEIGHT_METHODS.get(method)
     level = criterion.strength_to_level(3.0)  # about 87.5% pruned
     masks = select_masks(method, w, level, generator=g)
     assert abs(1 - masks["a.weight"].float().mean().item() - 0.875) < 0.01
@@ -90,7 +90,7 @@ def test_strength_maps_to_about_the_same_sparsity_for_every_method(method):
 
 def test_errors_are_one_line_config_errors():
     with pytest.raises(UnknownNameError, match="choose one of: global-magnitude, han, magnitude, random"):
-        CRITERIA.get("l0")
+        WEIGHT_METHODS.get("l0")
     with pytest.raises(ConfigError):
         select_masks("magnitude", weights(), 1.5)
     with pytest.raises(ConfigError):

@@ -33,7 +33,7 @@ def run(trained, small, **options):
 
 
 def accepted_rows(history):
-    return [row for row in history if row["accepted"]]
+    return [row for row in history if row["feasible"]]
 
 
 @pytest.mark.parametrize("method", ["han", "global-magnitude"])

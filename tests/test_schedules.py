@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from secateur.search.schedules import SCHEDULES, Pruner, cubic_strength
-from secateur.unstructured.criteria import CRITERIA
+from secateur.search.schedules import SCHEDULES, cubic_strength
+from secateur.unstructured.criteria import WEIGHT_METHODS
 from secateur.unstructured.masks import apply_masks, effective
+from secateur.unstructured.pruner import WeightPruner
 
 
 def test_cubic_ramp_starts_ends_and_front_loads():
@@ -41,8 +42,8 @@ def sgd_steps(steps: int):
 def test_every_schedule_prunes_to_the_target_and_pruned_weights_stay_zero():
     for name in SCHEDULES.names():
         model = tiny_model()
-        pruner = Pruner(CRITERIA.get("magnitude"), ("0.weight", "2.weight"))
-        SCHEDULES.get(name).run(model, 0.0, 2.0, pruner, sgd_steps(40), 40)
+        pruner = WeightPruner(WEIGHT_METHODS.get("magnitude"), ("0.weight", "2.weight"))
+        SCHEDULES.get(name).run(model, 0.0, 2.0, pruner, sgd_steps(40), 40, {})
         for target in pruner.targets:
             tensor = effective(model, target)
             assert abs((tensor == 0).float().mean().item() - 0.75) < 0.02, name
@@ -50,7 +51,7 @@ def test_every_schedule_prunes_to_the_target_and_pruned_weights_stay_zero():
 
 def test_gradual_prunes_during_training_not_only_at_the_end():
     model = tiny_model()
-    pruner = Pruner(CRITERIA.get("magnitude"), ("0.weight",))
+    pruner = WeightPruner(WEIGHT_METHODS.get("magnitude"), ("0.weight",))
     seen = []
 
     def train(m: nn.Module) -> None:
@@ -59,6 +60,6 @@ def test_gradual_prunes_during_training_not_only_at_the_end():
             step(m)
             seen.append(float((effective(m, "0.weight") == 0).float().mean()))
 
-    SCHEDULES.get("gradual").run(model, 0.0, 3.0, pruner, train, 40)
+    SCHEDULES.get("gradual").run(model, 0.0, 3.0, pruner, train, 40, {})
     assert 0.0 < seen[5] < seen[20] <= seen[-1]
     assert abs(seen[-1] - 0.875) < 0.02

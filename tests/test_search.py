@@ -26,8 +26,8 @@ def drive(feasible_below: float, settings: SearchSettings) -> tuple[SearchState,
 def test_search_converges_to_the_feasibility_edge_within_resolution():
     settings = SearchSettings(rounds=50, start=1.0, step=0.5, growth=1.25, resolution=0.05)
     state, tried = drive(3.3, settings)
-    assert state.accepted < 3.3 <= state.failed
-    assert state.failed - state.accepted <= 0.05
+    assert state.best_strength < 3.3 <= state.failed
+    assert state.failed - state.best_strength <= 0.05
     assert len(tried) < 20
 
 
@@ -36,7 +36,7 @@ def test_accepted_strength_never_decreases_and_failed_never_increases():
     state, accepted, failed = initial_state(settings), [], []
     while (x := next_strength(state, settings)) is not None:
         state = record(state, x, x < 2.2, settings)
-        accepted.append(state.accepted)
+        accepted.append(state.best_strength)
         if state.failed is not None:
             failed.append(state.failed)
     assert accepted == sorted(accepted)
@@ -51,7 +51,7 @@ def test_round_budget_is_respected():
 
 def test_nothing_feasible_keeps_the_dense_model():
     state, tried = drive(0.0, SearchSettings(rounds=20, resolution=0.1))
-    assert state.accepted == 0.0 and state.best_round is None
+    assert state.best_strength == 0.0 and state.best_round is None
     assert all(x > 0 for x in tried)
 
 
@@ -75,19 +75,19 @@ def test_a_collapsed_bracket_reopens_when_retraining_makes_progress_possible():
         state = record(state, x, feasible, settings)
         if feasible:
             edge += 0.15  # each accepted round's retraining lets the model go a bit further
-    assert state.accepted > 3.0  # well past the first failure at about 2
+    assert state.best_strength > 3.0  # well past the first failure at about 2
 
 
 def test_patience_zero_stops_at_the_first_collapse():
     settings = SearchSettings(rounds=40, resolution=0.1, patience=0)
     state, tried = drive(2.0, settings)
-    assert state.failed is not None and state.failed - state.accepted <= 0.1 + 1e-9
+    assert state.failed is not None and state.failed - state.best_strength <= 0.1 + 1e-9
 
 
 def test_each_stall_after_a_collapse_costs_one_round():
     """A reopened step of exactly `resolution` that fails counts as collapsed (float rounding aside)."""
     settings = SearchSettings(rounds=40, start=1.0, step=0.5, resolution=0.1, patience=2)
-    state = SearchState(round=10, accepted=2.689, failed=2.739, step=0.1, best_round=8, stalls=0)
+    state = SearchState(round=10, best_strength=2.689, failed=2.739, step=0.1, best_round=8, stalls=0)
     tried = []
     state = record(state, 2.739, False, settings)  # collapse: reopen with a step of one resolution
     while (x := next_strength(state, settings)) is not None:
@@ -99,8 +99,8 @@ def test_each_stall_after_a_collapse_costs_one_round():
 def test_by_default_a_failure_that_closes_the_bracket_ends_the_search():
     """Retrying an unchanged accepted model would only draw another seed: no lottery tickets."""
     settings = SearchSettings(rounds=40, resolution=0.1)
-    state = SearchState(round=10, accepted=2.689, failed=2.789, step=0.1, best_round=8)
+    state = SearchState(round=10, best_strength=2.689, failed=2.789, step=0.1, best_round=8)
     state = record(state, 2.739, False, settings)
     assert next_strength(state, settings) is None
-    reopened = record(SearchState(round=10, accepted=2.6, failed=2.739, step=0.1), 2.689, True, settings)
+    reopened = record(SearchState(round=10, best_strength=2.6, failed=2.739, step=0.1), 2.689, True, settings)
     assert next_strength(reopened, settings) == pytest.approx(2.789)  # progress: reopen after a success

@@ -18,7 +18,7 @@ from secateur.errors import (
     UnsupportedModelError,
 )
 from secateur.structured import (
-    GROUP_CRITERIA,
+    GROUP_METHODS,
     Plan,
     analyse,
     apply_plan,
@@ -252,7 +252,7 @@ def test_taylor_needs_batches_and_random_is_reproducible():
     r1 = plan_pruning(model, graph, ratio=0.5, criterion="random", generator=torch.Generator().manual_seed(3))
     r2 = plan_pruning(model, graph, ratio=0.5, criterion="random", generator=torch.Generator().manual_seed(3))
     assert r1.keep_out == r2.keep_out
-    assert set(GROUP_CRITERIA.names()) == {"l1", "l2", "bn-scale", "taylor", "random"}
+    assert set(GROUP_METHODS.names()) == {"l1", "l2", "bn-scale", "taylor", "random"}
     with pytest.raises(UnknownNameError):
         plan_pruning(model, graph, ratio=0.5, criterion="nope")
 

@@ -60,9 +60,9 @@ def test_channel_run_shrinks_within_the_bound_and_reloads(trained, small, tmp_pa
     meta = {"model": {"name": "lenet5", "args": {}}, "dataset": "mnist"}
     result = run(trained, small, max_drop=1.0, out=tmp_path / "run", meta=meta)
     res = result.results
-    assert res["kind"] == "structured" and res["granularity"] == "channel"
+    assert res["granularity"] == "channel" and "channels" in res
     assert res["drop"]["val"] <= 1.0 + 1e-9
-    assert all(row["drop"] <= 1.0 + 1e-9 for row in result.history if row["accepted"])
+    assert all(row["drop"] <= 1.0 + 1e-9 for row in result.history if row["feasible"])
     assert res["params"]["total"] < res["params"]["baseline"] and res["macs"]["dense"] < res["macs"]["baseline"]
     assert not masks_of(result.model) and not any(hasattr(m, "parametrizations") for m in result.model.modules())
     assert res["channels"]["fc2"] == {"before": 10, "after": 10}  # the classifier is never pruned
@@ -77,7 +77,7 @@ def test_channel_run_shrinks_within_the_bound_and_reloads(trained, small, tmp_pa
 
 def test_channels_never_come_back_across_rounds(trained, small):
     result = run(trained, small, max_drop=50.0, rounds=3)
-    rows = [row for row in result.history if row["accepted"]]
+    rows = [row for row in result.history if row["feasible"]]
     assert len(rows) == 3
     for earlier, later in zip(rows, rows[1:]):
         for name, counts in later["layers"].items():
@@ -122,11 +122,11 @@ def test_killed_structured_run_resumes_to_the_same_model(trained, small, tmp_pat
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(method="han"), "prunes single weights"),
+    (dict(method="han"), "does not apply to granularity 'channel'"),
     (dict(schedule="gradual"), "gradual"),
     (dict(allocation="sensitivity"), "allocation"),
     (dict(scope="everywhere"), "scope"),
-    (dict(granularity="kernel"), "granularity"),
+    (dict(granularity="block"), "unknown granularity"),
     (dict(round_to=0), "round-to"),
 ])
 def test_impossible_structured_options_are_config_errors(options, message):

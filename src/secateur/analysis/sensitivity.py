@@ -19,9 +19,9 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.progress import progress_bar
-from secateur.search.schedules import Pruner
-from secateur.unstructured.criteria import CRITERIA
+from secateur.unstructured.criteria import WEIGHT_METHODS, global_magnitude_masks
 from secateur.unstructured.masks import effective, prunable_names
+from secateur.unstructured.pruner import WeightPruner, reference_stds
 
 DEFAULT_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)
 
@@ -30,20 +30,21 @@ def layer_curves(model: nn.Module, evaluate: Callable[[nn.Module], float], *, me
                  targets: Sequence[str] | None = None, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                  progress: bool = False) -> dict[str, list[dict]]:
     """Validation accuracy when only one layer is pruned, for each layer and strength."""
-    if method == "global-magnitude":
-        raise ConfigError("sensitivity needs a per-layer method (han, magnitude, random), not global-magnitude")
-    criterion = CRITERIA.get(method)
+    criterion = WEIGHT_METHODS.get(method)
+    if criterion.scope == "global":
+        per_layer = [name for name in WEIGHT_METHODS.names() if WEIGHT_METHODS.get(name).scope != "global"]
+        raise ConfigError(f"sensitivity needs a per-layer method ({', '.join(per_layer)}), not {method}")
     targets = tuple(targets or prunable_names(model))
     curves: dict[str, list[dict]] = {}
     with progress_bar(progress, len(targets) * len(strengths), "sensitivity") as advance:
         for name in targets:
-            reference = {name: float(effective(model, name).detach().float().std())}
-            pruner = Pruner(criterion, (name,), {}, reference)
+            reference = reference_stds(model, (name,))
+            pruner = WeightPruner(criterion, (name,), {}, reference)
             curves[name] = [_point(model, pruner, name, x, evaluate, advance) for x in strengths]
     return curves
 
 
-def _point(model: nn.Module, pruner: Pruner, name: str, strength: float,
+def _point(model: nn.Module, pruner: WeightPruner, name: str, strength: float,
            evaluate: Callable[[nn.Module], float], advance: Callable[..., None]) -> dict:
     candidate = copy.deepcopy(model)
     pruner.prune(candidate, strength)
@@ -116,8 +117,6 @@ def magnitude_factors(model: nn.Module, targets: Sequence[str], reference_sparsi
     larger factors; small layers with large weights (the classifier, the first conv) get
     smaller ones. Needs no data. Factors are normalised like :func:`choose_factors`.
     """
-    from secateur.unstructured.criteria import global_magnitude_masks
-
     weights = {name: effective(model, name).detach() for name in targets}
     masks = global_magnitude_masks(weights, reference_sparsity)
     sizes = {name: w.numel() for name, w in weights.items()}

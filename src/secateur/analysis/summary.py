@@ -87,8 +87,8 @@ def sparse_bytes(model: nn.Module, targets: tuple[str, ...]) -> int:
 
 
 def size_summary(chosen: nn.Module, baseline: nn.Module, targets: tuple[str, ...],
-                 shape: tuple[int, ...] | None, structured: bool) -> dict:
-    """Parameters, compression, MACs, bytes, per-layer rows, latency (and channels when structured)."""
+                 shape: tuple[int, ...] | None, physical: bool) -> dict:
+    """Parameters, compression, MACs, bytes, per-layer rows, latency (and channels when pruned physically)."""
     params_baseline, nonzero = count_params(baseline), count_params(chosen, nonzero=True)
     summary = {
         "params": {"baseline": params_baseline, "total": count_params(chosen), "nonzero": nonzero},
@@ -100,7 +100,7 @@ def size_summary(chosen: nn.Module, baseline: nn.Module, targets: tuple[str, ...
         "layers": layer_rows(chosen, baseline, targets, shape), "masks": len(masks_of(chosen)),
         "latency": latency_pair(baseline, chosen, shape) if shape else {},
     }
-    if structured:
+    if physical:
         summary["channels"] = channel_counts(chosen, baseline, targets)
     else:
         summary["bytes"]["sparse_csr"] = sparse_bytes(chosen, targets)

@@ -15,10 +15,11 @@ from torch import nn
 
 from secateur.analysis.metrics import count_params
 from secateur.progress import progress_bar
-from secateur.search.orchestrator import masked_copy
-from secateur.search.schedules import SCHEDULES, Pruner
-from secateur.unstructured.criteria import CRITERIA
-from secateur.unstructured.masks import effective, prunable_names
+from secateur.search.schedules import SCHEDULES
+from secateur.unstructured.criteria import WEIGHT_METHODS
+from secateur.unstructured.granularities import masked_copy
+from secateur.unstructured.masks import prunable_names
+from secateur.unstructured.pruner import WeightPruner, reference_stds
 
 DEFAULT_STRENGTHS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 
@@ -30,15 +31,14 @@ def method_curve(model: nn.Module, method: str, *, strengths: Sequence[float],
     """One method's points along ``strengths`` (iterative: each point continues the last)."""
     targets = tuple(prunable_names(model))
     baseline = masked_copy(model, targets)
-    reference = {n: float(effective(baseline, n).detach().float().std()) for n in targets}
-    pruner = Pruner(CRITERIA.get(method), targets, {}, reference, seed)
+    pruner = WeightPruner(WEIGHT_METHODS.get(method), targets, {}, reference_stds(baseline, targets), seed)
     plan = SCHEDULES.get(schedule)
     params, base_val = count_params(baseline), evaluate(baseline)
     current, previous, points = baseline, 0.0, []
     for index, strength in enumerate(sorted(strengths), start=1):
         candidate = copy.deepcopy(baseline if plan.restart_from_baseline else current)
         plan.run(candidate, 0.0 if plan.restart_from_baseline else previous, strength, pruner,
-                 make_train(index), None)
+                 make_train(index), None, {})
         accuracy, nonzero = evaluate(candidate), count_params(candidate, nonzero=True)
         points.append({"strength": strength, "level": pruner.levels(strength), "val_accuracy": accuracy,
                        "drop": 100 * (base_val - accuracy), "compression": params / max(nonzero, 1),
@@ -55,7 +55,7 @@ def sweep(model: nn.Module, methods: Sequence[str], *, make_train: Callable[[int
           schedule: str = "iterative", seed: int = 0, progress: bool = False) -> dict:
     """Every method's curve, in the form saved as ``sweep.json``."""
     for method in methods:
-        CRITERIA.get(method)
+        WEIGHT_METHODS.get(method)
     with progress_bar(progress, len(methods) * len(strengths), "sweep") as advance:
         curves = {m: method_curve(model, m, strengths=strengths, make_train=make_train, evaluate=evaluate,
                                   schedule=schedule, seed=seed, advance=advance) for m in methods}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -96,14 +97,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="cpu (default) or cuda")
 
 
-def train_config_from(args: argparse.Namespace, model: str):
-    """The model's default recipe with any options given on the command line applied."""
+def train_config_from(args: argparse.Namespace, model: str, recipe: dict | None = None):
+    """The model's default recipe, then a recipe file's training options, then the flags given."""
     from secateur.zoo.baseline import default_config
 
     fields = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
               "schedule", "augment", "seed", "device")
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    return default_config(model).replace(**changes).validate()
+    return default_config(model).replace(**{**(recipe or {}), **changes}).validate()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -156,47 +157,44 @@ def _model_for_info(args: argparse.Namespace):
     return build_model(args.model, input_shape=args.input_shape, num_classes=args.num_classes), args.input_shape
 
 
-def add_search_args(parser: argparse.ArgumentParser) -> None:
-    """Options of the drop-bound search (``prune``)."""
-    from secateur.search.orchestrator import CONFIDENCE
-    from secateur.search.schedules import SCHEDULES
-    from secateur.structured import GROUP_CRITERIA
-    from secateur.unstructured.criteria import CRITERIA
+def at_least_one(text: str) -> float:
+    """argparse type: a finite number >= 1."""
+    return _checked(float, text, lambda v: 1 <= v < float("inf"), "a number >= 1")
 
-    parser.add_argument("--method", default=None, choices=sorted({*CRITERIA.names(), *GROUP_CRITERIA.names()}),
-                        help="pruning criterion (default: han for weights, l1 for neurons / channels)")
-    parser.add_argument("--granularity", default="weight", choices=("weight", "neuron", "channel"),
-                        help="weight: zero single weights (masks); neuron: remove Linear outputs; channel: also "
-                             "remove conv filters (both physically: a smaller dense model)")
-    parser.add_argument("--schedule", dest="prune_schedule", default="iterative", choices=SCHEDULES.names())
-    parser.add_argument("--max-drop", type=non_negative_float, default=0.1,
-                        help="largest validation accuracy drop accepted, in percentage points (default 0.1)")
-    parser.add_argument("--confidence", type=non_negative_float, default=None,
-                        help="paired standard errors added to each round's validation drop before it is "
-                             f"compared with --max-drop, against validation noise (default {CONFIDENCE:g}; 0: plain rule)")
-    parser.add_argument("--rounds", type=positive_int, default=15, help="round budget of the search (default 15)")
-    parser.add_argument("--retrain-epochs", type=non_negative_int, default=None,
-                        help="retraining epochs per round (default 3)")
-    parser.add_argument("--retrain-lr", type=positive_float, default=None,
-                        help="retraining learning rate (default: baseline lr / 2)")
-    parser.add_argument("--polish-epochs", type=non_negative_int, default=None,
-                        help="final retraining of the chosen model at the baseline's learning rate, masks "
-                             "fixed, kept if its validation drop is within --max-drop (default: the "
-                             "baseline's epochs; 0: none)")
-    parser.add_argument("--distill", type=non_negative_float, default=None,
-                        help="share of the dense model's soft targets in the retraining loss (knowledge "
-                             "distillation, 0..1; default 0: plain cross-entropy)")
-    parser.add_argument("--temperature", type=positive_float, default=None,
-                        help="softening of the dense model's targets with --distill (default 4)")
-    parser.add_argument("--allocation", choices=("uniform", "magnitude", "sensitivity"), default=None,
-                        help="per-layer strengths: uniform, from the dense weight magnitudes (default "
-                             "for han), or from a per-layer sensitivity analysis")
-    group = parser.add_argument_group("neurons / channels (--granularity neuron|channel)")
-    group.add_argument("--scope", choices=("local", "global"), default="local",
-                       help="local: the same fraction of every layer; global: one ranking across layers")
-    group.add_argument("--min-channels", type=positive_int, default=1, help="channels every layer keeps at least")
-    group.add_argument("--round-to", type=positive_int, default=1, help="keep a multiple of this many channels")
-    group.add_argument("--ignore", type=names, default=None, help="comma-separated layers kept whole (fnmatch)")
+
+def _kinds() -> dict[str, Callable[[str], object]]:
+    """argparse types of the value kinds named in the config fields' metadata."""
+    return {"int>=1": positive_int, "int>=0": non_negative_int, "float>0": positive_float,
+            "float>=0": non_negative_float, "float>=1": at_least_one, "names": names, "str": str}
+
+
+def _option_help(meta: dict, default: object) -> str:
+    """A field's help, with its registry choices and its default."""
+    text = meta["help"]
+    if meta.get("choices") is not None:
+        text += f"; one of: {', '.join(meta['choices']())}"
+    return text + (f" (default {default})" if default is not None else "")
+
+
+def add_search_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`PruneConfig` option that has a value kind (flag = option name with dashes).
+
+    Every default is None here so a recipe file's value is only overridden by a flag actually
+    given; the config's own defaults apply last.
+    """
+    from secateur.search.config import PruneConfig
+
+    kinds = _kinds()
+    for spec in dataclasses.fields(PruneConfig):
+        meta = dict(spec.metadata)
+        if meta.get("kind") is None:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        dest = "prune_schedule" if spec.name == "schedule" else spec.name  # --lr-schedule is the training one
+        parser.add_argument(flag, dest=dest, type=kinds[meta["kind"]], default=None,
+                            help=_option_help(meta, spec.default))
+    parser.add_argument("--config", dest="recipe", type=existing_path, default=None,
+                        help="a recipe file (YAML) whose keys are these options' names; flags override it")
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -207,29 +205,43 @@ def names(text: str) -> tuple[str, ...]:
     return values
 
 
-def prune_config_from(args: argparse.Namespace):
-    """A PruneConfig from ``prune``'s options."""
-    from secateur.search.orchestrator import PruneConfig
+def given_options(args: argparse.Namespace) -> dict[str, object]:
+    """The prune options given on the command line (dest names mapped back to option names)."""
+    from secateur.search.config import PruneConfig
 
-    changes = {"method": args.method, "schedule": args.prune_schedule, "max_drop": args.max_drop,
-               "rounds": args.rounds, "allocation": args.allocation, "seed": args.seed or 0,
-               "granularity": args.granularity, "scope": args.scope, "min_channels": args.min_channels,
-               "round_to": args.round_to, "ignore": args.ignore}
-    optional = ("retrain_epochs", "retrain_lr", "confidence", "polish_epochs", "distill", "temperature")
-    changes.update({name: getattr(args, name) for name in optional if getattr(args, name) is not None})
-    return PruneConfig(**changes).validate()
+    given = {}
+    for spec in dataclasses.fields(PruneConfig):
+        dest = "prune_schedule" if spec.name == "schedule" else spec.name
+        value = getattr(args, dest, None)
+        if value is not None and dict(spec.metadata).get("kind") is not None:
+            given[spec.name] = value
+    return given
+
+
+def prune_config_from(args: argparse.Namespace, recipe: dict | None = None):
+    """A PruneConfig from a recipe's prune options, overridden by the flags given."""
+    from secateur.search.config import PruneConfig
+
+    options = {**(recipe or {}), **given_options(args)}
+    if getattr(args, "seed", None) is not None:
+        options["seed"] = args.seed
+    return PruneConfig.from_dict(options, where="the prune options")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """secateur prune: the smallest model within --max-drop, with its run folder and report."""
     from secateur.app.pipeline import prune_run
 
-    if args.model is None and args.from_dir is None and not args.resume:
+    from secateur.app.recipe import Recipe, read_recipe
+
+    recipe = read_recipe(args.recipe) if args.recipe is not None else Recipe()
+    model = args.model or (recipe.model if args.from_dir is None else None)
+    if model is None and args.from_dir is None and not args.resume:
         raise ConfigError("give --model (a baseline is trained first) or --from a trained baseline folder")
-    train_config = train_config_from(args, args.model) if args.model else None
-    result = prune_run(out=args.out, model=args.model, dataset=args.dataset, from_dir=args.from_dir,
-                       config=prune_config_from(args), train_config=train_config, data_dir=args.data_dir,
-                       resume=args.resume, progress=not args.quiet, device=args.device)
+    train_config = train_config_from(args, model, recipe.train) if model else None
+    result = prune_run(out=args.out, model=model, dataset=args.dataset or recipe.dataset, from_dir=args.from_dir,
+                       config=prune_config_from(args, recipe.prune), train_config=train_config,
+                       data_dir=args.data_dir, resume=args.resume, progress=not args.quiet, device=args.device)
     print(summary_line(result.results, args.out))
     return 0
 
@@ -241,7 +253,7 @@ def summary_line(results: dict, out: Path) -> str:
 
     base, pruned, macs = results["baseline"], results["pruned"], results.get("macs") or {}
     fewer = ""
-    if results.get("kind") == "structured" and macs.get("dense"):
+    if macs.get("dense") and macs["dense"] < macs["baseline"]:
         fewer = f", {macs['baseline'] / macs['dense']:.1f}x fewer MACs"
     return (f"{results['compression']:.1f}x smaller ({results['params']['nonzero']:,} of "
             f"{results['params']['baseline']:,} parameters nonzero{fewer}); val {pct(base['val']['accuracy'])} -> "
@@ -294,21 +306,37 @@ def strengths(text: str) -> tuple[float, ...]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """secateur list: every registry name the CLI and the API accept."""
+    from secateur.search.pruner import GRANULARITIES
     from secateur.search.schedules import SCHEDULES
-    from secateur.structured import GROUP_CRITERIA
-    from secateur.unstructured.criteria import CRITERIA
     from secateur.zoo.data import DATASETS
     from secateur.zoo.models import MODELS
 
-    for title, registry in (("datasets", DATASETS), ("methods (--granularity weight)", CRITERIA),
-                            ("methods (--granularity neuron|channel)", GROUP_CRITERIA),
-                            ("schedules", SCHEDULES), ("models", MODELS)):
-        print(f"{title}:")
-        for name in registry.names():
-            print(f"  {name:<18} {registry.describe(name)}")
+    _print_registry("datasets", DATASETS)
+    _print_registry("granularities", GRANULARITIES)
+    for title, registry in _method_registries():
+        _print_registry(title, registry)
+    _print_registry("schedules", SCHEDULES)
+    _print_registry("models", MODELS)
     print("  torchvision:<name>  any torchvision classification model, e.g. torchvision:resnet18")
     print("  package.module:fn   your own model factory")
     return 0
+
+
+def _print_registry(title: str, registry) -> None:
+    print(f"{title}:")
+    for name in registry.names():
+        print(f"  {name:<18} {registry.describe(name)}")
+
+
+def _method_registries() -> list[tuple[str, object]]:
+    """Each distinct methods registry with the granularities that take it (``methods (weight, kernel)``)."""
+    from secateur.search.pruner import GRANULARITIES
+
+    users: dict[int, tuple[object, list[str]]] = {}
+    for name in GRANULARITIES.names():
+        registry = GRANULARITIES.get(name).methods
+        users.setdefault(id(registry), (registry, []))[1].append(name)
+    return [(f"methods (--granularity {'|'.join(names)})", registry) for registry, names in users.values()]
 
 
 def _add_train(sub) -> None:

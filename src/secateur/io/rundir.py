@@ -24,6 +24,7 @@ from secateur.io.storage import (
 )
 
 CONFIG, HISTORY, STATE, RESULTS = "config.yaml", "history.jsonl", "state.json", "results.json"
+SENSITIVITY = "sensitivity.json"
 
 
 def check_out_dir(out: Path, resume: bool) -> None:

@@ -60,7 +60,7 @@ class SearchState:
     """Where the search stands; saved after every round so a run can resume."""
 
     round: int = 0
-    accepted: float = 0.0
+    best_strength: float = 0.0  # the strength of the best (last passed) round
     failed: float | None = None
     step: float = 0.0
     best_round: int | None = None
@@ -73,6 +73,7 @@ class SearchState:
     @classmethod
     def from_dict(cls, data: dict) -> "SearchState":
         """Inverse of :meth:`to_dict`."""
+        data = {**data, "best_strength": data.get("best_strength", data.get("accepted", 0.0))}  # runs before 0.2
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
@@ -86,13 +87,13 @@ def next_strength(state: SearchState, settings: SearchSettings) -> float | None:
     if state.round >= settings.rounds:
         return None
     if state.failed is None:
-        if state.round == 0 and state.accepted == 0.0:
+        if state.round == 0 and state.best_strength == 0.0:
             return min(settings.start, settings.max_strength)
-        candidate = state.accepted + state.step
-        return None if state.accepted >= settings.max_strength else min(candidate, settings.max_strength)
+        candidate = state.best_strength + state.step
+        return None if state.best_strength >= settings.max_strength else min(candidate, settings.max_strength)
     if collapsed(state, settings):
         return None
-    return (state.accepted + state.failed) / 2
+    return (state.best_strength + state.failed) / 2
 
 
 def collapsed(state: SearchState, settings: SearchSettings) -> bool:
@@ -101,14 +102,14 @@ def collapsed(state: SearchState, settings: SearchSettings) -> bool:
     A reopened step of exactly ``resolution`` that fails must count as collapsed; without
     the tolerance, float rounding (2.689 + 0.1 - 2.689 > 0.1) cost a wasted bisection round.
     """
-    return state.failed is not None and state.failed - state.accepted <= settings.resolution + 1e-9
+    return state.failed is not None and state.failed - state.best_strength <= settings.resolution + 1e-9
 
 
 def record(state: SearchState, strength: float, feasible: bool, settings: SearchSettings) -> SearchState:
     """The state after a round at ``strength`` that was ``feasible`` (or not)."""
     state = dataclasses.replace(state, round=state.round + 1)
     if feasible:
-        state.accepted, state.best_round, state.stalls = strength, state.round, 0
+        state.best_strength, state.best_round, state.stalls = strength, state.round, 0
         if state.failed is None:
             state.step *= settings.growth
     else:

@@ -1,15 +1,17 @@
 """``secateur.prune``: the smallest model within an accuracy drop bound.
 
 Given a trained model, a way to retrain it and a way to measure validation accuracy, the
-search (:mod:`secateur.search.bracket`) raises the pruning strength round by round, rolls back and
-bisects when a retrained round breaks the bound, and returns the most compressed feasible
-model. ``granularity="weight"`` zeroes single weights with a criterion of
-:mod:`secateur.unstructured.criteria` under a schedule of :mod:`secateur.search.schedules` (masks);
-``granularity="neuron"`` / ``"channel"`` removes whole neurons / filters physically with a
-group criterion of :mod:`secateur.structured` (see :mod:`secateur.structured.pruner`). Decisions use validation accuracy only; test accuracy (when a test evaluator or a
-dataset is given) is measured for the baseline and the final model, and only reported.
-Whether a round is within the bound is decided by :mod:`secateur.search.acceptance` (the observed
-drop plus ``confidence`` paired standard errors, when per-example results are available).
+search (:mod:`secateur.search.bracket`) raises the pruning strength round by round, rolls
+back and bisects when a retrained round breaks the bound, and returns the most compressed
+feasible model. What a strength means, and how a model is pruned to it, is the business of
+the granularity's :class:`~secateur.search.pruner.Pruner` (registered in
+:data:`~secateur.search.pruner.GRANULARITIES`); how a round reaches its strength is the
+schedule's (:mod:`secateur.search.schedules`). This module knows neither by name.
+
+Decisions use validation accuracy only; test accuracy (when a test evaluator or a dataset is
+given) is measured for the baseline and the final model, and only reported. Whether a round
+is within the bound is decided by :mod:`secateur.search.acceptance` (the observed drop plus
+``confidence`` paired standard errors, when per-example results are available).
 """
 
 from __future__ import annotations
@@ -24,183 +26,26 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from secateur.analysis.metrics import file_bytes
 from secateur.analysis.summary import round_stats, size_summary
 from secateur.errors import ConfigError
 from secateur.io import rundir
+from secateur.io.storage import save_model
 from secateur.progress import progress_bar
 from secateur.search.acceptance import Outcome, margin, within
-from secateur.search.bracket import (
-    SearchSettings,
-    SearchState,
-    initial_state,
-    next_strength,
-    record,
-)
-from secateur.search.schedules import SCHEDULES, Pruner, Schedule
-from secateur.structured.importance import GROUP_CRITERIA
-from secateur.structured.plan import Plan
-from secateur.structured.pruner import (
-    GRANULARITIES,
-    ChannelPruner,
-    granularity_ignore,
-    group_sizes,
-)
-from secateur.train import (
-    StepFn,
-    TrainConfig,
-    correctness,
-    distill_step,
-    fit,
-    frozen_teacher,
-    resolve_device,
-)
+from secateur.search.bracket import SearchState, initial_state, next_strength, record
+from secateur.search.config import LEGACY, PruneConfig, with_options
+from secateur.search.pruner import Context, Evaluate, Pruner, PrunerState, Retrain
+from secateur.search.schedules import SCHEDULES, Schedule
+from secateur.train import StepFn, TrainConfig, correctness, distill_step, fit, frozen_teacher, resolve_device
 from secateur.train import evaluate as evaluate_on
-from secateur.unstructured.criteria import CRITERIA
-from secateur.unstructured.masks import apply_masks, effective, prunable_names
-from secateur.zoo.data import Dataset, load_dataset
+from secateur.unstructured.masks import prunable_names
+from secateur.zoo.data import Dataset, batches, load_dataset
 
-Evaluate = Callable[[nn.Module], "float | torch.Tensor"]  # accuracy, or per-example correctness (bool)
-ALLOCATIONS = ("uniform", "magnitude", "sensitivity")
-CONFIDENCE = 0.5  # default z of the acceptance margin (see secateur.search.acceptance and PruneConfig)
-LEGACY = {"confidence": 0.0, "polish_epochs": 0}  # plain rule, no polish: runs from before these settings
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
-Train = Callable[[nn.Module], None]
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """Everything that decides a pruning run; saved as the run's ``config.yaml``.
-
-    ``confidence`` and ``polish_epochs`` guard the bound against validation noise: a round
-    counts as within ``max_drop`` only if its drop plus ``confidence`` paired standard errors
-    is (:mod:`secateur.search.acceptance`), and the chosen model is retrained once more at length
-    (``polish_epochs``, kept if it still passes the acceptance rule).
-    """
-
-    method: str | None = None  # None: "han" for weights, "l1" for neurons / channels
-    granularity: str = "weight"  # weight (masks) | neuron | channel (physical removal)
-    schedule: str = "iterative"
-    max_drop: float = 0.1  # accuracy percentage points on the validation split
-    confidence: float = CONFIDENCE  # paired standard errors added to a round's drop (0: plain rule)
-    rounds: int = 15
-    start: float | None = None  # first strength (None: 2 for weights, 1 for neurons / channels; both about 4x)
-    step: float = 0.5
-    growth: float = 1.25
-    resolution: float = 0.1
-    patience: int = 0  # retries of a strength whose bracket collapsed on a failure (see secateur.search.bracket)
-    retrain_epochs: int = 3
-    recovery: int = 1  # extra retraining passes for a round over the bound before it counts as failed
-    retrain_lr: float | None = None  # default: the baseline's learning rate x retrain_lr_factor
-    retrain_lr_factor: float = 0.5
-    polish_epochs: int | None = None  # final retraining, masks fixed (None: the baseline's epochs; 0: none)
-    distill: float = 0.0  # share of the dense model's soft targets in the retraining loss (0: plain CE)
-    temperature: float = 4.0  # softening of those targets
-    targets: tuple[str, ...] | None = None  # default: weights of every Linear / Conv layer
-    include_bias: bool = False
-    factors: Mapping[str, float] | None = None  # per-layer strength multipliers
-    allocation: str | None = None  # per-layer strengths: uniform | magnitude | sensitivity (None: see below)
-    tolerance: float = 1.0  # points the layers may lose in total in the sensitivity analysis
-    seed: int = 0
-    steps_per_round: int | None = None  # optimiser steps per round (gradual + custom train)
-    scope: str = "local"  # structured: same fraction per group (local) or one global ranking
-    min_channels: int = 1  # structured: channels every group keeps at least
-    round_to: int = 1  # structured: kept channels rounded up to a multiple of this
-    ignore: tuple[str, ...] | None = None  # structured: module paths (fnmatch) kept whole
-
-    @property
-    def criterion(self) -> str:
-        """The criterion's registry name: ``method``, else ``han`` (weights) or ``l1`` (neurons / channels)."""
-        if self.method is not None:
-            return self.method
-        return "l1" if self.structured else "han"
-
-    @property
-    def structured(self) -> bool:
-        """Whether neurons / channels are removed physically (rather than weights masked)."""
-        return self.granularity != "weight"
-
-    def validate(self) -> "PruneConfig":
-        """Raise ConfigError (one line) on an impossible configuration."""
-        SCHEDULES.get(self.schedule)
-        if self.structured:
-            self._validate_structured()
-        else:
-            CRITERIA.get(self.criterion)
-        if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
-            raise ConfigError(f"max drop must be >= 0 accuracy points, got {self.max_drop}")
-        if not (self.confidence >= 0 and math.isfinite(self.confidence)):
-            raise ConfigError(f"confidence must be >= 0 standard errors, got {self.confidence}")
-        if self.recovery < 0:
-            raise ConfigError(f"recovery passes must be >= 0, got {self.recovery}")
-        if self.retrain_epochs < 0:
-            raise ConfigError(f"retrain epochs must be >= 0, got {self.retrain_epochs}")
-        if self.polish_epochs is not None and self.polish_epochs < 0:
-            raise ConfigError(f"polish epochs must be >= 0, got {self.polish_epochs}")
-        if not 0 <= self.distill <= 1 or not self.temperature > 0:
-            raise ConfigError(f"distill must be in [0, 1] and temperature > 0, got {self.distill} and {self.temperature}")
-        if not 0 < self.retrain_lr_factor <= 10:
-            raise ConfigError(f"retrain lr factor must be in (0, 10], got {self.retrain_lr_factor}")
-        if self.retrain_lr is not None and not self.retrain_lr > 0:
-            raise ConfigError(f"retrain learning rate must be > 0, got {self.retrain_lr}")
-        if self.allocation not in (None, *ALLOCATIONS):
-            raise ConfigError(f"unknown allocation {self.allocation!r}; choose one of: {', '.join(ALLOCATIONS)}")
-        if (self.factors or self.resolved_allocation() != "uniform") and self.criterion == "global-magnitude":
-            raise ConfigError("per-layer factors do not apply to global-magnitude (one threshold for all layers)")
-        self.search_settings()
-        return self
-
-    def _validate_structured(self) -> None:
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError(f"unknown granularity {self.granularity!r}; choose one of: weight, {', '.join(GRANULARITIES)}")
-        if self.criterion not in GROUP_CRITERIA.names():
-            raise ConfigError(f"method {self.criterion!r} prunes single weights; with granularity {self.granularity!r} "
-                              f"choose one of: {', '.join(GROUP_CRITERIA.names())}")
-        if self.schedule == "gradual":
-            raise ConfigError("the gradual schedule masks weights; with neurons / channels use iterative or oneshot")
-        if self.factors or self.allocation not in (None, "uniform"):
-            raise ConfigError("per-layer allocation applies to weight pruning; for neurons / channels use "
-                              "scope 'local' or 'global'")
-        if self.scope not in ("local", "global"):
-            raise ConfigError(f"scope must be 'local' or 'global', got {self.scope!r}")
-        if self.min_channels < 1 or self.round_to < 1:
-            raise ConfigError(f"min channels and round-to must be >= 1, got {self.min_channels} and {self.round_to}")
-
-    def resolved_allocation(self) -> str:
-        """``magnitude`` for han (Han et al. chose per-layer q), ``uniform`` for the others."""
-        if self.allocation is not None:
-            return self.allocation
-        return "magnitude" if self.criterion == "han" and not self.structured else "uniform"
-
-    def resolved_start(self) -> float:
-        """The first round's strength: about 4x fewer parameters at either granularity.
-
-        Strength x removes 1 - 2^-x of each layer's weights, or of its channels; removing a
-        fraction of channels also removes that fraction of the next layer's inputs, so x = 1
-        on channels prunes about as many parameters as x = 2 on weights. Starting channels
-        at 2 (94% of the parameters in one cut) failed on LeNet-5 and cost the search 8 rounds
-        of creeping back up.
-        """
-        if self.start is not None:
-            return self.start
-        return 1.0 if self.structured else 2.0
-
-    def search_settings(self) -> SearchSettings:
-        """The search's part of the configuration (no reopening when rounds restart)."""
-        restarts = SCHEDULES.get(self.schedule).restart_from_baseline
-        return SearchSettings(rounds=self.rounds, start=self.resolved_start(), step=self.step, growth=self.growth,
-                              resolution=self.resolution, patience=0 if restarts else self.patience).validate()
-
-    def to_dict(self) -> dict:
-        """Plain-data form (for config.yaml)."""
-        data = dataclasses.asdict(self)
-        data["method"] = self.criterion
-        data["targets"] = list(self.targets) if self.targets is not None else None
-        data["factors"] = dict(self.factors) if self.factors is not None else None
-        data["ignore"] = list(self.ignore) if self.ignore is not None else None
-        return data
+MakeTrain = Callable[[int], Retrain]  # round index -> that round's retraining
 
 
 @dataclass
@@ -224,25 +69,25 @@ class _Run:
 
     config: PruneConfig
     baseline: nn.Module
-    accepted: nn.Module
-    pruner: Pruner | ChannelPruner
+    best: nn.Module  # the most compressed model within the bound so far (the baseline at first)
+    pruner: Pruner
     schedule: Schedule
     evaluate: Evaluate
-    make_train: Callable[[int], Train]
+    make_train: MakeTrain
     baseline_val: Outcome
     input_shape: tuple[int, ...] | None
     out: Path | None
     state: SearchState
     history: list[dict]
     prior_seconds: float = 0.0  # wall time of rounds completed before a resume
-    plan: Plan = field(default_factory=Plan)  # structured: the accepted model's plan over the original
+    pruner_state: PrunerState = field(default_factory=dict)  # the best model's pruner state
 
 
 def default_callables(data: Dataset, retrain: TrainConfig, step: StepFn | None = None
-                      ) -> tuple[Callable[[int], Train], Evaluate, Evaluate]:
+                      ) -> tuple[MakeTrain, Evaluate, Evaluate]:
     """Retraining with :func:`secateur.train.fit` (seed = base seed + round) and evaluators."""
 
-    def make_train(round_index: int) -> Train:
+    def make_train(round_index: int) -> Retrain:
         config = retrain.replace(seed=retrain.seed + round_index)
 
         def train(model: nn.Module) -> None:
@@ -273,24 +118,19 @@ def _judge(run: _Run, outcome: Outcome) -> tuple[float, float, bool]:
     return drop, extra, within(drop, run.config.max_drop, extra)
 
 
-def _prune_and_retrain(run: _Run, candidate: nn.Module, strength: float) -> Plan:
-    """One round's pruning and retraining of ``candidate``; returns its plan (structured)."""
+def _prune_and_retrain(run: _Run, candidate: nn.Module, strength: float) -> PrunerState:
+    """One round's pruning and retraining of ``candidate``; returns its pruner state."""
     restart = run.schedule.restart_from_baseline
-    train = run.make_train(run.state.round + 1)
-    if isinstance(run.pruner, ChannelPruner):
-        plan = run.pruner.prune(candidate, strength, Plan() if restart else run.plan)
-        train(candidate)
-        return plan
-    previous = 0.0 if restart else run.state.accepted
-    run.schedule.run(candidate, previous, strength, run.pruner, train, run.config.steps_per_round)
-    return run.plan
+    previous, state = (0.0, {}) if restart else (run.state.best_strength, run.pruner_state)
+    return run.schedule.run(candidate, previous, strength, run.pruner, run.make_train(run.state.round + 1),
+                            run.config.steps_per_round, dict(state))
 
 
 def _run_round(run: _Run, strength: float) -> dict:
     """Try one strength; returns the history row (the candidate is kept if feasible)."""
     start = time.perf_counter()
-    candidate = copy.deepcopy(run.baseline if run.schedule.restart_from_baseline else run.accepted)
-    plan = _prune_and_retrain(run, candidate, strength)
+    candidate = copy.deepcopy(run.baseline if run.schedule.restart_from_baseline else run.best)
+    pruner_state = _prune_and_retrain(run, candidate, strength)
     outcome, passes = Outcome.of(run.evaluate(candidate)), 0
     while not _judge(run, outcome)[2] and passes < run.config.recovery:
         passes += 1  # a round over the bound gets more retraining before it counts as failed
@@ -299,11 +139,11 @@ def _run_round(run: _Run, strength: float) -> dict:
     drop, extra, feasible = _judge(run, outcome)
     row = {"round": run.state.round + 1, "strength": strength, "level": run.pruner.levels(strength),
            "val_accuracy": outcome.accuracy, "drop": drop, "margin": extra, "feasible": feasible,
-           "accepted": feasible, "recovery_passes": passes}
+           "recovery_passes": passes}
     row.update(round_stats(candidate, run.baseline, run.pruner.targets, run.input_shape))
     row["seconds"] = time.perf_counter() - start
     if feasible:
-        run.accepted, run.plan = candidate, plan
+        run.best, run.pruner_state = candidate, pruner_state
     run.state = record(run.state, strength, feasible, run.config.search_settings())
     return row
 
@@ -318,67 +158,23 @@ def _search(run: _Run, progress: bool) -> None:
             run.history.append(row)
             if run.out is not None:
                 rundir.write_history(run.out, run.history)
-                rundir.save_state(run.out, run.accepted, run.state.to_dict(), _plan_meta(run))
+                rundir.save_state(run.out, run.best, run.state.to_dict(), run.pruner_state)
             mark = "ok" if row["feasible"] else "over bound, rolled back"
             advance(status=f"round {row['round']}: {row['compression']:.1f}x, "
                            f"val drop {row['drop']:+.2f} (+{row['margin']:.2f} margin) pts ({mark})")
 
 
-def _options(config: PruneConfig | None, options: Mapping[str, object]) -> PruneConfig:
-    """``config`` with keyword overrides applied; unknown keywords are a ConfigError."""
-    names = {f.name for f in dataclasses.fields(PruneConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise ConfigError(f"unknown prune option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return dataclasses.replace(config or PruneConfig(), **options).validate()
-
-
-def masked_copy(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:
-    """A copy of ``model`` with all-ones masks on ``targets`` (so optimisers see them from the start)."""
-    masked = copy.deepcopy(model)
-    apply_masks(masked, {name: torch.ones_like(effective(masked, name), dtype=torch.bool) for name in targets})
-    return masked
-
-
-def _weight_pruner(model: nn.Module, config: PruneConfig, targets: tuple[str, ...], evaluate: Evaluate,
-                   out: Path | None) -> tuple[nn.Module, Pruner, PruneConfig]:
-    """The masked baseline, its pruner and the config with per-layer factors filled in."""
-    baseline = masked_copy(model, targets)
-    reference = {name: float(effective(baseline, name).detach().float().std()) for name in targets}
-    if not config.factors and config.resolved_allocation() != "uniform":
-        config = dataclasses.replace(config, factors=_allocate(baseline, config, evaluate, targets, out))
-    pruner = Pruner(CRITERIA.get(config.criterion), targets, dict(config.factors or {}), reference, config.seed)
-    return baseline, pruner, config
-
-
-def _channel_pruner(model: nn.Module, config: PruneConfig, targets: tuple[str, ...],
-                    input_shape: tuple[int, ...] | None, batches: Callable[[], Iterable] | None) -> ChannelPruner:
-    """The structured pruner, with the original group sizes that every round counts against."""
-    if input_shape is None:
-        raise ConfigError("neuron / channel pruning traces the model: pass input_shape= (one example, e.g. (1, 28, 28))")
-    if config.criterion == "taylor" and batches is None:
-        raise ConfigError("criterion 'taylor' needs training batches: pass data= (a dataset or its name)")
-    ignore = tuple(config.ignore or ()) + granularity_ignore(model, config.granularity)
-    original = group_sizes(model, input_shape, ignore)
-    if not original:
-        raise ConfigError(f"the model has no prunable {config.granularity}s (the output layer is never pruned; "
-                          "check ignore=)")
-    return ChannelPruner(config.criterion, tuple(input_shape), original, config.scope, ignore, config.min_channels,
-                         config.round_to, config.seed, batches, targets)
-
-
-def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: Callable[[int], Train],
+def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: MakeTrain,
            input_shape: tuple[int, ...] | None, out: Path | None, meta: Mapping,
            batches: Callable[[], Iterable] | None = None) -> _Run:
     """A fresh run: baseline measured, pruner ready, config and baseline written to ``out``."""
     targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
     if not targets:
         raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
-    if config.structured:
-        baseline = copy.deepcopy(model)
-        pruner = _channel_pruner(baseline, config, targets, input_shape, batches)
-    else:
-        baseline, pruner, config = _weight_pruner(model, config, targets, evaluate, out)
+    spec = config.spec
+    baseline = spec.prepare(model, targets)
+    context = Context(targets, input_shape, evaluate, batches, out)
+    pruner, config = spec.build(baseline, config, context)
     baseline_val = Outcome.of(evaluate(baseline))  # per-example results kept for paired comparisons
     if out is not None:
         rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val.accuracy, **meta})
@@ -395,51 +191,27 @@ def saved_config(out: Path) -> PruneConfig:
     (:data:`LEGACY`), not today's default.
     """
     saved = {**LEGACY, **rundir.read_config(out)["prune"]}
-    tuples = {key: tuple(saved[key]) if saved.get(key) else None for key in ("targets", "ignore")}
-    return PruneConfig(**{**saved, **tuples}).validate()
+    return PruneConfig.from_dict(saved, where=str(out / rundir.CONFIG))
 
 
-def _allocate(model: nn.Module, config: PruneConfig, evaluate: Evaluate,
-              targets: tuple[str, ...], out: Path | None) -> dict[str, float]:
-    """Per-layer strength factors, from the dense weights or a sensitivity analysis."""
-    from secateur.analysis.sensitivity import magnitude_factors, sensitivity
-
-    if config.resolved_allocation() == "magnitude":
-        return magnitude_factors(model, targets)
-    analysis = sensitivity(model, lambda m: Outcome.of(evaluate(m)).accuracy, method=config.criterion,
-                           targets=targets, tolerance=config.tolerance)
-    if out is not None:
-        from secateur.io.storage import atomic_write_json
-
-        atomic_write_json(out / "sensitivity.json", analysis)
-    return analysis["factors"]
-
-
-def _resume(model: nn.Module, evaluate: Evaluate, make_train: Callable[[int], Train],
+def _resume(model: nn.Module, evaluate: Evaluate, make_train: MakeTrain,
             input_shape: tuple[int, ...] | None, out: Path, batches: Callable[[], Iterable] | None = None) -> _Run:
     """Continue an interrupted run from its last completed round."""
     config = saved_config(out)
     run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches)
     run.out = out
-    run.accepted, state, plan = rundir.load_state(out, copy.deepcopy(run.baseline))
-    run.plan = Plan.from_json(plan) if plan else Plan()
+    run.best, state, header = rundir.load_state(out, copy.deepcopy(run.baseline))
+    run.pruner_state = {key: header[key] for key in run.pruner.state_keys if key in header}
     run.state, run.history = SearchState.from_dict(state), rundir.read_history(out)[: state["round"]]
     run.prior_seconds = sum(row["seconds"] for row in run.history)
     return run
 
 
-def _plan_meta(run: _Run) -> dict:
-    """Checkpoint metadata that rebuilds a structured model: its plan over the original."""
-    return {"plan": run.plan.to_json()} if run.config.structured else {}
-
-
 def _save(model: nn.Module, path: Path, meta: Mapping, metrics: Mapping) -> None:
-    from secateur.io.storage import save_model
-
     save_model(model, path, {**meta, "metrics": dict(metrics)})
 
 
-def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train | None = None,
+def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain | None = None,
           evaluate: Evaluate | None = None, test_evaluate: Evaluate | None = None,
           config: PruneConfig | None = None, train_config: TrainConfig | None = None,
           out: str | Path | None = None, resume: bool = False, progress: bool = False,
@@ -459,7 +231,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train |
     written as it goes and ``resume=True`` continues an interrupted run.
     The input ``model`` is not modified.
     """
-    config = _options(config, options)
+    config = with_options(config, options)
     if resume and out is not None and (Path(out) / rundir.CONFIG).exists():
         config = saved_config(Path(out))  # a resumed run keeps the settings it started with
     if isinstance(data, str):
@@ -485,7 +257,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Train |
     return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
 
 
-def _explicit(config: PruneConfig, data: Dataset | None, train: Train | None,
+def _explicit(config: PruneConfig, data: Dataset | None, train: Retrain | None,
               train_config: TrainConfig | None) -> PruneConfig:
     """Fill the settings that depend on the data path, so config.yaml records what ran."""
     default_path = data is not None and train is None
@@ -499,7 +271,7 @@ def _explicit(config: PruneConfig, data: Dataset | None, train: Train | None,
     return config
 
 
-def _distiller(model: nn.Module, config: PruneConfig, train: Train | None,
+def _distiller(model: nn.Module, config: PruneConfig, train: Retrain | None,
                train_config: TrainConfig | None) -> StepFn | None:
     """The retraining step that distils from the dense ``model`` (``config.distill`` > 0)."""
     if config.distill == 0:
@@ -511,13 +283,11 @@ def _distiller(model: nn.Module, config: PruneConfig, train: Train | None,
 
 
 def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
-    """A few fixed training batches (the taylor criterion's gradients)."""
-    from secateur.zoo.data import batches
-
+    """A few fixed training batches (for methods that need gradients, e.g. taylor)."""
     return lambda: itertools.islice(batches(data.train, 128, mean=data.mean, std=data.std), 4)
 
 
-def _callables(data: Dataset | None, train: Train | None, evaluate: Evaluate | None,
+def _callables(data: Dataset | None, train: Retrain | None, evaluate: Evaluate | None,
                test_evaluate: Evaluate | None, retrain: TrainConfig, step: StepFn | None = None):
     """Resolve user callables, falling back on the dataset's defaults."""
     if data is None and (train is None or evaluate is None):
@@ -529,8 +299,8 @@ def _callables(data: Dataset | None, train: Train | None, evaluate: Evaluate | N
     return (lambda _round: train), evaluate, test_evaluate
 
 
-def _polisher(data: Dataset | None, train: Train | None, base: TrainConfig, epochs: int,
-              step: StepFn | None = None) -> Train | None:
+def _polisher(data: Dataset | None, train: Retrain | None, base: TrainConfig, epochs: int,
+              step: StepFn | None = None) -> Retrain | None:
     """The polish's training: the baseline's recipe and learning rate for ``epochs`` (dataset path only).
 
     Retraining a pruned network with the original schedule from its current weights
@@ -544,7 +314,7 @@ def _polisher(data: Dataset | None, train: Train | None, base: TrainConfig, epoc
     return lambda model: fit(model, data, config, step=step, progress=False)
 
 
-def _polish(run: _Run, train: Train | None) -> dict | None:
+def _polish(run: _Run, train: Retrain | None) -> dict | None:
     """Retrain the chosen model once more at length, masks fixed, as Han et al. did at the end.
 
     Each round's short retraining leaves some accuracy on the table; a full-length final run
@@ -561,13 +331,13 @@ def _polish(run: _Run, train: Train | None) -> dict | None:
     if train is None or not best:
         return None
     before = run.history[best - 1]["val_accuracy"]
-    candidate = copy.deepcopy(run.accepted)
+    candidate = copy.deepcopy(run.best)
     train(candidate)
     outcome = Outcome.of(run.evaluate(candidate))
     drop, extra, _ = _judge(run, outcome)
     kept = within(drop, run.config.max_drop)
     if kept:
-        run.accepted = candidate
+        run.best = candidate
     return {"epochs": run.config.polish_epochs, "kept": kept, "val_accuracy_before": before,
             "val_accuracy_after": outcome.accuracy, "drop": drop, "margin": extra}
 
@@ -575,7 +345,7 @@ def _polish(run: _Run, train: Train | None) -> dict | None:
 def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: float,
             polished: dict | None = None) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
-    chosen, baseline = run.accepted, run.baseline
+    chosen, baseline = run.best, run.baseline
     tests = {name: test_evaluate(m) if test_evaluate else None for name, m in (("baseline", baseline), ("pruned", chosen))}
     best = run.state.best_round
     pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val.accuracy
@@ -583,7 +353,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     if polished and polished["kept"]:
         pruned_val, margin_points = polished["val_accuracy_after"], polished["margin"]
     results = {
-        "kind": "structured" if run.config.structured else "unstructured", "method": run.config.criterion,
+        "method": run.config.method,
         "schedule": run.config.schedule, "granularity": run.config.granularity, "max_drop": run.config.max_drop,
         **meta,
         "baseline": {"val": {"accuracy": run.baseline_val.accuracy}, "test": {"accuracy": tests["baseline"]}},
@@ -593,7 +363,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         "polish": polished,
         "drop": {"val": 100 * (run.baseline_val.accuracy - pruned_val),
                  "test": 100 * (tests["baseline"] - tests["pruned"]) if test_evaluate else None},
-        **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.structured),
+        **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.physical),
         "seconds": seconds + run.prior_seconds,
         "rounds": len(run.history), "chosen_round": run.state.best_round,
     }
@@ -604,10 +374,9 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
 
 def _write_outputs(run: _Run, chosen: nn.Module, results: dict, meta: dict) -> None:
     """model.safetensors/.json, results.json and the report in the run folder."""
-    from secateur.analysis.metrics import file_bytes
-    from secateur.report import render_report
+    from secateur.report import render_report  # lazy: matplotlib is slow to import, and only runs write reports
 
-    _save(chosen, run.out / "model", {**meta, **_plan_meta(run)},
+    _save(chosen, run.out / "model", {**meta, **run.pruner_state},
           {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
     results["bytes"].update(baseline=file_bytes(run.out / "baseline" / "model.safetensors"),
                             pruned=file_bytes(run.out / "model.safetensors"))

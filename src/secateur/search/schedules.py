@@ -12,61 +12,59 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.registry import Registry
-from secateur.unstructured.criteria import Criterion
-from secateur.unstructured.masks import apply_masks, effective
+from secateur.search.pruner import Pruner, PrunerState, Retrain
 
-
-@dataclass(frozen=True)
-class Pruner:
-    """Applies a criterion at a given strength to the chosen tensors of a model."""
-
-    criterion: Criterion
-    targets: tuple[str, ...]
-    factors: Mapping[str, float] = field(default_factory=dict)
-    reference_std: Mapping[str, float] = field(default_factory=dict)
-    seed: int = 0
-
-    def levels(self, strength: float) -> float | dict[str, float]:
-        """The criterion's level per target (one level for global criteria)."""
-        if self.criterion.name == "global-magnitude":
-            return self.criterion.strength_to_level(strength)
-        return {n: self.criterion.strength_to_level(strength * self.factors.get(n, 1.0)) for n in self.targets}
-
-    @torch.no_grad()
-    def prune(self, model: nn.Module, strength: float) -> None:
-        """Zero the weights the criterion selects at ``strength`` (masks only grow)."""
-        weights = {name: effective(model, name).detach() for name in self.targets}
-        generator = torch.Generator().manual_seed(self.seed + int(strength * 1e6))
-        masks = self.criterion.select(weights, self.levels(strength),
-                                      reference_std=self.reference_std or None, generator=generator)
-        apply_masks(model, masks)
-
-
-Retrain = Callable[[nn.Module], None]
+RunRound = Callable[[nn.Module, float, float, Pruner, Retrain, "int | None", PrunerState], PrunerState]
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """A schedule: whether rounds restart from the baseline, and how a round runs."""
+    """A schedule: whether rounds restart from the baseline, and how a round runs.
+
+    ``run(model, start, target, pruner, retrain, steps, state)`` takes ``model`` from strength
+    ``start`` (pruner state ``state``) to ``target`` and returns the new pruner state;
+    ``continuous`` schedules prune inside the training loop, which only granularities that
+    declare ``continuous`` support.
+    """
 
     name: str
     restart_from_baseline: bool
-    run: Callable[[nn.Module, float, float, Pruner, Retrain, int | None], None]
+    run: RunRound
     doc: str
+    continuous: bool = False
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+
+
+def schedule(name: str, doc: str, *, restart_from_baseline: bool = False,
+             continuous: bool = False) -> Callable[[RunRound], RunRound]:
+    """Decorator: register a round function as a schedule."""
+
+    def decorate(run: RunRound) -> RunRound:
+        SCHEDULES.add(name, Schedule(name, restart_from_baseline, run, doc, continuous), doc)
+        return run
+
+    return decorate
 
 
 def _prune_then_retrain(model: nn.Module, start: float, target: float, pruner: Pruner,
-                        retrain: Retrain, steps: int | None) -> None:
-    pruner.prune(model, target)
+                        retrain: Retrain, steps: int | None, state: PrunerState) -> PrunerState:
+    state = pruner.prune(model, target, state)
     retrain(model)
+    return state
+
+
+schedule("oneshot", "prune once from the dense baseline, then retrain", restart_from_baseline=True)(
+    _prune_then_retrain)
+schedule("iterative", "Han et al.: prune further, retrain, repeat")(_prune_then_retrain)
 
 
 def cubic_strength(start: float, target: float, step: int, ramp_steps: int) -> float:
@@ -76,8 +74,9 @@ def cubic_strength(start: float, target: float, step: int, ramp_steps: int) -> f
     return target + (start - target) * (1.0 - step / ramp_steps) ** 3
 
 
+@schedule("gradual", "Zhu & Gupta: cubic sparsity ramp during retraining", continuous=True)
 def _gradual(model: nn.Module, start: float, target: float, pruner: Pruner,
-             retrain: Retrain, steps: int | None) -> None:
+             retrain: Retrain, steps: int | None, state: PrunerState) -> PrunerState:
     """Prune along the cubic ramp from a forward pre-hook, so any training loop works."""
     if not steps:
         raise ConfigError("the gradual schedule needs the number of optimiser steps per round "
@@ -91,7 +90,7 @@ def _gradual(model: nn.Module, start: float, target: float, pruner: Pruner,
             return
         step = counter["step"]
         if (step % every == 0 and step < ramp) or step == ramp:
-            pruner.prune(module, cubic_strength(start, target, step, ramp))
+            pruner.prune(module, cubic_strength(start, target, step, ramp), state)
         counter["step"] += 1
 
     handle = model.register_forward_pre_hook(hook)
@@ -99,13 +98,4 @@ def _gradual(model: nn.Module, start: float, target: float, pruner: Pruner,
         retrain(model)
     finally:
         handle.remove()
-    pruner.prune(model, target)  # a no-op unless the loop ran fewer steps than announced
-
-
-SCHEDULES: Registry[Schedule] = Registry("schedule")
-for _schedule in (
-    Schedule("oneshot", True, _prune_then_retrain, "prune once from the dense baseline, then retrain"),
-    Schedule("iterative", False, _prune_then_retrain, "Han et al.: prune further, retrain, repeat"),
-    Schedule("gradual", False, _gradual, "Zhu & Gupta: cubic sparsity ramp during retraining"),
-):
-    SCHEDULES.add(_schedule.name, _schedule, _schedule.doc)
+    return pruner.prune(model, target, state)  # a no-op unless the loop ran fewer steps than announced

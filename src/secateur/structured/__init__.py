@@ -18,7 +18,7 @@ The steps, each usable alone:
   trace is kept whole as an opaque layer; a model whose own forward cannot be traced raises
   :class:`~secateur.errors.UnsupportedModelError` naming the op and module path. The model's
   outputs (the classifier) and ``ignore`` d layers are never pruned.
-- :func:`plan_pruning` scores channels with a :data:`GROUP_CRITERIA` name (``l1``, ``l2``,
+- :func:`plan_pruning` scores channels with a :data:`GROUP_METHODS` name (``l1``, ``l2``,
   ``bn-scale``, ``taylor``, ``random``) and allocates locally or globally, with
   ``min_channels``, ``round_to`` and per-layer ``ratios``; it returns a JSON-able :class:`Plan`.
 - :func:`apply_plan` performs the surgery atomically (all or nothing).
@@ -37,14 +37,14 @@ import torch
 from torch import nn
 
 from secateur.structured.graph import DependencyGraph, Group, Member, analyse
-from secateur.structured.importance import GROUP_CRITERIA
+from secateur.structured.importance import GROUP_METHODS
 from secateur.structured.io import load_pruned, read_pruned_plan, save_pruned
 from secateur.structured.plan import Plan, plan_pruning
 from secateur.structured.surgery import apply_plan
 from secateur.unstructured.patterns import kernel_masks, nm_masks
 
 __all__ = [
-    "GROUP_CRITERIA", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan",
+    "GROUP_METHODS", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan",
     "kernel_masks", "load_pruned", "nm_masks", "plan_pruning", "prune_channels", "read_pruned_plan",
     "save_pruned",
 ]

@@ -1,6 +1,6 @@
 """Group importance criteria: one score per coupled channel, higher = more important.
 
-Registered in :data:`GROUP_CRITERIA` (all scores are summed over every layer of the group):
+Registered in :data:`GROUP_METHODS` (all scores are summed over every layer of the group):
 
 - ``l1`` / ``l2``: norm of every weight attached to the channel (its filters in the layers
   that produce it, its input columns in the layers that consume it);
@@ -14,6 +14,7 @@ Registered in :data:`GROUP_CRITERIA` (all scores are summed over every layer of 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +26,40 @@ from secateur.registry import Registry
 from secateur.structured.graph import DependencyGraph, Group, Member
 
 Scores = dict[str, torch.Tensor]
-GroupCriterion = Callable[..., Scores]
-GROUP_CRITERIA: Registry[GroupCriterion] = Registry("structured criterion")
+ScoreFn = Callable[..., Scores]
+
+
+@dataclass(frozen=True)
+class GroupMethod:
+    """A channel importance score and what it needs (``"batches"``, ``"generator"``), declared.
+
+    Calling it passes only the declared context, and a missing need is a one-line error.
+    """
+
+    name: str
+    score: ScoreFn
+    doc: str
+    needs: frozenset[str] = frozenset()
+
+    def __call__(self, model: nn.Module, graph: DependencyGraph, **context: Any) -> Scores:
+        missing = sorted(need for need in self.needs if context.get(need) is None)
+        if missing:
+            raise ConfigError(f"method {self.name!r} needs {', '.join(missing)} (e.g. training batches: pass data=)")
+        return self.score(model, graph, **{need: context[need] for need in self.needs})
+
+
+GROUP_METHODS: Registry[GroupMethod] = Registry("neuron / channel method")
+
+
+def group_method(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator: register a score function as a neuron / channel method."""
+
+    def decorate(score: ScoreFn) -> ScoreFn:
+        doc = (score.__doc__ or "").strip().splitlines()[0] if score.__doc__ else ""
+        GROUP_METHODS.add(name, GroupMethod(name, score, doc, frozenset(needs)), doc)
+        return score
+
+    return decorate
 
 
 def _weight_of(model: nn.Module, member: Member) -> torch.Tensor | None:
@@ -63,19 +96,19 @@ def _norm_scores(model: nn.Module, graph: DependencyGraph, power: int) -> Scores
     return out if power == 1 else {k: v.sqrt() for k, v in out.items()}
 
 
-@GROUP_CRITERIA.register("l1")
+@group_method("l1")
 def l1(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
     """L1 norm of every weight attached to the channel, summed over the group."""
     return _norm_scores(model, graph, 1)
 
 
-@GROUP_CRITERIA.register("l2")
+@group_method("l2")
 def l2(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
     """L2 norm of every weight attached to the channel, over the whole group."""
     return _norm_scores(model, graph, 2)
 
 
-@GROUP_CRITERIA.register("bn-scale")
+@group_method("bn-scale")
 def bn_scale(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
     """|gamma| of the group's norm layers (network slimming); l2 for groups without one."""
     fallback = _norm_scores(model, graph, 2)
@@ -92,14 +125,14 @@ def bn_scale(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
     return out
 
 
-@GROUP_CRITERIA.register("random")
+@group_method("random", needs=("generator",))
 def random(model: nn.Module, graph: DependencyGraph, *, generator: torch.Generator | None = None,
            **_: Any) -> Scores:
     """Uniform random scores (the baseline every criterion must beat)."""
     return {g.name: torch.rand(g.size, generator=generator, dtype=torch.float64) for g in graph.groups}
 
 
-@GROUP_CRITERIA.register("taylor")
+@group_method("taylor", needs=("batches",))
 def taylor(model: nn.Module, graph: DependencyGraph, *, batches: Iterable | None = None, **_: Any) -> Scores:
     """First-order Taylor |sum(w * grad)| per channel, accumulated over ``batches``."""
     if batches is None:

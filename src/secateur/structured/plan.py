@@ -25,7 +25,7 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.structured.graph import DependencyGraph, Group
-from secateur.structured.importance import GROUP_CRITERIA
+from secateur.structured.importance import GROUP_METHODS
 
 PLAN_FORMAT = "secateur-structured-plan/1"
 
@@ -108,7 +108,7 @@ def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, crit
         raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
     if int(min_channels) < 1 or int(round_to) < 1:
         raise ConfigError(f"min_channels and round_to must be >= 1, got {min_channels} and {round_to}")
-    scores = GROUP_CRITERIA.get(criterion)(model, graph, batches=batches, generator=generator)
+    scores = GROUP_METHODS.get(criterion)(model, graph, batches=batches, generator=generator)
     overrides = {g.name: _group_ratio(g, ratios or {}) for g in graph.groups}
     counts = {g.name: n_keep(g.size, overrides[g.name] if overrides[g.name] is not None else ratio,
                              min_channels, round_to) for g in graph.groups}

@@ -14,6 +14,7 @@ the plan so far, so the chosen model is always described by one plan over the or
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,33 +23,20 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError
-from secateur.structured.graph import DependencyGraph, analyse
-from secateur.structured.importance import GROUP_CRITERIA
-from secateur.structured.plan import (
-    Plan,
-    build_plan,
-    compose,
-    global_counts,
-    n_keep,
-    top_channels,
+from secateur.search.config import PruneConfig
+from secateur.search.pruner import (
+    SCOPES,
+    Context,
+    Granularity,
+    PrunerState,
+    register,
+    removed_fraction,
+    strength_generator,
 )
+from secateur.structured.graph import DependencyGraph, Group, analyse
+from secateur.structured.importance import GROUP_METHODS
+from secateur.structured.plan import Plan, build_plan, compose, global_counts, n_keep, top_channels
 from secateur.structured.surgery import apply_plan
-
-GRANULARITIES = ("neuron", "channel")
-
-
-def removed_fraction(strength: float) -> float:
-    """Fraction of channels removed at ``strength`` (x = 1: half, x = 2: three quarters)."""
-    return 1.0 - 2.0 ** (-max(strength, 0.0))
-
-
-def granularity_ignore(model: nn.Module, granularity: str) -> tuple[str, ...]:
-    """Module paths kept whole at ``granularity``: ``neuron`` prunes Linear outputs only."""
-    if granularity not in GRANULARITIES:
-        raise ConfigError(f"unknown granularity {granularity!r}; choose one of: weight, {', '.join(GRANULARITIES)}")
-    if granularity == "channel":
-        return ()
-    return tuple(name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd))
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -67,54 +55,129 @@ def group_sizes(model: nn.Module, input_shape: tuple[int, ...], ignore: Iterable
 
 
 @dataclass(frozen=True)
-class ChannelPruner:
-    """Removes channels physically so every group keeps its share of the *original* size."""
+class Counts:
+    """What a scope needs to decide how many channels every current group keeps."""
 
-    criterion: str
+    groups: list[Group]
+    original: Mapping[str, int]  # group name -> channels in the unpruned model
+    fraction: float  # of the original channels removed
+    scores: Mapping[str, torch.Tensor]
+    min_channels: int
+    round_to: int
+
+
+
+@SCOPES.register("local")
+def _local(c: Counts) -> dict[str, int]:
+    """The same fraction of every group's original channels (never more than it has now)."""
+    return {g.name: min(g.size, n_keep(c.original.get(g.name, g.size), c.fraction, c.min_channels, c.round_to))
+            for g in c.groups}
+
+
+@SCOPES.register("global")
+def _global(c: Counts) -> dict[str, int]:
+    """One ranking across groups, removing the fraction of all original channels."""
+    original = sum(c.original.get(g.name, g.size) for g in c.groups)
+    current = sum(g.size for g in c.groups)
+    remove = math.floor(original * c.fraction + 1e-9) - (original - current)
+    if remove <= 0:
+        return {g.name: g.size for g in c.groups}
+    return global_counts(c.groups, c.scores, remove / current, c.min_channels, c.round_to)
+
+
+@dataclass(frozen=True)
+class ChannelPruner:
+    """Removes channels physically so every group keeps its share of the *original* size.
+
+    Its state is ``{"plan": ...}``: the plan over the original architecture of the model it
+    last pruned (what :func:`secateur.io.storage.load_model` re-applies).
+    """
+
+    method: str
     input_shape: tuple[int, ...]  # one example, e.g. (1, 28, 28)
     original: Mapping[str, int]  # group name -> channels in the unpruned model
-    scope: str = "local"  # local: same fraction per group; global: one ranking across groups
+    scope: str = "local"
     ignore: tuple[str, ...] = ()
     min_channels: int = 1
     round_to: int = 1
     seed: int = 0
-    batches: Callable[[], Iterable] | None = None  # (inputs, targets) batches for the taylor criterion
+    batches: Callable[[], Iterable] | None = None  # (inputs, targets) batches for methods that need them
     targets: tuple[str, ...] = ()  # weight tensors reported per layer
+    state_keys: tuple[str, ...] = ("plan",)
 
     def levels(self, strength: float) -> float:
         """The fraction of channels removed at ``strength``."""
         return removed_fraction(strength)
 
     @torch.no_grad()
-    def prune(self, model: nn.Module, strength: float, plan: Plan) -> Plan:
-        """Shrink ``model`` in place to ``strength``; returns ``plan`` composed with this round's cut."""
+    def prune(self, model: nn.Module, strength: float, state: PrunerState) -> PrunerState:
+        """Shrink ``model`` in place to ``strength``; the state's plan composed with this round's cut."""
+        plan = Plan.from_json(state["plan"]) if state.get("plan") else Plan()
         x = example_input(model, self.input_shape)
         graph = analyse(model, x, ignore=self.ignore)
         scores = self._scores(model, graph, strength)
-        counts = self._counts(graph, removed_fraction(strength), scores)
+        counts = SCOPES.get(self.scope)(Counts(graph.groups, self.original, removed_fraction(strength), scores,
+                                               self.min_channels, self.round_to))
         if all(counts[g.name] >= g.size for g in graph.groups):
-            return plan
+            return {**state, "plan": plan.to_json()}
         cut = build_plan(graph, {g.name: top_channels(scores[g.name], counts[g.name]) for g in graph.groups})
         apply_plan(model, cut, x)
-        return compose(plan, cut)
+        return {**state, "plan": compose(plan, cut).to_json()}
 
     def _scores(self, model: nn.Module, graph: DependencyGraph, strength: float) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.seed + int(strength * 1e6))
         device = model_device(model)
         batches = [(x.to(device), y.to(device)) for x, y in self.batches()] if self.batches is not None else None
         with torch.enable_grad():
-            return GROUP_CRITERIA.get(self.criterion)(model, graph, batches=batches, generator=generator)
+            return GROUP_METHODS.get(self.method)(model, graph, batches=batches,
+                                                  generator=strength_generator(self.seed, strength))
 
-    def _counts(self, graph: DependencyGraph, fraction: float, scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
-        """Channels each current group keeps (never more than it has now)."""
-        def goal(name: str, size: int) -> int:
-            return min(size, n_keep(self.original.get(name, size), fraction, self.min_channels, self.round_to))
 
-        if self.scope == "local":
-            return {g.name: goal(g.name, g.size) for g in graph.groups}
-        original = sum(self.original.get(g.name, g.size) for g in graph.groups)
-        current = sum(g.size for g in graph.groups)
-        remove = math.floor(original * fraction + 1e-9) - (original - current)
-        if remove <= 0:
-            return {g.name: g.size for g in graph.groups}
-        return global_counts(graph.groups, scores, remove / current, self.min_channels, self.round_to)
+def _conv_paths(model: nn.Module) -> tuple[str, ...]:
+    """Module paths of every conv (kept whole when only neurons are pruned)."""
+    return tuple(name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd))
+
+
+def _check(config: PruneConfig) -> None:
+    SCOPES.get(config.scope)
+    if config.min_channels < 1 or config.round_to < 1:
+        raise ConfigError(f"min channels and round-to must be >= 1, got {config.min_channels} and {config.round_to}")
+
+
+def _builder(keep_whole: Callable[[nn.Module], tuple[str, ...]]) -> Callable[..., tuple[ChannelPruner, PruneConfig]]:
+    """The build function of a physical granularity that also keeps ``keep_whole(model)`` whole."""
+
+    def build(baseline: nn.Module, config: PruneConfig, context: Context) -> tuple[ChannelPruner, PruneConfig]:
+        if context.input_shape is None:
+            raise ConfigError(f"{config.granularity} pruning traces the model: pass input_shape= "
+                              "(one example, e.g. (1, 28, 28))")
+        method = GROUP_METHODS.get(str(config.method))
+        if "batches" in method.needs and context.batches is None:
+            raise ConfigError(f"method {method.name!r} needs training batches: pass data= (a dataset or its name)")
+        ignore = tuple(config.ignore or ()) + keep_whole(baseline)
+        original = group_sizes(baseline, context.input_shape, ignore)
+        if not original:
+            raise ConfigError(f"the model has no prunable {config.granularity}s (the output layer is never pruned; "
+                              "check ignore=)")
+        pruner = ChannelPruner(method.name, tuple(context.input_shape), original, config.scope, ignore,
+                               config.min_channels, config.round_to, config.seed, context.batches,
+                               context.targets)
+        return pruner, config
+
+    return build
+
+
+STRUCTURED_OPTIONS = frozenset({"scope", "min_channels", "round_to", "ignore"})
+
+
+def _copy(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+register(Granularity(
+    name="neuron", doc="Linear outputs, removed physically (a smaller dense model)", methods=GROUP_METHODS,
+    default_method="l1", start=1.0, options=STRUCTURED_OPTIONS, physical=True, continuous=False,
+    prepare=_copy, build=_builder(_conv_paths), check=_check))
+register(Granularity(
+    name="channel", doc="conv filters and Linear neurons, removed physically", methods=GROUP_METHODS,
+    default_method="l1", start=1.0, options=STRUCTURED_OPTIONS, physical=True, continuous=False,
+    prepare=_copy, build=_builder(lambda model: ()), check=_check))

@@ -30,27 +30,61 @@ import torch
 
 from secateur.errors import ConfigError
 from secateur.registry import Registry
+from secateur.search.pruner import removed_fraction
 
 Level = float | Mapping[str, float]
 Masks = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class Criterion:
-    """A pruning rule plus how its level relates to pruning strength.
+class WeightMethod:
+    """A rule for which single weights to zero, and what it needs (declared, never looked up by name).
 
-    ``strength_to_level`` maps the search's strength x >= 0 to this criterion's level. For
-    every criterion x is "halvings of the weights": x = 1 removes about half of a layer,
-    x = 3.6 about 92% (12x), so one search and its step sizes serve every criterion.
+    - ``select(weights, level, **needs)``: keep-masks (True = keep) for ``{name: weight}``;
+    - ``strength_to_level``: the search's strength x >= 0 -> this method's level. For every
+      method x means "halvings of the weights": x = 1 removes about half a layer, x = 3.6
+      about 92% (12x), so one search and its step sizes serve every method;
+    - ``scope``: ``"layer"`` (a level per layer, so per-layer factors apply) or ``"global"``
+      (one level, one threshold across all layers);
+    - ``needs``: context ``select`` takes: ``"reference_std"`` (each layer's dense std),
+      ``"generator"`` (a seeded ``torch.Generator``);
+    - ``allocation``: the per-layer allocation the search uses by default;
+    - ``score(weight, generator)``: per-weight importance (higher = keep) for orderings
+      inside small groups (the ``n:m`` granularity).
     """
 
     name: str
     select: Callable[..., Masks]
     strength_to_level: Callable[[float], float]
     doc: str
+    scope: str = "layer"
+    needs: frozenset[str] = frozenset()
+    allocation: str = "uniform"
+    score: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = lambda w, _g: w.abs()
 
 
-CRITERIA: Registry[Criterion] = Registry("pruning method")
+WEIGHT_METHODS: Registry[WeightMethod] = Registry("weight method")
+
+
+def _sparsity_from_strength(x: float) -> float:
+    """Strength x halves the surviving weights x times: 1 -> 50%, 2 -> 75%, 3 -> 87.5%."""
+    return removed_fraction(x)
+
+
+def weight_method(name: str, *, level: Callable[[float], float] = _sparsity_from_strength, scope: str = "layer",
+                  needs: tuple[str, ...] = (), allocation: str = "uniform",
+                  score: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+                  ) -> Callable[[Callable[..., Masks]], Callable[..., Masks]]:
+    """Decorator: register a mask function as a weight method; its docstring's first line is its help."""
+
+    def decorate(select: Callable[..., Masks]) -> Callable[..., Masks]:
+        doc = (select.__doc__ or "").strip().splitlines()[0] if select.__doc__ else ""
+        extra = {"score": score} if score is not None else {}
+        WEIGHT_METHODS.add(name, WeightMethod(name, select, level, doc, scope, frozenset(needs), allocation, **extra),
+                           doc)
+        return select
+
+    return decorate
 
 
 def _level_for(level: Level, name: str) -> float:
@@ -67,9 +101,20 @@ def _check_sparsity(value: float) -> float:
     return value
 
 
+def _q_from_strength(x: float) -> float:
+    """The q that prunes a fraction ``1 - 2**-x`` of a Gaussian layer (x = 1 -> q = 0.674).
+
+    Han's q then moves on the same scale of pruning strength as the sparsity methods, so
+    one search step means about the same cut for every method.
+    """
+    sparsity = _sparsity_from_strength(x)
+    return math.sqrt(2.0) * float(torch.erfinv(torch.tensor(sparsity, dtype=torch.float64)))
+
+
+@weight_method("han", level=_q_from_strength, needs=("reference_std",), allocation="magnitude")
 def han_masks(weights: Mapping[str, torch.Tensor], level: Level, *,
               reference_std: Mapping[str, float] | None = None, **_: object) -> Masks:
-    """Keep ``|w| >= q * std`` per layer; std from ``reference_std`` (dense) or the weights."""
+    """Han et al. 2015: per layer, zero |w| < q x std of the layer's dense weights."""
     masks = {}
     for name, w in weights.items():
         q = _level_for(level, name)
@@ -89,68 +134,47 @@ def _keep_largest(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep.view_as(scores)
 
 
+@weight_method("magnitude")
 def magnitude_masks(weights: Mapping[str, torch.Tensor], level: Level, **_: object) -> Masks:
-    """The same fraction of smallest-magnitude weights in every layer."""
+    """The same fraction of smallest-|w| weights in every layer."""
     return {name: _keep_largest(w.abs(), _level_for(level, name)) & (w != 0) for name, w in weights.items()}
 
 
-def global_magnitude_masks(weights: Mapping[str, torch.Tensor], level: Level, **_: object) -> Masks:
-    """One magnitude threshold across all layers; per-layer levels are not meaningful here."""
+def keep_largest_globally(scores: Mapping[str, torch.Tensor], level: Level) -> Masks:
+    """One threshold across all layers: keep the ``1 - level`` fraction of the largest scores."""
     if isinstance(level, Mapping):
-        raise ConfigError("global-magnitude takes one sparsity for the whole model, not one per layer")
-    flat = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
+        raise ConfigError("a global method takes one sparsity for the whole model, not one per layer")
+    flat = torch.cat([s.detach().flatten().float() for s in scores.values()])
     keep = _keep_largest(flat, float(level))
     masks, offset = {}, 0
-    for name, w in weights.items():
-        masks[name] = keep[offset:offset + w.numel()].view_as(w) & (w != 0)
-        offset += w.numel()
+    for name, s in scores.items():
+        masks[name] = keep[offset:offset + s.numel()].view_as(s)
+        offset += s.numel()
     return masks
 
 
+@weight_method("global-magnitude", scope="global")
+def global_magnitude_masks(weights: Mapping[str, torch.Tensor], level: Level, **_: object) -> Masks:
+    """One |w| threshold across all layers."""
+    keep = keep_largest_globally({name: w.abs() for name, w in weights.items()}, level)
+    return {name: keep[name] & (w != 0) for name, w in weights.items()}
+
+
+def _random_scores(w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform scores in [1, 2), 0 where the weight is already zero (pruned first)."""
+    scores = torch.rand(w.shape, generator=generator).to(w.device) + 1.0
+    scores[w == 0] = 0.0
+    return scores
+
+
+@weight_method("random", needs=("generator",), score=_random_scores)
 def random_masks(weights: Mapping[str, torch.Tensor], level: Level, *,
                  generator: torch.Generator | None = None, **_: object) -> Masks:
-    """A random fraction of each layer; already-zero weights are counted as pruned first."""
-    masks = {}
-    for name, w in weights.items():
-        scores = torch.rand(w.shape, generator=generator).to(w.device) + 1.0
-        scores[w == 0] = 0.0  # already pruned: pruned first, so masks only grow
-        masks[name] = _keep_largest(scores, _level_for(level, name)) & (w != 0)
-    return masks
-
-
-def _q_from_strength(x: float) -> float:
-    """The q that prunes a fraction ``1 - 2**-x`` of a Gaussian layer (x = 1 -> q = 0.674).
-
-    Han's q then moves on the same scale of pruning strength as the sparsity criteria, so
-    one search step means about the same cut for every method.
-    """
-    sparsity = _sparsity_from_strength(x)
-    return math.sqrt(2.0) * float(torch.erfinv(torch.tensor(sparsity, dtype=torch.float64)))
-
-
-def _sparsity_from_strength(x: float) -> float:
-    """Strength x halves the surviving weights x times: 1 -> 50%, 2 -> 75%, 3 -> 87.5%."""
-    return 1.0 - 2.0 ** (-max(x, 0.0))
-
-
-def _register() -> None:
-    entries = [
-        Criterion("han", han_masks, _q_from_strength,
-                  "Han et al. 2015: per layer, zero |w| < q x std of the layer's dense weights"),
-        Criterion("magnitude", magnitude_masks, _sparsity_from_strength,
-                  "the same fraction of smallest-|w| weights in every layer"),
-        Criterion("global-magnitude", global_magnitude_masks, _sparsity_from_strength,
-                  "one |w| threshold across all layers"),
-        Criterion("random", random_masks, _sparsity_from_strength,
-                  "random weights (the baseline every method must beat)"),
-    ]
-    for entry in entries:
-        CRITERIA.add(entry.name, entry, entry.doc)
-
-
-_register()
+    """Random weights (the baseline every method must beat)."""
+    return {name: _keep_largest(_random_scores(w, generator), _level_for(level, name)) & (w != 0)
+            for name, w in weights.items()}
 
 
 def select_masks(method: str, weights: Mapping[str, torch.Tensor], level: Level, **context: object) -> Masks:
-    """Keep-masks from the criterion registered as ``method`` (the API/CLI entry point)."""
-    return CRITERIA.get(method).select(weights, level, **context)
+    """Keep-masks from the weight method registered as ``method`` (the API/CLI entry point)."""
+    return WEIGHT_METHODS.get(method).select(weights, level, **context)

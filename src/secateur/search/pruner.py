@@ -1,0 +1,135 @@
+"""The contract between the drop-bound search and every way of pruning.
+
+The search (:mod:`secateur.search.orchestrator`) knows one scalar, the *strength* x >= 0
+(0 = the dense model; x = 1 removes about half of what can be removed, x = 2 three
+quarters). A :class:`Pruner` says what a strength means for its granularity and prunes a
+model to it; its state between rounds is plain JSON (:data:`PrunerState`) that goes into the
+round's checkpoint header, so ``--resume`` restores it. A :class:`Granularity` says how to
+build a pruner for a model and which options and methods it takes; granularities register
+in :data:`GRANULARITIES` (``weight``, ``kernel``, ``n:m`` in
+:mod:`secateur.unstructured.granularities`; ``neuron``, ``channel`` in
+:mod:`secateur.structured.pruner`). Nothing else in the search looks at a name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from secateur.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: the config module imports this one
+    from secateur.search.config import PruneConfig
+
+PrunerState = dict[str, Any]  # JSON: e.g. {"plan": ...} for physical pruning, {} for masks
+Retrain = Callable[[nn.Module], None]  # retrains a model in place (one round's training)
+Evaluate = Callable[[nn.Module], "float | torch.Tensor"]  # accuracy, or per-example correctness (bool)
+Level = float | dict[str, float]  # what a strength means: one level, or one per layer
+
+
+def removed_fraction(strength: float) -> float:
+    """Fraction removed at ``strength``: x halvings of what survives (1 -> 1/2, 2 -> 3/4, 3 -> 7/8)."""
+    return 1.0 - 2.0 ** (-max(strength, 0.0))
+
+
+def strength_seed(seed: int, strength: float) -> int:
+    """The random seed of a cut at ``strength`` (random methods give the same cut on resume)."""
+    return seed + int(strength * 1e6)
+
+
+def strength_generator(seed: int, strength: float) -> torch.Generator:
+    """A CPU generator seeded by :func:`strength_seed`."""
+    return torch.Generator().manual_seed(strength_seed(seed, strength))
+
+
+class Pruner(Protocol):
+    """Prunes a model to a strength; what the search alone knows of a granularity."""
+
+    targets: tuple[str, ...]  # the weight tensors reported per layer
+    state_keys: tuple[str, ...]  # the keys its state takes in a checkpoint header (e.g. ("plan",))
+
+    def levels(self, strength: float) -> Level:
+        """What ``strength`` means for this pruner (recorded in every history row)."""
+        ...
+
+    def prune(self, model: nn.Module, strength: float, state: PrunerState) -> PrunerState:
+        """Prune ``model`` in place to ``strength`` from ``state``; return the new state.
+
+        Pruning only grows: what an earlier call removed stays removed.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a granularity may use to build its pruner (each piece but ``targets`` may be absent)."""
+
+    targets: tuple[str, ...]  # the tensors to prune (default: every Linear / Conv weight)
+    input_shape: tuple[int, ...] | None
+    evaluate: Evaluate
+    batches: Callable[[], Iterable] | None  # a few (inputs, targets) training batches
+    out: Path | None  # the run folder, for analyses worth keeping (e.g. sensitivity.json)
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """One way of pruning under the search: its methods, options and pruner.
+
+    - ``methods``: the registry of methods it takes (``method=`` names);
+    - ``default_method``: the method when none is given;
+    - ``start``: the default first strength (chosen so the first round is about 4x);
+    - ``options``: :class:`~secateur.search.config.PruneConfig` fields that only this
+      granularity (among others) reads; the others reject a non-default value;
+    - ``physical``: whether the architecture shrinks (a smaller dense model) or masks zero it;
+    - ``continuous``: whether its pruner may run inside a training loop (``gradual``);
+    - ``prepare(model, targets)``: the baseline copy the rounds start from;
+    - ``build(baseline, config, context)``: the pruner, and the config with any options it
+      resolved (e.g. per-layer factors), so ``config.yaml`` records what ran;
+    - ``check(config)``: extra validation, raising ConfigError.
+    """
+
+    name: str
+    doc: str
+    methods: Registry[Any]
+    default_method: str
+    start: float
+    options: frozenset[str]
+    physical: bool
+    continuous: bool
+    prepare: Callable[[nn.Module, tuple[str, ...]], nn.Module]
+    build: Callable[[nn.Module, "PruneConfig", Context], "tuple[Pruner, PruneConfig]"]
+    check: Callable[["PruneConfig"], None] | None = None
+
+
+GRANULARITIES: Registry[Granularity] = Registry(
+    "granularity", builtins=("secateur.unstructured.granularities", "secateur.structured.pruner"))
+
+
+ALLOCATIONS: Registry[Any] = Registry("allocation", builtins=("secateur.unstructured.granularities",))
+SCOPES: Registry[Any] = Registry("scope", builtins=("secateur.structured.pruner",))
+
+
+def method_names() -> list[str]:
+    """Every method some granularity takes (the CLI's and the recipe's ``method`` choices)."""
+    return sorted({name for g in GRANULARITIES.names() for name in GRANULARITIES.get(g).methods.names()})
+
+
+def register(granularity: Granularity) -> Granularity:
+    """Add ``granularity`` to :data:`GRANULARITIES` under its name."""
+    GRANULARITIES.add(granularity.name, granularity, granularity.doc)
+    return granularity
+
+
+def option_owners() -> dict[str, list[str]]:
+    """Option name -> the granularities that read it (for one-line errors)."""
+    owners: dict[str, list[str]] = {}
+    for name in GRANULARITIES.names():
+        for option in GRANULARITIES.get(name).options:
+            owners.setdefault(option, []).append(name)
+    return owners
+
