@@ -318,7 +318,7 @@ def _search(run: _Run, progress: bool) -> None:
             run.history.append(row)
             if run.out is not None:
                 rundir.write_history(run.out, run.history)
-                rundir.save_state(run.out, run.accepted, run.state.to_dict(), _plan_meta(run))
+                rundir.save_round(run.out, run.accepted, run.state.to_dict(), _plan_meta(run))
             mark = "ok" if row["feasible"] else "over bound, rolled back"
             advance(status=f"round {row['round']}: {row['compression']:.1f}x, "
                            f"val drop {row['drop']:+.2f} (+{row['margin']:.2f} margin) pts ({mark})")
@@ -421,7 +421,7 @@ def _resume(model: nn.Module, evaluate: Evaluate, make_train: Callable[[int], Tr
     config = saved_config(out)
     run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches)
     run.out = out
-    run.accepted, state, plan = rundir.load_state(out, copy.deepcopy(run.baseline))
+    run.accepted, state, plan = rundir.load_round(out, copy.deepcopy(run.baseline))
     run.plan = Plan.from_json(plan) if plan else Plan()
     run.state, run.history = SearchState.from_dict(state), rundir.read_history(out)[: state["round"]]
     run.prior_seconds = sum(row["seconds"] for row in run.history)
