@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from secateur.errors import ConfigError, SecateurError
+from secateur.io import rundir
+from secateur.io.storage import load_model
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,10 +148,7 @@ def _model_for_info(args: argparse.Namespace):
     """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name."""
     target = Path(args.model)
     if target.suffix in (".safetensors", ".json") or target.is_dir():
-        from secateur.io.storage import load_model
-
-        path = target / "model" if target.is_dir() else target.with_suffix("")
-        model, meta = load_model(path)
+        model, meta = load_model(rundir.checkpoint_base(target))
         return model, tuple(meta["model"]["args"].get("input_shape", args.input_shape))
     from secateur.zoo.models import build_model
 
@@ -173,7 +172,8 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
                         help="largest validation accuracy drop accepted, in percentage points (default 0.1)")
     parser.add_argument("--confidence", type=non_negative_float, default=None,
                         help="paired standard errors added to each round's validation drop before it is "
-                             f"compared with --max-drop, against validation noise (default {CONFIDENCE:g}; 0: plain rule)")
+                             "compared with --max-drop, against validation noise "
+                             f"(default {CONFIDENCE:g}; 0: plain rule)")
     parser.add_argument("--rounds", type=positive_int, default=15, help="round budget of the search (default 15)")
     parser.add_argument("--retrain-epochs", type=non_negative_int, default=None,
                         help="retraining epochs per round (default 3)")
@@ -246,12 +246,12 @@ def summary_line(results: dict, out: Path) -> str:
     return (f"{results['compression']:.1f}x smaller ({results['params']['nonzero']:,} of "
             f"{results['params']['baseline']:,} parameters nonzero{fewer}); val {pct(base['val']['accuracy'])} -> "
             f"{pct(pruned['val']['accuracy'])}, test {pct(base['test']['accuracy'])} -> "
-            f"{pct(pruned['test']['accuracy'])}; report: {out / 'report.html'}")
+            f"{pct(pruned['test']['accuracy'])}; report: {rundir.report_paths(out)['html']}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """secateur report: re-render the report of a run folder."""
-    from secateur.report import render_report
+    from secateur.report import render_report  # lazy: matplotlib loads only for the commands that draw
 
     paths = render_report(args.run_dir)
     print("\n".join(str(path) for path in paths.values()))
