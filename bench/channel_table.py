@@ -23,6 +23,7 @@ import torch
 
 import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from secateur.app.pipeline import prune_run
+from secateur.io import rundir
 from secateur.search.orchestrator import PruneConfig
 from secateur.zoo.baseline import train_baseline
 from secateur.zoo.data import load_dataset
@@ -32,12 +33,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def baseline_dir(name: str, data, baselines: Path, out: Path) -> tuple[Path, float | None]:
     """A trained baseline folder for ``name`` and the seconds spent training it (None: reused)."""
-    existing = baselines / name / "baseline"
-    if (existing / "model.safetensors").exists():
+    existing = rundir.baseline_dir(baselines / name)
+    if rundir.has_checkpoint(existing):
         return existing, None
     start = time.perf_counter()
-    train_baseline(name, data, out=out / name / "baseline", progress=False)
-    return out / name / "baseline", time.perf_counter() - start
+    train_baseline(name, data, out=rundir.baseline_dir(out / name), progress=False)
+    return rundir.baseline_dir(out / name), time.perf_counter() - start
 
 
 def run_model(name: str, data, args: argparse.Namespace) -> dict:
@@ -47,7 +48,7 @@ def run_model(name: str, data, args: argparse.Namespace) -> dict:
     config = PruneConfig(granularity=args.granularity, max_drop=args.max_drop)
     res = prune_run(out=args.out / name / "prune", from_dir=base, dataset=data.name, config=config,
                     progress=True).results
-    shutil.copy(args.out / name / "prune" / "tradeoff.png", RESULTS / f"{name}_channels_tradeoff.png")
+    shutil.copy(args.out / name / "prune" / rundir.TRADEOFF_PNG, RESULTS / f"{name}_channels_tradeoff.png")
     error = {k: 100 * (1 - res[k]["test"]["accuracy"]) for k in ("baseline", "pruned")}
     return {
         "granularity": args.granularity, "method": res["method"], "max_drop": args.max_drop,
@@ -72,7 +73,8 @@ def markdown(rows: dict) -> str:
         lines.append(f"| {name} ({r['granularity']}, {r['method']}) | {r['params_before']:,} → {r['params_after']:,} | "
                      f"{r['compression']:.1f}x | {r['mac_reduction']:.1f}x | {r['error_before']:.2f}% → "
                      f"{r['error_after']:.2f}% | {r['val_drop']:+.2f} pts | {kept} | "
-                     f"{1e3 * lat['b32_before']:.2f} → {1e3 * lat['b32_after']:.2f} ms | {r['prune_seconds'] / 60:.1f} min |")
+                     f"{1e3 * lat['b32_before']:.2f} → {1e3 * lat['b32_after']:.2f} ms | "
+                     f"{r['prune_seconds'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 

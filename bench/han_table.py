@@ -31,14 +31,17 @@ from torch.nn.utils import prune as torch_prune
 import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from secateur.analysis.metrics import count_params
 from secateur.app.pipeline import load_baseline, prune_run
+from secateur.io import rundir
 from secateur.search.orchestrator import PruneConfig, retrain_config
 from secateur.train import TrainConfig, evaluate, fit
 from secateur.zoo.baseline import default_config, train_baseline
 from secateur.zoo.data import load_dataset
 
 HAN = {  # Han et al. 2015, Table 1: error before -> after, params before -> after, compression
-    "lenet300": {"error_before": 1.64, "error_after": 1.59, "params_before": 267_000, "params_after": 22_000, "compression": 12},
-    "lenet5": {"error_before": 0.80, "error_after": 0.77, "params_before": 431_000, "params_after": 36_000, "compression": 12},
+    "lenet300": {"error_before": 1.64, "error_after": 1.59, "params_before": 267_000, "params_after": 22_000,
+                 "compression": 12},
+    "lenet5": {"error_before": 0.80, "error_after": 0.77, "params_before": 431_000, "params_after": 36_000,
+               "compression": 12},
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 SHORT = {"train_epochs": 4, "prune": {"retrain_epochs": 1, "rounds": 8, "polish_epochs": 2}}  # --short
@@ -75,8 +78,8 @@ def weight_sparsity(results: dict) -> float:
 
 def baseline_for(name: str, data, out: Path, reuse: bool, epochs: int | None = None):
     """The trained baseline and its training seconds (reused from ``out/<name>/baseline`` if asked)."""
-    folder = out / name / "baseline"
-    if reuse and (folder / "model.safetensors").exists():
+    folder = rundir.baseline_dir(out / name)
+    if reuse and rundir.has_checkpoint(folder):
         baseline = load_baseline(folder)
         return baseline, float(baseline.meta.get("train_seconds") or 0.0)
     shutil.rmtree(out / name, ignore_errors=True)
@@ -94,15 +97,16 @@ def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True, re
     baseline, train_seconds = baseline_for(name, data, out, reuse, budget.get("train_epochs"))
     shutil.rmtree(out / name / "prune", ignore_errors=True)
     config = PruneConfig(method="han", max_drop=max_drop, **budget.get("prune", {}))
-    result = prune_run(out=out / name / "prune", dataset=data.name, from_dir=out / name / "baseline",
+    result = prune_run(out=out / name / "prune", dataset=data.name, from_dir=rundir.baseline_dir(out / name),
                        config=config, progress=True)
     res = result.results
     budget_rounds = len(result.history) + sum(r.get("recovery_passes", 0) for r in result.history)
     recipe = TrainConfig(**baseline.meta["train"])
     retrain = retrain_config(config, recipe)
     polish = recipe.replace(epochs=res["polish"]["epochs"], seed=recipe.seed + 1) if res.get("polish") else None
-    peer = torch_prune_peer(baseline.model, data, weight_sparsity(res), budget_rounds, retrain, polish) if peer else None
-    shutil.copy(out / name / "prune" / "tradeoff.png", RESULTS / f"{name}_tradeoff.png")
+    peer = (torch_prune_peer(baseline.model, data, weight_sparsity(res), budget_rounds, retrain, polish)
+            if peer else None)
+    shutil.copy(out / name / "prune" / rundir.TRADEOFF_PNG, RESULTS / f"{name}_tradeoff.png")
     return {
         "params_before": res["params"]["baseline"], "params_after": res["params"]["nonzero"],
         "compression": res["compression"], "error_before": 100 * (1 - res["baseline"]["test"]["accuracy"]),
@@ -128,7 +132,8 @@ def markdown(rows: dict) -> str:
         han, peer = HAN.get(name), row["torch_prune"]
         if han:
             lines.append(f"| {name} | Han et al. 2015 | {han['error_before']:.2f}% -> {han['error_after']:.2f}% | "
-                         f"{han['params_before'] // 1000}K -> {han['params_after'] // 1000}K | {han['compression']}x | - |")
+                         f"{han['params_before'] // 1000}K -> {han['params_after'] // 1000}K | "
+                         f"{han['compression']}x | - |")
         rule = (f", confidence {row['acceptance']['confidence']:g}" if row.get("acceptance") else ", plain rule") + \
             (f", polish {row['polish']['epochs']} ep" if row.get("polish") else "") + \
             (f"; short budget: {row['train_epochs']}-epoch baseline, {row['retrain_epochs']}-epoch rounds, "

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from secateur.app.cli import main
+from secateur.io import rundir
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -83,7 +84,7 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
     code, stdout, _ = run_cli(capsys, "train", "--model", "lenet300", "--dataset", "digits",
                               "--out", str(out), "--epochs", "3", "--quiet")
     assert code == 0 and "test accuracy" in stdout
-    meta = json.loads((out / "model.json").read_text())
+    meta = json.loads((out / rundir.MODEL_META).read_text())
     assert meta["model"]["name"] == "lenet300" and meta["dataset"]["name"] == "digits"
     for key in ("seed", "train_seconds", "versions"):
         assert key in meta
@@ -98,16 +99,16 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
                               "--retrain-epochs", "1", "--confidence", "2", "--polish-epochs", "1",
                               "--distill", "0.3", "--temperature", "2", "--quiet")
     assert code == 0 and "smaller" in stdout
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / rundir.RESULTS).read_text())
     assert results["drop"]["val"] <= 5.0
     assert results["acceptance"]["confidence"] == 2.0 and results["acceptance"]["paired"]
-    assert "confidence: 2.0" in (run / "config.yaml").read_text()
-    assert "polish_epochs: 1" in (run / "config.yaml").read_text()
-    assert "distill: 0.3" in (run / "config.yaml").read_text()
-    assert "temperature: 2.0" in (run / "config.yaml").read_text()
-    (run / "report.md").unlink()
+    assert "confidence: 2.0" in (run / rundir.CONFIG).read_text()
+    assert "polish_epochs: 1" in (run / rundir.CONFIG).read_text()
+    assert "distill: 0.3" in (run / rundir.CONFIG).read_text()
+    assert "temperature: 2.0" in (run / rundir.CONFIG).read_text()
+    rundir.report_paths(run)["md"].unlink()
     code, _, _ = run_cli(capsys, "report", str(run))
-    assert code == 0 and (run / "report.md").exists()
+    assert code == 0 and rundir.report_paths(run)["md"].exists()
     code, stdout, _ = run_cli(capsys, "info", str(run))
     assert code == 0 and "fc1" in stdout
     code, _, err = run_cli(capsys, "prune", "--from", str(out), "--dataset", "digits", "--out", str(run))
@@ -118,7 +119,7 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
                                 "neuron", "--max-drop", "5", "--rounds", "2", "--retrain-epochs", "1", "--quiet")
     assert code == 0, err
     assert "fewer MACs" in stdout
-    results = json.loads((channels / "results.json").read_text())
+    results = json.loads((channels / rundir.RESULTS).read_text())
     assert results["granularity"] == "neuron" and results["channels"]["fc1"]["after"] < 300
     code, stdout, _ = run_cli(capsys, "info", str(channels))  # rebuilt from factory + plan
     assert code == 0 and f"{results['params']['total']:,}" in stdout
@@ -131,15 +132,15 @@ def test_sweep_and_sensitivity_commands_on_digits(capsys, tmp_path):
     code, _, _ = run_cli(capsys, "sweep", "--from", str(base), "--dataset", "digits", "--out", str(tmp_path / "sw"),
                          "--methods", "han,random", "--strengths", "1,3", "--retrain-epochs", "1", "--quiet")
     assert code == 0
-    sweep = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    sweep = json.loads((tmp_path / "sw" / rundir.SWEEP).read_text())
     assert set(sweep["methods"]) == {"han", "random"}
     for points in sweep["methods"].values():
         assert [p["strength"] for p in points] == [1.0, 3.0]
         assert points[1]["compression"] > points[0]["compression"] > 1.0
-    assert (tmp_path / "sw" / "sweep.png").exists()
+    assert (tmp_path / "sw" / rundir.SWEEP_PNG).exists()
     code, stdout, _ = run_cli(capsys, "sensitivity", "--from", str(base), "--out", str(tmp_path / "sens"), "--quiet")
     assert code == 0 and "fc1.weight" in stdout
-    assert (tmp_path / "sens" / "sensitivity.json").exists() and (tmp_path / "sens" / "sensitivity.png").exists()
+    assert (tmp_path / "sens" / rundir.SENSITIVITY).exists() and (tmp_path / "sens" / rundir.SENSITIVITY_PNG).exists()
 
 
 def test_resume_needs_only_the_run_folder(capsys, tmp_path):
@@ -147,7 +148,7 @@ def test_resume_needs_only_the_run_folder(capsys, tmp_path):
     code, _, _ = run_cli(capsys, "prune", "--model", "lenet300", "--dataset", "digits", "--out", str(run),
                          "--epochs", "2", "--rounds", "2", "--retrain-epochs", "1", "--max-drop", "5", "--quiet")
     assert code == 0
-    recipe = json.loads((run / "baseline" / "model.json").read_text())
+    recipe = json.loads((rundir.baseline_dir(run) / rundir.MODEL_META).read_text())
     assert recipe["train"]["epochs"] == 2  # the trained baseline's own record is kept
     code, stdout, err = run_cli(capsys, "prune", "--out", str(run), "--resume", "--quiet")
     assert code == 0, err
@@ -161,4 +162,5 @@ def test_make_demo_runs_offline_and_writes_both_reports(tmp_path):
     assert weights.compression > 2 and weights.results["drop"]["val"] <= 2.0 + 1e-9
     assert neurons.results["granularity"] == "neuron" and neurons.results["params"]["total"] < 50_610
     assert neurons.results["drop"]["val"] <= 2.0 + 1e-9
-    assert (tmp_path / "demo" / "report.html").exists() and (tmp_path / "demo-neurons" / "report.html").exists()
+    assert rundir.report_paths(tmp_path / "demo")["html"].exists()
+    assert rundir.report_paths(tmp_path / "demo-neurons")["html"].exists()

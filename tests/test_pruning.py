@@ -10,6 +10,7 @@ import torch
 
 import secateur.search.orchestrator as pruning_module
 from secateur.errors import ConfigError
+from secateur.io import rundir
 from secateur.io.storage import load_model
 from secateur.search.orchestrator import PruneConfig, prune
 from secateur.train import TrainConfig, fit
@@ -88,17 +89,18 @@ def test_run_folder_and_results_keys(trained, small, tmp_path):
                  meta={"model": {"name": "lenet300", "args": {"input_shape": [1, 28, 28], "num_classes": 10}},
                        "dataset": "mnist"})
     out = tmp_path / "run"
-    for name in ("config.yaml", "history.jsonl", "results.json", "model.safetensors", "model.json",
-                 "baseline/model.safetensors", "report.md", "report.html", "tradeoff.png"):
-        assert (out / name).exists(), name
-    results = json.loads((out / "results.json").read_text())
+    files = [out / name for name in (rundir.CONFIG, rundir.HISTORY, rundir.RESULTS, rundir.WEIGHTS, rundir.MODEL_META)]
+    files += [rundir.baseline_dir(out) / rundir.WEIGHTS, *rundir.report_paths(out).values(), out / rundir.TRADEOFF_PNG]
+    for path in files:
+        assert path.exists(), path
+    results = json.loads((out / rundir.RESULTS).read_text())
     for key in ("baseline", "pruned", "params", "compression", "macs", "seconds", "layers"):
         assert key in results
     assert results["params"]["baseline"] == 266_610
     assert results["compression"] == pytest.approx(266_610 / results["params"]["nonzero"])
     assert results["macs"]["baseline"] == 266_200 and results["macs"]["nonzero"] < 266_200
-    assert len((out / "history.jsonl").read_text().splitlines()) == 2
-    reloaded, _ = load_model(out / "model")
+    assert len((out / rundir.HISTORY).read_text().splitlines()) == 2
+    reloaded, _ = load_model(rundir.model_base(out))
     x = torch.randn(5, 1, 28, 28)
     torch.testing.assert_close(reloaded(x), result.model(x), rtol=0, atol=0)
 
@@ -142,8 +144,8 @@ def test_bad_options_are_config_errors(trained, small):
 def test_allocations(trained, small, tmp_path):
     by_sensitivity = run(trained, small, method="han", allocation="sensitivity", max_drop=5.0, rounds=1,
                          out=tmp_path / "sens")
-    assert (tmp_path / "sens" / "sensitivity.json").exists()
-    assert (tmp_path / "sens" / "sensitivity.png").exists()
+    assert (tmp_path / "sens" / rundir.SENSITIVITY).exists()
+    assert (tmp_path / "sens" / rundir.SENSITIVITY_PNG).exists()
     uniform = run(trained, small, method="han", allocation="uniform", max_drop=5.0, rounds=1)
     default = run(trained, small, method="han", max_drop=5.0, rounds=1)
     kept = {r["name"]: r["kept"] for r in uniform.results["layers"]}
@@ -209,7 +211,7 @@ def test_a_run_folder_from_before_the_confidence_setting_resumes_with_the_plain_
     import yaml
 
     run(trained, small, method="han", max_drop=1.0, rounds=1, out=tmp_path / "run")
-    path = tmp_path / "run" / "config.yaml"
+    path = tmp_path / "run" / rundir.CONFIG
     saved = yaml.safe_load(path.read_text())
     del saved["prune"]["confidence"], saved["prune"]["polish_epochs"]
     path.write_text(yaml.safe_dump(saved, sort_keys=False))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from secateur.errors import CheckpointError
+from secateur.io import rundir
 from secateur.report import (
     layers_figure,
     render_report,
@@ -56,8 +57,8 @@ RESULTS = {
 
 def _write_run(run: Path, results: dict = RESULTS, history: list = HISTORY) -> Path:
     run.mkdir(parents=True, exist_ok=True)
-    (run / "results.json").write_text(json.dumps(results))
-    (run / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    (run / rundir.RESULTS).write_text(json.dumps(results))
+    (run / rundir.HISTORY).write_text("".join(json.dumps(h) + "\n" for h in history))
     return run
 
 
@@ -89,8 +90,8 @@ def test_markdown_holds_before_after_and_per_layer_numbers(tmp_path: Path) -> No
     assert "| fc3.weight | 1,000 | 274 | 1,000 | 27.40% | 27.40% |" in lines
     # Total = sums over layers: 20,590 / 266,200 kept
     assert "| Total | 266,200 | 20,590 | 266,200 | 7.73% | 7.73% |" in lines
-    assert any(l.startswith("| 4 |") and l.endswith("| **chosen** |") for l in lines)
-    assert any(l.startswith("| 3 |") and "| no | no |" in l for l in lines)
+    assert any(line.startswith("| 4 |") and line.endswith("| **chosen** |") for line in lines)
+    assert any(line.startswith("| 3 |") and "| no | no |" in line for line in lines)
     assert "- **max drop**: 0.10 pts (validation accuracy)" in lines
     assert "- **wall time**: 2 min 03 s" in lines
     assert "test accuracy is reported for the baseline and the final model only" in md
@@ -120,7 +121,7 @@ def test_sensitivity_plot_when_present(tmp_path: Path) -> None:
     sens = {"method": "han", "baseline_val": 0.984, "chosen": {"fc1.weight": 2.0},
             "layers": {name: [{"level": lv, "kept": 0.5, "val_accuracy": 0.984 - 0.002 * lv * (i + 1)}
                               for lv in (0.5, 1.0, 2.0, 3.0)] for i, name in enumerate(["fc1.weight", "fc2.weight"])}}
-    (run / "sensitivity.json").write_text(json.dumps(sens))
+    (run / rundir.SENSITIVITY).write_text(json.dumps(sens))
     out = render_report(run)
     assert _is_png(out["sensitivity"])
     assert out["html"].read_text().count("data:image/png;base64,") == 3
@@ -133,7 +134,7 @@ def test_tradeoff_figure_marks_bound_and_chosen() -> None:
     texts = [t.get_text() for t in ax.texts]
     chosen = [t for t in texts if t.startswith("chosen")]
     assert chosen and "round 4" in chosen[0] and "12.7x" in chosen[0] and "92.1% saved" in chosen[0]
-    assert any(abs(l.get_ydata()[0] - 0.1) < 1e-9 for l in ax.get_lines())  # the bound line
+    assert any(abs(line.get_ydata()[0] - 0.1) < 1e-9 for line in ax.get_lines())  # the bound line
     labels = ax.get_legend_handles_labels()[1]
     assert "feasible round" in labels and "infeasible round (rolled back)" in labels
 
@@ -155,14 +156,14 @@ def test_missing_results_is_one_line_checkpoint_error(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     with pytest.raises(CheckpointError) as info:
         render_report(tmp_path / "run")
-    assert "results.json" in str(info.value) and "\n" not in str(info.value)
+    assert rundir.RESULTS in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="does not exist"):
         render_report(tmp_path / "nowhere")
 
 
 def test_broken_files_are_checkpoint_errors(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "run")
-    (run / "history.jsonl").write_text(json.dumps(HISTORY[0]) + "\n{oops\n")
+    (run / rundir.HISTORY).write_text(json.dumps(HISTORY[0]) + "\n{oops\n")
     with pytest.raises(CheckpointError, match=r"history.jsonl"):
         render_report(run)
     _write_run(run, {k: v for k, v in RESULTS.items() if k != "layers"})
@@ -183,7 +184,7 @@ SWEEP = {"model": {"name": "lenet300", "args": {}}, "dataset": "mnist", "schedul
 
 
 def test_sweep_report_two_methods(tmp_path: Path) -> None:
-    path = tmp_path / "sweep.json"
+    path = tmp_path / rundir.SWEEP
     path.write_text(json.dumps(SWEEP))
     out = sweep_report(path, tmp_path / "out")
     assert set(out) == {"md", "html", "png"} and _is_png(out["png"])
@@ -201,7 +202,7 @@ def test_sweep_report_two_methods(tmp_path: Path) -> None:
 
 
 def test_sweep_with_bound_picks_best_per_method(tmp_path: Path) -> None:
-    path = tmp_path / "sweep.json"
+    path = tmp_path / rundir.SWEEP
     path.write_text(json.dumps(dict(SWEEP, max_drop=0.1)))
     md = sweep_report(path, tmp_path)["md"].read_text()
     assert "| han | 12.0x | 0.05 pts | 98.35% | 22,217 |" in md  # 30x breaks the 0.1-pt bound
@@ -211,6 +212,6 @@ def test_sweep_with_bound_picks_best_per_method(tmp_path: Path) -> None:
 
 def test_render_report_includes_sweep_when_present(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "run")
-    (run / "sweep.json").write_text(json.dumps(SWEEP))
+    (run / rundir.SWEEP).write_text(json.dumps(SWEEP))
     out = render_report(run)
-    assert _is_png(out["sweep_png"]) and out["sweep_md"] == run / "sweep.md"
+    assert _is_png(out["sweep_png"]) and out["sweep_md"] == rundir.report_paths(run, rundir.SWEEP_REPORT)["md"]

@@ -11,6 +11,7 @@ from torch import nn
 
 import secateur.search.orchestrator as pruning_module
 from secateur.errors import ConfigError
+from secateur.io import rundir
 from secateur.io.storage import load_model
 from secateur.search.orchestrator import PruneConfig, prune
 from secateur.structured import apply_plan, prune_channels
@@ -68,11 +69,11 @@ def test_channel_run_shrinks_within_the_bound_and_reloads(trained, small, tmp_pa
     assert res["channels"]["fc2"] == {"before": 10, "after": 10}  # the classifier is never pruned
     assert res["channels"]["conv2"]["after"] < 50
     assert set(res["latency"]) == {"b1_before", "b1_after", "b32_before", "b32_after"}
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["channels"] == res["channels"]
-    reloaded, _ = load_model(tmp_path / "run" / "model")  # rebuilt from the factory + plan
+    assert json.loads((tmp_path / "run" / rundir.RESULTS).read_text())["channels"] == res["channels"]
+    reloaded, _ = load_model(rundir.model_base(tmp_path / "run"))  # rebuilt from the factory + plan
     result.model.eval()
     torch.testing.assert_close(reloaded(X), result.model.cpu()(X), rtol=0, atol=0)
-    assert "channels" in (tmp_path / "run" / "report.md").read_text().lower()
+    assert "channels" in rundir.report_paths(tmp_path / "run")["md"].read_text().lower()
 
 
 def test_channels_never_come_back_across_rounds(trained, small):

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from secateur.errors import ConfigError, SecateurError
+from secateur.io import rundir
+from secateur.io.storage import load_model
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,10 +149,7 @@ def _model_for_info(args: argparse.Namespace):
     """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name."""
     target = Path(args.model)
     if target.suffix in (".safetensors", ".json") or target.is_dir():
-        from secateur.io.storage import load_model
-
-        path = target / "model" if target.is_dir() else target.with_suffix("")
-        model, meta = load_model(path)
+        model, meta = load_model(rundir.checkpoint_base(target))
         return model, tuple(meta["model"]["args"].get("input_shape", args.input_shape))
     from secateur.zoo.models import build_model
 
@@ -258,12 +257,12 @@ def summary_line(results: dict, out: Path) -> str:
     return (f"{results['compression']:.1f}x smaller ({results['params']['nonzero']:,} of "
             f"{results['params']['baseline']:,} parameters nonzero{fewer}); val {pct(base['val']['accuracy'])} -> "
             f"{pct(pruned['val']['accuracy'])}, test {pct(base['test']['accuracy'])} -> "
-            f"{pct(pruned['test']['accuracy'])}; report: {out / 'report.html'}")
+            f"{pct(pruned['test']['accuracy'])}; report: {rundir.report_paths(out)['html']}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """secateur report: re-render the report of a run folder."""
-    from secateur.report import render_report
+    from secateur.report import render_report  # lazy: matplotlib loads only for the commands that draw
 
     paths = render_report(args.run_dir)
     print("\n".join(str(path) for path in paths.values()))

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import secateur
+from secateur.io import rundir
 
 
 def _table(result: secateur.PruneResult) -> Table:
@@ -67,7 +68,8 @@ def main(out: str | Path | None = None) -> tuple[secateur.PruneResult, secateur.
     neurons = secateur.prune(model, data=data, granularity="neuron", max_drop=2.0, rounds=8, retrain_epochs=6,
                              train_config=recipe, out=neurons_out, progress=True, meta=meta)
     console.print(_neurons_line(neurons))
-    console.print(f"[bold]4. reports[/]: {out / 'report.html'} and {neurons_out / 'report.html'}")
+    reports = rundir.report_paths(out)["html"], rundir.report_paths(neurons_out)["html"]
+    console.print(f"[bold]4. reports[/]: {reports[0]} and {reports[1]}")
     console.print(f"   reload them with: secateur info {out}  /  secateur info {neurons_out}")
     return result, neurons
 

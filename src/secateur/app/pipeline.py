@@ -12,10 +12,13 @@ from pathlib import Path
 
 from torch import nn
 
+from secateur.analysis.sensitivity import sensitivity
+from secateur.analysis.sweep import sweep
 from secateur.errors import CheckpointError, ConfigError
 from secateur.io import rundir
 from secateur.io.storage import load_model
-from secateur.search.orchestrator import PruneConfig, PruneResult, prune
+from secateur.report import sensitivity_figure, sweep_report
+from secateur.search.orchestrator import PruneConfig, PruneResult, default_callables, prune, retrain_config
 from secateur.train import TrainConfig, evaluate
 from secateur.zoo.baseline import default_config, train_baseline
 from secateur.zoo.data import Dataset, load_dataset
@@ -32,8 +35,7 @@ class LoadedBaseline:
 
 def load_baseline(path: str | Path) -> LoadedBaseline:
     """A baseline from a run folder (``DIR/model.*``) or a checkpoint path."""
-    path = Path(path)
-    stem = path / "model" if path.is_dir() else path.with_suffix("")
+    stem = rundir.checkpoint_base(Path(path))
     if not stem.with_suffix(".safetensors").exists():
         raise CheckpointError(f"no checkpoint at {stem}.safetensors; train one with 'secateur train'")
     model, meta = load_model(stem)
@@ -47,19 +49,20 @@ def obtain_baseline(model: str | None, data: Dataset, out: Path, *, from_dir: st
     """``--from`` if given; else a baseline trained earlier into ``out/baseline``; else train one."""
     if from_dir is not None:
         return load_baseline(from_dir)
-    if (out / "baseline" / "model.safetensors").exists():
-        return load_baseline(out / "baseline")
+    if rundir.has_checkpoint(rundir.baseline_dir(out)):
+        return load_baseline(rundir.baseline_dir(out))
     if model is None:
         raise ConfigError("give --model to train a baseline, or --from a trained baseline folder")
-    trained = train_baseline(model, data, out=out / "baseline", config=train_config, progress=progress)
+    trained = train_baseline(model, data, out=rundir.baseline_dir(out), config=train_config, progress=progress)
     return LoadedBaseline(trained.model, trained.meta, TrainConfig(**trained.meta["train"]))
 
 
 def _check_fresh(out: Path, resume: bool) -> None:
     if not resume and (out / rundir.CONFIG).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not resume and (out / "baseline" / "model.safetensors").exists():
-        raise ConfigError(f"{out}/baseline already holds a baseline; pass --resume to prune it or choose another --out")
+    if not resume and rundir.has_checkpoint(rundir.baseline_dir(out)):
+        raise ConfigError(f"{out}/{rundir.BASELINE} already holds a baseline; "
+                          "pass --resume to prune it or choose another --out")
 
 
 def run_dataset(out: Path, from_dir: str | Path | None, dataset: str | None) -> str:
@@ -68,11 +71,9 @@ def run_dataset(out: Path, from_dir: str | Path | None, dataset: str | None) -> 
         return dataset
     if (out / rundir.CONFIG).exists():
         return _dataset_name(rundir.read_config(out).get("dataset")) or "mnist"
-    for folder in (from_dir, out / "baseline"):
-        if folder is not None and (Path(folder) / "model.json").exists():
-            from secateur.io.storage import read_json
-
-            return _dataset_name(read_json(Path(folder) / "model.json").get("dataset")) or "mnist"
+    for folder in (from_dir, rundir.baseline_dir(out)):
+        if folder is not None and (Path(folder) / rundir.MODEL_META).exists():
+            return _dataset_name(rundir.read_model_meta(Path(folder)).get("dataset")) or "mnist"
     return "mnist"
 
 
@@ -111,18 +112,14 @@ def _check_dataset(meta: dict, data: Dataset) -> None:
 def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han",
                     data_dir: str | Path | None = None, tolerance: float = 1.0, progress: bool = True) -> dict:
     """``secateur sensitivity``: curves per layer of a trained baseline, saved with a plot."""
-    from secateur.analysis.sensitivity import sensitivity
-    from secateur.io.storage import atomic_write_json
-    from secateur.report import sensitivity_figure
-
     baseline = load_baseline(from_dir)
     data = load_dataset(baseline.meta["dataset"]["name"], data_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     analysis = sensitivity(baseline.model, lambda m: evaluate(m, data, "val"), method=method,
                            tolerance=tolerance, progress=progress)
-    atomic_write_json(out / "sensitivity.json", analysis)
-    sensitivity_figure(analysis).savefig(out / "sensitivity.png", dpi=120)
+    rundir.write_sensitivity(out, analysis)
+    sensitivity_figure(analysis).savefig(out / rundir.SENSITIVITY_PNG, dpi=120)
     return analysis
 
 
@@ -130,11 +127,6 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
               from_dir: str | Path | None = None, dataset: str | None = None, strengths=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
               retrain_epochs: int = 2, data_dir: str | Path | None = None, progress: bool = True) -> dict:
     """``secateur sweep``: every method's trade-off curve, saved and plotted together."""
-    from secateur.analysis.sweep import sweep
-    from secateur.io.storage import atomic_write_json
-    from secateur.report import sweep_report
-    from secateur.search.orchestrator import default_callables, retrain_config
-
     out = Path(out)
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress)
@@ -143,5 +135,4 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
     result = sweep(baseline.model, methods, make_train=make_train, evaluate=lambda m: evaluate(m, data, "val"),
                    strengths=strengths, progress=progress)
     result.update(model=baseline.meta["model"], dataset=data.name)
-    atomic_write_json(out / "sweep.json", result)
-    return sweep_report(out / "sweep.json", out)
+    return sweep_report(rundir.write_sweep(out, result), out)

@@ -158,7 +158,7 @@ def _search(run: _Run, progress: bool) -> None:
             run.history.append(row)
             if run.out is not None:
                 rundir.write_history(run.out, run.history)
-                rundir.save_state(run.out, run.best, run.state.to_dict(), run.pruner_state)
+                rundir.save_round(run.out, run.best, run.state.to_dict(), run.pruner_state)
             mark = "ok" if row["feasible"] else "over bound, rolled back"
             advance(status=f"round {row['round']}: {row['compression']:.1f}x, "
                            f"val drop {row['drop']:+.2f} (+{row['margin']:.2f} margin) pts ({mark})")
@@ -200,7 +200,7 @@ def _resume(model: nn.Module, evaluate: Evaluate, make_train: MakeTrain,
     config = saved_config(out)
     run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches)
     run.out = out
-    run.best, state, header = rundir.load_state(out, copy.deepcopy(run.baseline))
+    run.best, state, header = rundir.load_round(out, copy.deepcopy(run.baseline))
     run.pruner_state = {key: header[key] for key in run.pruner.state_keys if key in header}
     run.state, run.history = SearchState.from_dict(state), rundir.read_history(out)[: state["round"]]
     run.prior_seconds = sum(row["seconds"] for row in run.history)

@@ -15,8 +15,11 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError
+from secateur.io import rundir
+from secateur.io.storage import save_model
 from secateur.train import TrainConfig, evaluate, fit
 from secateur.zoo.data import Dataset, load_dataset
+from secateur.zoo.models import build_model, model_record
 
 # Default training recipes. Chosen on the validation split; see README "Baselines".
 RECIPES: dict[str, TrainConfig] = {
@@ -71,12 +74,10 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
     ``out`` (a folder) receives ``model.safetensors`` and ``model.json``; an existing
     checkpoint there is never overwritten unless ``overwrite=True``.
     """
-    from secateur.zoo.models import build_model, model_record
-
     config = (config or default_config(model)).validate()
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and (out_dir / "model.safetensors").exists() and not overwrite:
-        raise ConfigError(f"{out_dir}/model.safetensors already exists; choose another --out or pass --force")
+    if out_dir is not None and rundir.has_checkpoint(out_dir) and not overwrite:
+        raise ConfigError(f"{out_dir}/{rundir.WEIGHTS} already exists; choose another --out or pass --force")
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
     torch.manual_seed(config.seed)
     record = model_record(model, input_shape=data.input_shape, num_classes=data.num_classes)
@@ -90,7 +91,5 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
         "metrics": accuracy_metrics(net, data, config.device),
     }
     if out_dir is not None:
-        from secateur.io.storage import save_model
-
-        save_model(net, out_dir / "model", meta)
+        save_model(net, rundir.model_base(out_dir), meta)
     return Baseline(net, meta)
