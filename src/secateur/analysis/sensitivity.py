@@ -20,7 +20,7 @@ from torch import nn
 from secateur.errors import ConfigError
 from secateur.progress import progress_bar
 from secateur.search.schedules import Pruner
-from secateur.unstructured.criteria import CRITERIA
+from secateur.unstructured.criteria import CRITERIA, global_magnitude_masks
 from secateur.unstructured.masks import effective, prunable_names
 
 DEFAULT_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)
@@ -48,7 +48,9 @@ def _point(model: nn.Module, pruner: Pruner, name: str, strength: float,
     candidate = copy.deepcopy(model)
     pruner.prune(candidate, strength)
     tensor = effective(candidate, name)
-    point = {"strength": strength, "level": pruner.levels(strength)[name],
+    levels = pruner.levels(strength)
+    assert isinstance(levels, dict), "per-layer criteria only (layer_curves refuses global-magnitude)"
+    point = {"strength": strength, "level": levels[name],
              "kept": int(torch.count_nonzero(tensor)) / tensor.numel(), "val_accuracy": evaluate(candidate)}
     advance(status=f"{name} x={strength:g}: {100 * point['val_accuracy']:.2f}%")
     return point
@@ -68,7 +70,7 @@ def allocate(curves: Mapping[str, Sequence[Mapping]], sizes: Mapping[str, int], 
     stays within ``tolerance``. Big layers that lose little are pushed furthest, which is
     what Han et al. did by hand (LeNet-5: conv1 kept 66%, fc1 kept 8%).
     """
-    position = {name: -1 for name in curves}
+    position = dict.fromkeys(curves, -1)
     spent = 0.0
     while True:
         best, best_gain, best_cost = None, 0.0, 0.0
@@ -116,8 +118,6 @@ def magnitude_factors(model: nn.Module, targets: Sequence[str], reference_sparsi
     larger factors; small layers with large weights (the classifier, the first conv) get
     smaller ones. Needs no data. Factors are normalised like :func:`choose_factors`.
     """
-    from secateur.unstructured.criteria import global_magnitude_masks
-
     weights = {name: effective(model, name).detach() for name in targets}
     masks = global_magnitude_masks(weights, reference_sparsity)
     sizes = {name: w.numel() for name, w in weights.items()}
