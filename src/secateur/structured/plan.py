@@ -128,7 +128,7 @@ def top_channels(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
-def global_counts(groups: list[Group], scores: dict[str, torch.Tensor], ratio: float,
+def global_counts(groups: list[Group], scores: Mapping[str, torch.Tensor], ratio: float,
                    min_channels: int, round_to: int) -> dict[str, int]:
     """Per-group kept counts when the lowest mean-normalised scores go first, across groups."""
     if not groups:
