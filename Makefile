@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.secateur-installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Static checks (config in pyproject.toml); .ci/run runs this and `make test`.
+# mypy runs even when ruff finds something, so one call reports both.
+lint: $(STAMP)
+	@status=0; \
+	$(PY) -m ruff check src tests bench || status=1; \
+	$(PY) -m mypy || status=1; \
+	exit $$status
+
 demo: $(STAMP)
 	$(PY) -m secateur.app.demo
 
@@ -28,4 +36,4 @@ bench: $(STAMP)
 	$(PY) bench/channel_table.py --models lenet5 --baselines runs/bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 Advance = Callable[..., None]
 
@@ -21,23 +32,13 @@ def progress_bar(enabled: bool, total: int | None, description: str = "") -> Ite
     if not enabled:
         yield _noop
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(description, total=total, status="")
 
         def advance(steps: int = 1, description: str | None = None, status: str | None = None) -> None:
-            fields = {"status": status} if status is not None else {}
+            fields: dict[str, Any] = {"status": status} if status is not None else {}
             if description is not None:
                 fields["description"] = description
             bar.update(task, advance=steps, **fields)

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` with one line for any impossible value."""
         checks = [
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
@@ -60,7 +61,8 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.augment >= 0, f"augment (pixels of shift) must be >= 0, got {self.augment}"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"),
+            (self.optimizer in OPTIMIZERS,
+             f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"),
         ]
         for ok, message in checks:
@@ -69,13 +71,23 @@ class TrainConfig:
         resolve_device(self.device)
         return self
 
-    def replace(self, **changes: object) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (e.g. the lower retraining learning rate)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
         return dataclasses.asdict(self)
+
+
+class _FitState(TypedDict):
+    """What :func:`fit` carries from epoch to epoch."""
+
+    generator: torch.Generator
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    step: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -223,7 +235,7 @@ def _epoch_batches(data: Dataset, config: TrainConfig, generator: torch.Generato
         yield random_shift(x, config.augment, background, generator), y
 
 
-def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: dict,
+def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: _FitState,
                  step: StepFn, advance: Advance) -> float:
     """Run one epoch of optimiser steps; returns the mean training loss."""
     model.train()
@@ -256,7 +268,7 @@ def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
     model.to(device)
     torch.manual_seed(config.seed)  # dropout and any other global-RNG use inside the model
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    state = {
+    state: _FitState = {
         "generator": torch.Generator().manual_seed(config.seed), "device": device,
         "optimizer": make_optimizer(model, config), "step": 0,
         "total": steps_per_epoch * config.epochs,

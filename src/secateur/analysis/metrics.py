@@ -23,9 +23,10 @@ import operator
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from rich.table import Table
@@ -35,6 +36,7 @@ from torch.nn.utils import parametrize
 from secateur.errors import ConfigError
 
 Device = str | torch.device | None
+ForwardHook = Callable[[nn.Module, tuple, dict, object], None]
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,16 @@ def _is_bias(tensor_name: str) -> bool:
     return tensor_name == "bias" or tensor_name.endswith("_bias")
 
 
+def _parametrizations(module: nn.Module) -> nn.ModuleDict:
+    """``module.parametrizations`` (torch types ``Module.__getattr__`` as ``Tensor | Module``)."""
+    return cast(nn.ModuleDict, module.parametrizations)
+
+
 def _owned_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     """The effective parameters a module owns directly (masked values for parametrized ones)."""
     names = [n for n, _ in module.named_parameters(recurse=False)]
     if parametrize.is_parametrized(module):
-        names += [n for n in module.parametrizations.keys() if n not in names]
+        names += [n for n in _parametrizations(module) if n not in names]
     with torch.no_grad():
         return {n: getattr(module, n) for n in names}
 
@@ -111,7 +118,7 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module, dict[str, torch.Tens
     hidden: set[int] = set()
     for module in model.modules():
         if parametrize.is_parametrized(module):
-            hidden.update(id(m) for m in module.parametrizations.modules())
+            hidden.update(id(m) for m in _parametrizations(module).modules())
     layers = []
     for name, module in model.named_modules():
         tensors = {} if id(module) in hidden else _owned_tensors(module)
@@ -175,7 +182,7 @@ def _trace(model: nn.Module, modules: dict[str, nn.Module], input_shape: Sequenc
     """Run one zero sample through ``model`` in eval mode, recording MACs and output shapes."""
     record: dict[str, dict] = {name: {"macs": 0, "macs_nonzero": 0, "output_shape": ()} for name in modules}
 
-    def hook_for(name: str):
+    def hook_for(name: str) -> ForwardHook:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
             inp, out = _first_tensor((args, kwargs)), _first_tensor(output)
             if inp is None or out is None:

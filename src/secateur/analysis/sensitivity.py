@@ -49,7 +49,9 @@ def _point(model: nn.Module, pruner: WeightPruner, name: str, strength: float,
     candidate = copy.deepcopy(model)
     pruner.prune(candidate, strength)
     tensor = effective(candidate, name)
-    point = {"strength": strength, "level": pruner.levels(strength)[name],
+    levels = pruner.levels(strength)
+    assert isinstance(levels, dict), "per-layer criteria only (layer_curves refuses global-magnitude)"
+    point = {"strength": strength, "level": levels[name],
              "kept": int(torch.count_nonzero(tensor)) / tensor.numel(), "val_accuracy": evaluate(candidate)}
     advance(status=f"{name} x={strength:g}: {100 * point['val_accuracy']:.2f}%")
     return point
@@ -69,7 +71,7 @@ def allocate(curves: Mapping[str, Sequence[Mapping]], sizes: Mapping[str, int], 
     stays within ``tolerance``. Big layers that lose little are pushed furthest, which is
     what Han et al. did by hand (LeNet-5: conv1 kept 66%, fc1 kept 8%).
     """
-    position = {name: -1 for name in curves}
+    position = dict.fromkeys(curves, -1)
     spent = 0.0
     while True:
         best, best_gain, best_cost = None, 0.0, 0.0

@@ -8,6 +8,7 @@ These numbers fill each round's ``history.jsonl`` row (:func:`round_stats`) and 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ def size_summary(chosen: nn.Module, baseline: nn.Module, targets: tuple[str, ...
                  shape: tuple[int, ...] | None, physical: bool) -> dict:
     """Parameters, compression, MACs, bytes, per-layer rows, latency (and channels when pruned physically)."""
     params_baseline, nonzero = count_params(baseline), count_params(chosen, nonzero=True)
-    summary = {
+    summary: dict[str, Any] = {
         "params": {"baseline": params_baseline, "total": count_params(chosen), "nonzero": nonzero},
         "compression": params_baseline / max(nonzero, 1),
         "macs": {"baseline": count_macs(baseline, shape) if shape else None,

@@ -12,6 +12,7 @@ import gzip
 import math
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: permission denied; check the file's permissions") from None
 
 
-def _gunzip(path: Path, handle) -> bytes:
+def _gunzip(path: Path, handle: BinaryIO) -> bytes:
     """Decompress a whole gzip stream, turning every gzip/zlib failure into a DataError."""
     try:
         with gzip.GzipFile(fileobj=handle, mode="rb") as stream:

@@ -110,8 +110,8 @@ def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, crit
         raise ConfigError(f"min_channels and round_to must be >= 1, got {min_channels} and {round_to}")
     scores = GROUP_METHODS.get(criterion)(model, graph, batches=batches, generator=generator)
     overrides = {g.name: _group_ratio(g, ratios or {}) for g in graph.groups}
-    counts = {g.name: n_keep(g.size, overrides[g.name] if overrides[g.name] is not None else ratio,
-                             min_channels, round_to) for g in graph.groups}
+    group_ratios = {name: ratio if r is None else r for name, r in overrides.items()}
+    counts = {g.name: n_keep(g.size, group_ratios[g.name], min_channels, round_to) for g in graph.groups}
     if scope == "global":
         free = [g for g in graph.groups if overrides[g.name] is None]
         counts.update(global_counts(free, scores, ratio, min_channels, round_to))
@@ -128,7 +128,7 @@ def top_channels(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
-def global_counts(groups: list[Group], scores: dict[str, torch.Tensor], ratio: float,
+def global_counts(groups: list[Group], scores: Mapping[str, torch.Tensor], ratio: float,
                    min_channels: int, round_to: int) -> dict[str, int]:
     """Per-group kept counts when the lowest mean-normalised scores go first, across groups."""
     if not groups:
@@ -160,8 +160,8 @@ def build_plan(graph: DependencyGraph, kept: Mapping[str, torch.Tensor]) -> Plan
             if gone:
                 removed.setdefault((m.module, m.role), set()).update(gone)
     plan = Plan()
-    for (module, role), gone in removed.items():
-        idx = [i for i in range(graph.dims[(module, role)]) if i not in gone]
+    for (module, role), dropped in removed.items():
+        idx = [i for i in range(graph.dims[(module, role)]) if i not in dropped]
         target = plan.keep_in if role == "in" else plan.keep_out
         target[module] = idx
     return plan

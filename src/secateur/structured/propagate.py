@@ -17,8 +17,8 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from secateur.errors import UnsupportedModelError
-from secateur.structured.graph import Labels, Tracker
 from secateur.structured.reshape import reshape_labels
+from secateur.structured.tracker import Labels, Tracker
 
 POINTWISE = {
     "relu", "relu_", "relu6", "gelu", "silu", "silu_", "hardswish", "hardswish_", "hardsigmoid",
@@ -70,9 +70,9 @@ class _LabelInterpreter(fx.Interpreter):
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
         """On meta tensors, shape-preserving layers just pass their input on (no meta kernels)."""
-        if self.shapes_only and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            if isinstance(self.fetch_attr(target), SHAPE_PRESERVING):
-                return args[0]
+        if (self.shapes_only and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+                and isinstance(self.fetch_attr(target), SHAPE_PRESERVING)):
+            return args[0]
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
@@ -238,9 +238,9 @@ def _function(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     if name in SPLIT:
         return _split(it, n, value)
     if not isinstance(value, torch.Tensor):
-        if any(isinstance(_val(it, a), torch.Tensor) and _lab(it, a) is not None for a in _nodes(n)):
-            if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
-                _lock_inputs(it, n, _describe(n))
+        if (any(isinstance(_val(it, a), torch.Tensor) and _lab(it, a) is not None for a in _nodes(n))
+                and isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value)):
+            _lock_inputs(it, n, _describe(n))
         return None
     handler = _HANDLERS.get(name)
     if handler is None:
@@ -287,14 +287,12 @@ def _broadcast(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels
         return None
     d = dims.pop()
     size = value.shape[d]
-    base = None
-    for _, x, lab in labelled:
+    base = labelled[0][2][1]
+    for i, (_, x, lab) in enumerate(labelled):
         if x.shape[lab[0]] != size:
             _lock_inputs(it, n, f"{_describe(n)} (one channel broadcast over many)")
             return None
-        if base is None:
-            base = lab[1]
-        else:
+        if i:
             tr.uf.union_pairs(base, lab[1])
     for a, x in tensors:
         k = d - (nd - x.dim())
@@ -340,7 +338,8 @@ def _literal_dims(n: fx.Node, ndim: int) -> set[int]:
     """Output dims of view/reshape given as hard-coded sizes (they break when channels shrink)."""
     if _name(n) == "flatten":
         return set()
-    shape = list(n.args[1:]) if len(n.args) > 1 else list(n.kwargs.get("shape", ()))
+    given: Any = n.args[1:] if len(n.args) > 1 else n.kwargs.get("shape", ())
+    shape = list(given)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = list(shape[0])
     if len(shape) != ndim:
@@ -354,10 +353,11 @@ def _permute(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     if lab is None:
         return None
     nd = value.dim()
-    rest = list(n.args[1:])
+    rest: list[Any] = list(n.args[1:])
     if _name(n) == "permute":
         order = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
-        order = order or list(n.kwargs.get("dims", ()))
+        dims_kw: Any = n.kwargs.get("dims", ())
+        order = order or list(dims_kw)
         return (order.index(lab[0]) if lab[0] in order else [_norm_dim(o, nd) for o in order].index(lab[0]), lab[1])
     a = _norm_dim(_arg(n, 1, "dim0"), nd)
     b = _norm_dim(_arg(n, 2, "dim1"), nd)
@@ -395,7 +395,8 @@ def _softmax(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
 
 
 def _getitem(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
-    src, idx = n.args[0], n.args[1]
+    src = n.args[0]
+    idx: Any = n.args[1]  # an int, slice, tuple ... (fx types it as the whole Argument union)
     lab, x = _lab(it, src), _val(it, src)
     if isinstance(lab, list):
         try:
@@ -449,13 +450,13 @@ def _split(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
 
 
 _HANDLERS: dict[str, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {}
-_HANDLERS.update({k: _pointwise for k in POINTWISE})
-_HANDLERS.update({k: _broadcast for k in BROADCAST})
-_HANDLERS.update({k: _cat for k in CAT})
-_HANDLERS.update({k: _reshape for k in RESHAPE})
-_HANDLERS.update({k: _permute for k in PERMUTE})
-_HANDLERS.update({k: _reduce for k in REDUCE})
-_HANDLERS.update({k: _softmax for k in SOFTMAX})
+_HANDLERS.update(dict.fromkeys(POINTWISE, _pointwise))
+_HANDLERS.update(dict.fromkeys(BROADCAST, _broadcast))
+_HANDLERS.update(dict.fromkeys(CAT, _cat))
+_HANDLERS.update(dict.fromkeys(RESHAPE, _reshape))
+_HANDLERS.update(dict.fromkeys(PERMUTE, _permute))
+_HANDLERS.update(dict.fromkeys(REDUCE, _reduce))
+_HANDLERS.update(dict.fromkeys(SOFTMAX, _softmax))
 
 
 # --------------------------------------------------------------------------- module handlers
@@ -512,7 +513,7 @@ def _norm_module(it: _LabelInterpreter, n: fx.Node, path: str, m: nn.Module, lab
     return None
 
 
-def _softmax_module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, lab: Labels,
+def _softmax_module(it: _LabelInterpreter, n: fx.Node, m: nn.Softmax | nn.LogSoftmax, lab: Labels,
                     value: torch.Tensor) -> Labels | None:
     nd = value.dim()
     if m.dim is None or _norm_dim(m.dim, nd) == lab[0]:
@@ -532,7 +533,7 @@ def _group_norm(tr: Tracker, path: str, m: nn.GroupNorm, lab: Labels) -> Labels:
     return lab
 
 
-def _conv(tr: Tracker, path: str, m: nn.Module, lab: Labels | None) -> Labels:
+def _conv(tr: Tracker, path: str, m: nn.Conv1d | nn.Conv2d | nn.Conv3d, lab: Labels | None) -> Labels:
     """Convs consume their input channels and create output channels; groups couple both."""
     out = tr.produce(path, m.out_channels)
     tr.record(path, "out", out)

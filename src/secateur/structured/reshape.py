@@ -13,7 +13,7 @@ import math
 
 import torch
 
-Labels = tuple[int, torch.Tensor]
+from secateur.structured.tracker import Labels
 
 
 def dim_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[range, range]]:
@@ -47,11 +47,10 @@ def reshape_labels(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: L
         groups = dim_groups(in_shape, out_shape)
     except IndexError:
         return None
-    for ins, outs in groups:
-        if d in ins:
-            break
-    else:
+    found = next(((ins, outs) for ins, outs in groups if d in ins), None)
+    if found is None:
         return None
+    ins, outs = found
     if literal & set(outs):
         return None
     sub_in = [in_shape[k] for k in ins]
@@ -77,7 +76,7 @@ def _constant_except(grid: torch.Tensor, axis: int) -> bool:
 
 
 def _line(grid: torch.Tensor, axis: int) -> torch.Tensor:
-    index = [0] * grid.dim()
+    index: list[int | slice] = [0] * grid.dim()
     index[axis] = slice(None)
     return grid[tuple(index)]
 

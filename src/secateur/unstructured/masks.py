@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Mapping
+from typing import cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrize import ParametrizationList
 
 from secateur.errors import ConfigError
 
@@ -45,6 +47,8 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
 
 class Mask(nn.Module):
     """Parametrization that zeroes the pruned entries of a tensor (``mask`` False = pruned)."""
+
+    mask: torch.Tensor  # a registered buffer (bool, the parameter's shape)
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -64,6 +68,16 @@ class Mask(nn.Module):
 
 # --------------------------------------------------------------------------------------
 # walking modules and resolving names
+
+
+def _parametrizations(module: nn.Module) -> nn.ModuleDict:
+    """``module.parametrizations`` (torch types ``Module.__getattr__`` as ``Tensor | Module``)."""
+    return cast(nn.ModuleDict, module.parametrizations)
+
+
+def _plist(module: nn.Module, name: str) -> ParametrizationList:
+    """The parametrization list of ``module.<name>``."""
+    return cast(ParametrizationList, _parametrizations(module)[name])
 
 
 def _plain_modules(
@@ -87,11 +101,11 @@ def _param_names(module: nn.Module) -> list[str]:
     """Plain names of a module's own parameters (parametrized ones under their plain name)."""
     names = [n for n, p in module._parameters.items() if p is not None]
     if parametrize.is_parametrized(module):
-        names += [n for n, plist in module.parametrizations.items() if _has_param_original(plist)]
+        names += [n for n in _parametrizations(module) if _has_param_original(_plist(module, n))]
     return names
 
 
-def _has_param_original(plist: nn.Module) -> bool:
+def _has_param_original(plist: ParametrizationList) -> bool:
     return bool(plist.is_tensor) and isinstance(plist.original, nn.Parameter)
 
 
@@ -144,7 +158,7 @@ def _find_mask(module: nn.Module, name: str) -> Mask | None:
     """The :class:`Mask` in the parametrization list of ``module.<name>``, if any."""
     if not parametrize.is_parametrized(module, name):
         return None
-    return next((p for p in module.parametrizations[name] if isinstance(p, Mask)), None)
+    return next((p for p in _plist(module, name) if isinstance(p, Mask)), None)
 
 
 def _iter_masks(model: nn.Module, dedup: bool = True) -> Iterator[tuple[str, nn.Module, str, Mask]]:
@@ -152,7 +166,7 @@ def _iter_masks(model: nn.Module, dedup: bool = True) -> Iterator[tuple[str, nn.
     for prefix, module in _plain_modules(model, dedup=dedup):
         if not parametrize.is_parametrized(module):
             continue
-        for name in list(module.parametrizations.keys()):
+        for name in list(_parametrizations(module).keys()):
             found = _find_mask(module, name)
             if found is not None:
                 yield (f"{prefix}.{name}" if prefix else name), module, name, found
@@ -180,7 +194,7 @@ def _as_keep(mask: object, like: torch.Tensor, where: str) -> torch.Tensor:
 
 def _zero_original(module: nn.Module, name: str, mask: Mask) -> None:
     """Zero the stored original at pruned positions (when the mask acts on it directly)."""
-    plist = module.parametrizations[name]
+    plist = _plist(module, name)
     if plist[0] is mask and plist.is_tensor:
         with torch.no_grad():
             plist.original.masked_fill_(~mask.mask, 0)
@@ -211,8 +225,8 @@ def _attach(module: nn.Module, name: str, keep: torch.Tensor) -> None:
     existing = _find_mask(module, name)
     if existing is None:
         _own_class(module)
-        parametrize.register_parametrization(module, name, Mask(keep))
-        existing = _find_mask(module, name)
+        existing = Mask(keep)
+        parametrize.register_parametrization(module, name, existing)  # holds this very object
     else:
         existing.mask.logical_and_(keep)
     _zero_original(module, name, existing)
@@ -259,7 +273,7 @@ def mask_optimizer_state_(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     """
     keep_of = {}
     for _, module, name, mask in _iter_masks(model):
-        plist = module.parametrizations[name]
+        plist = _plist(module, name)
         if plist[0] is mask and plist.is_tensor:
             keep_of[id(plist.original)] = mask.mask
     touched = 0
@@ -289,7 +303,7 @@ def clear_masks(model: nn.Module) -> nn.Module:
     Other (non-mask) parametrizations are kept. Used before loading a checkpoint's masks.
     """
     for _, module, name, mask in list(_iter_masks(model)):
-        plist = module.parametrizations[name]
+        plist = _plist(module, name)
         if len(plist) == 1:
             _remove(module, name, leave_parametrized=False)
         else:
@@ -346,7 +360,7 @@ def _parametrized_groups(model: nn.Module) -> dict[str, tuple[nn.Module, str, st
     for prefix, module in _plain_modules(model, dedup=False):
         if parametrize.is_parametrized(module):
             p = f"{prefix}." if prefix else ""
-            for name in module.parametrizations.keys():
+            for name in _parametrizations(module):
                 groups[f"{p}parametrizations.{name}."] = (module, name, f"{p}{name}")
     return groups
 

@@ -21,10 +21,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from http.client import HTTPException
 from pathlib import Path
-from typing import NamedTuple
+from types import TracebackType
+from typing import BinaryIO, NamedTuple, Protocol
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
 from secateur.errors import ConfigError, DataError
 from secateur.io.idx import read_idx
@@ -127,7 +136,9 @@ def _load_idx_dataset(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
     for name in names:
         array = read_idx(paths[name], expected_dims=3 if "images" in name else 1)
         arrays.append(array[:, None] if array.ndim == 3 else array)
-    return RawArrays(*arrays, sources=tuple(str(paths[n]) for n in names))
+    train_x, train_y, test_x, test_y = arrays
+    sa, sb, sc, sd = (str(paths[n]) for n in names)
+    return RawArrays(train_x, train_y, test_x, test_y, sources=(sa, sb, sc, sd))
 
 
 _MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -162,7 +173,9 @@ def _read_cifar_archive(path: Path) -> RawArrays:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:  # sequential: no seeking back in the gzip stream
                 if member.name in wanted and member.isfile():
-                    blobs[member.name] = tar.extractfile(member).read()
+                    content = tar.extractfile(member)  # a file member always has content
+                    if content is not None:
+                        blobs[member.name] = content.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise DataError(f"{path}: cannot read the tar.gz archive ({err}); re-download it") from None
     missing = [name for name in wanted if name not in blobs]
@@ -198,7 +211,7 @@ _register(DatasetSpec(
 def _load_digits(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
     """scikit-learn's bundled 8x8 digits (0..16 scaled to 0..255), fixed seeded 80/20 train/test split."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # optional dependency: the [digits] extra
     except ImportError:
         raise DataError("the 'digits' dataset needs scikit-learn: pip install secateur[digits]") from None
     bunch = load_digits()
@@ -249,8 +262,9 @@ def _find_files(spec: DatasetSpec, dirs: Sequence[Path]) -> dict[str, Path] | No
     """The first folder that holds all of the dataset's files, as {file name: path}."""
     for folder in dirs:
         found = {name: _file_in(folder, name) for name, _ in spec.files}
-        if all(found.values()):
-            return found
+        paths = {name: path for name, path in found.items() if path is not None}
+        if len(paths) == len(found):
+            return paths
     return None
 
 
@@ -263,9 +277,20 @@ def _missing_message(spec: DatasetSpec, dirs: Sequence[Path], why: str) -> str:
 
 # --------------------------------------------------------------------------- download
 
-def _urlopen(url: str, timeout: float):
-    """Open ``url`` (module-level so tests can replace the network)."""
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https/http mirrors only)
+class _Response(Protocol):
+    """What :func:`_stream` needs of a ``urlopen`` result (an ``HTTPResponse``, or ``addinfourl``)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def __enter__(self) -> _Response: ...
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None, /) -> object: ...
+
+
+def _urlopen(url: str, timeout: float) -> _Response:
+    """Open ``url`` (module-level so tests can replace the network); the mirrors are https/http URLs."""
+    return urllib.request.urlopen(url, timeout=timeout)
 
 
 def _md5(path: Path) -> str:
@@ -276,19 +301,11 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stream(url: str, handle, label: str) -> None:
+def _stream(url: str, handle: BinaryIO, label: str) -> None:
     """Copy ``url`` into the open file ``handle`` with a rich progress bar on stderr."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
-
     with _urlopen(url, timeout=60) as response:
-        total = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+        headers = getattr(response, "headers", None)  # http(s) responses have headers, file: URLs may not
+        total = headers.get("Content-Length") if headers else None
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=Console(stderr=True)) as bar:
             task = bar.add_task(f"downloading {label}", total=int(total) if total else None)

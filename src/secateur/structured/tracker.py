@@ -1,0 +1,246 @@
+"""The state of a dependency analysis and its result, shared by :mod:`.graph` and :mod:`.propagate`.
+
+:class:`Tracker` holds the union-find of channel tags and the per-layer tag records that the
+label propagation (:mod:`secateur.structured.propagate`) fills in; :func:`build_groups` turns
+them into the :class:`DependencyGraph` of :class:`Group` s that :func:`secateur.structured.analyse`
+returns. This module imports neither of its users, so both import it at module level.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+import numpy as np
+import torch
+
+from secateur.errors import UnsupportedModelError
+
+Labels: TypeAlias = tuple[int, torch.Tensor]  # (labelled dim, tag per position along it)
+# What a node's output carries: Labels for a tensor, a (nested) list for a tuple of tensors, or None.
+LabelTree: TypeAlias = "Labels | list[LabelTree] | None"
+# Tracker.snapshot(): union-find parents and locks, records, producers, notes, visited modules.
+TrackerState: TypeAlias = tuple[list[int], list[bool], dict[tuple[str, str], torch.Tensor],
+                                dict[str, torch.Tensor], list[str], set[str]]
+
+
+@dataclass
+class Member:
+    """One layer's share of a group: positions along its ``role`` dim and their channel index."""
+
+    module: str
+    role: str  # "out" (conv/linear outputs), "in" (conv/linear inputs), "norm" (per-channel params)
+    positions: torch.Tensor
+    channel: torch.Tensor  # for each position, the index of its coupled channel in the group
+
+
+@dataclass
+class Group:
+    """Coupled channels pruned as a unit; ``size`` is the number of prunable channels."""
+
+    name: str
+    size: int
+    members: list[Member]
+
+    def modules(self, role: str | None = None) -> list[str]:
+        """Member module paths (optionally of one role), in trace order, without repeats."""
+        return list(dict.fromkeys(m.module for m in self.members if role in (None, m.role)))
+
+
+@dataclass
+class DependencyGraph:
+    """The result of :func:`analyse`: prunable groups, full dim sizes and why channels were locked."""
+
+    groups: list[Group]
+    dims: dict[tuple[str, str], int]
+    notes: list[str] = field(default_factory=list)
+
+    def group(self, name: str) -> Group:
+        """The group called ``name`` (its first producing layer)."""
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+
+class _UnionFind:
+    """Tags with a lock flag per class; merging a locked class locks the result."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.locked: list[bool] = []
+
+    def new(self, n: int, locked: bool = False) -> torch.Tensor:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.locked.extend([locked] * n)
+        return torch.arange(start, start + n)
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.locked[ra] = self.locked[ra] or self.locked[rb]
+
+    def union_all(self, tags: torch.Tensor) -> None:
+        flat = tags.reshape(-1).tolist()
+        for t in flat[1:]:
+            self.union(flat[0], t)
+
+    def union_rows(self, rows: torch.Tensor) -> None:
+        """Merge the tags of every row of a 2-D tensor."""
+        for row in rows.tolist():
+            for t in row[1:]:
+                self.union(row[0], t)
+
+    def union_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            if x != y:
+                self.union(x, y)
+
+    def lock(self, tags: torch.Tensor) -> None:
+        for t in set(tags.reshape(-1).tolist()):
+            self.locked[self.find(t)] = True
+
+    def is_locked(self, t: int) -> bool:
+        return self.locked[self.find(t)]
+
+
+class Tracker:
+    """Mutable state of one analysis: union-find, per-layer tag records, notes."""
+
+    def __init__(self, ignore: Sequence[str] = (), strict: bool = False) -> None:
+        self.uf = _UnionFind()
+        self.strict = strict
+        self.ignore = tuple(ignore)
+        self.records: dict[tuple[str, str], torch.Tensor] = {}
+        self.producers: dict[str, torch.Tensor] = {}
+        self.notes: list[str] = []
+        self.visited: set[str] = set()
+
+    def snapshot(self) -> TrackerState:
+        """Copy of the mutable state, to retry a failed propagation from scratch."""
+        return (list(self.uf.parent), list(self.uf.locked), dict(self.records), dict(self.producers),
+                list(self.notes), set(self.visited))
+
+    def restore(self, state: TrackerState) -> None:
+        parent, locked, records, producers, notes, visited = state
+        self.uf.parent, self.uf.locked = list(parent), list(locked)
+        self.records, self.producers = dict(records), dict(producers)
+        self.notes, self.visited = list(notes), set(visited)
+
+    def produce(self, path: str, n: int) -> torch.Tensor:
+        """Output tags of layer ``path`` (the same tags every time the layer is called)."""
+        if path not in self.producers or len(self.producers[path]) != n:
+            self.producers[path] = self.uf.new(n)
+        return self.producers[path]
+
+    def record(self, path: str, role: str, tags: torch.Tensor) -> None:
+        """Remember which tags sit at each position of ``path``'s ``role`` dim."""
+        key = (path, role)
+        old = self.records.get(key)
+        if old is None:
+            self.records[key] = tags.clone()
+        elif old.shape == tags.shape:
+            self.uf.union_pairs(old, tags)
+        else:
+            self.lock_labels((0, old))
+            self.lock_labels((0, tags))
+
+    def lock_labels(self, labels: LabelTree, why: str | None = None) -> None:
+        """Keep every channel in ``labels`` (a Labels, a list of them, or None)."""
+        if labels is None:
+            return
+        if isinstance(labels, list):
+            for item in labels:
+                self.lock_labels(item, why)
+            return
+        if why and not all(self.uf.is_locked(t) for t in labels[1].tolist()):
+            if self.strict:
+                raise UnsupportedModelError(f"strict structured pruning: {why}; the model is unchanged")
+            self.notes.append(why)
+        self.uf.lock(labels[1])
+
+    def finish(self) -> DependencyGraph:
+        """Lock ignored layers and build the groups."""
+        for (path, _), tags in self.records.items():
+            if any(fnmatch.fnmatchcase(path, pat) for pat in self.ignore):
+                self.uf.lock(tags)
+        return build_groups(self)
+
+
+def build_groups(tr: Tracker) -> DependencyGraph:
+    """Group the unlocked coupled channels by the set of layers they touch.
+
+    Vectorised with numpy (tiny single-threaded index ops; torch's thread pool only adds
+    latency): a channel's signature is a random 64-bit hash summed over the layers it touches.
+    """
+    uf = tr.uf
+    n_tags = len(uf.parent)
+    roots = np.fromiter((uf.find(t) for t in range(n_tags)), dtype=np.int64, count=n_tags)
+    locked = np.asarray(uf.locked, dtype=bool)[roots]
+    keys = list(tr.records)
+    per_key, pair_roots, pair_keys = [], [], []
+    for ki, key in enumerate(keys):
+        tags = tr.records[key].numpy()
+        free = ~locked[tags]
+        pos, r = np.flatnonzero(free), roots[tags[free]]
+        per_key.append((pos, r))
+        uniq = np.unique(r)
+        pair_roots.append(uniq)
+        pair_keys.append(np.full(len(uniq), ki, dtype=np.int64))
+    if not keys:
+        return DependencyGraph(groups=[], dims={}, notes=list(dict.fromkeys(tr.notes)))
+    pr, pk = np.concatenate(pair_roots), np.concatenate(pair_keys)
+    salt = np.random.default_rng(0).integers(1, 2**62, size=len(keys), dtype=np.int64)
+    sig = np.zeros(n_tags, dtype=np.int64)
+    np.add.at(sig, pr, salt[pk])
+    live = np.unique(pr)
+    _, group_idx = np.unique(sig[live], return_inverse=True)
+    group_of = np.full(n_tags, -1, dtype=np.int64)
+    group_of[live] = group_idx
+    groups = _make_groups(keys, per_key, group_of, pr, pk)
+    dims = {key: len(tags) for key, tags in tr.records.items()}
+    return DependencyGraph(groups=groups, dims=dims, notes=list(dict.fromkeys(tr.notes)))
+
+
+def _make_groups(keys: list, per_key: list, group_of: np.ndarray, pr: np.ndarray, pk: np.ndarray) -> list[Group]:
+    """Groups in trace order; channels numbered by first position in the group's first layer."""
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    members: list[list[Member]] = [[] for _ in range(n_groups)]
+    sizes = np.bincount(group_of[np.unique(pr)], minlength=n_groups)
+    channel = np.full(len(group_of), -1, dtype=np.int64)
+    seen = np.zeros(n_groups, dtype=np.int64)
+    first_key = np.full(n_groups, -1, dtype=np.int64)
+    for ki, (pos, r) in enumerate(per_key):
+        g = group_of[r]
+        for gi in np.unique(g).tolist():
+            sel = g == gi
+            rr = r[sel]
+            new = rr[channel[rr] < 0]
+            if len(new):
+                _, first = np.unique(new, return_index=True)
+                fresh = new[np.sort(first)]
+                channel[fresh] = seen[gi] + np.arange(len(fresh))
+                seen[gi] += len(fresh)
+            if first_key[gi] < 0:
+                first_key[gi] = ki
+            members[gi].append(Member(keys[ki][0], keys[ki][1], torch.from_numpy(pos[sel]),
+                                      torch.from_numpy(channel[rr])))
+    groups = []
+    for gi in np.argsort(first_key, kind="stable").tolist():
+        outs = [m.module for m in members[gi] if m.role == "out"]
+        if outs:
+            groups.append(Group(name=outs[0], size=int(sizes[gi]), members=members[gi]))
+    return groups
