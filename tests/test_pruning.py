@@ -13,7 +13,7 @@ from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import load_model
 from secateur.search.orchestrator import PruneConfig, prune
-from secateur.train import TrainConfig, fit
+from secateur.train import TrainConfig, correctness, fit
 from secateur.unstructured.masks import masks_of
 from secateur.zoo.models import build_model
 
@@ -105,21 +105,15 @@ def test_run_folder_and_results_keys(trained, small, tmp_path):
     torch.testing.assert_close(reloaded(x), result.model(x), rtol=0, atol=0)
 
 
-def test_killed_run_resumes_to_the_same_masks(trained, small, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_masks(trained, small, tmp_path):
     options = dict(method="han", max_drop=0.5, rounds=4)
     reference = run(trained, small, out=tmp_path / "whole", **options)
 
-    real_round = pruning_module._run_round
-
-    def dying_round(state, strength):
-        if state.state.round == 2:
-            raise KeyboardInterrupt  # killed in the middle of round 3
-        return real_round(state, strength)
-
-    monkeypatch.setattr(pruning_module, "_run_round", dying_round)
+    def dying(row):
+        if row["round"] == 2:
+            raise KeyboardInterrupt  # killed once round 2 is checkpointed
     with pytest.raises(KeyboardInterrupt):
-        run(trained, small, out=tmp_path / "killed", **options)
-    monkeypatch.setattr(pruning_module, "_run_round", real_round)
+        run(trained, small, out=tmp_path / "killed", on_round=dying, **options)
     with pytest.raises(ConfigError, match="--resume"):
         run(trained, small, out=tmp_path / "killed", **options)
     resumed = run(trained, small, out=tmp_path / "killed", resume=True, **options)
@@ -232,12 +226,11 @@ def test_the_polish_is_kept_only_if_its_drop_is_within_the_bound(trained, small,
         with torch.no_grad():
             model.fc3.bias.add_(torch.linspace(-5, 5, 10))
 
-    monkeypatch.setattr(pruning_module, "_polisher", lambda *args: ruin)
-    spoiled = run(trained, small, method="han", max_drop=1.0, rounds=2, polish_epochs=1)
+    spoiled = run(trained, small, method="han", max_drop=1.0, rounds=2, polish_epochs=1, polish=ruin)
     assert spoiled.results["polish"]["kept"] is False
     assert spoiled.results["pruned"]["val"]["accuracy"] == chosen_val
     assert spoiled.results["drop"]["val"] <= 1.0 + 1e-9
-    tolerant = run(trained, small, method="han", max_drop=100.0, rounds=1, polish_epochs=1)
+    tolerant = run(trained, small, method="han", max_drop=100.0, rounds=1, polish_epochs=1, polish=ruin)
     assert tolerant.results["polish"]["kept"] is True  # worse on val, but within the bound: kept
     assert tolerant.results["pruned"]["val"]["accuracy"] == tolerant.results["polish"]["val_accuracy_after"]
     assert tolerant.results["pruned"]["val"]["accuracy"] < tolerant.history[0]["val_accuracy"]
@@ -269,26 +262,30 @@ def test_distill_with_a_custom_train_callable_is_a_config_error(trained, small):
         prune(copy.deepcopy(trained), train=lambda m: None, evaluate=lambda m: 1.0, distill=0.5)
 
 
-def test_the_polish_is_judged_without_the_search_noise_margin(trained, small, monkeypatch):
+def test_the_polish_is_judged_without_the_search_noise_margin(trained, small):
+    # The polish returns, on validation, the baseline's answers with every wrong one made right
+    # and as many right ones made wrong: no drop, but a paired standard error whose margin
+    # (x confidence 20) is over the 30-point bound.
+    baseline = correctness(trained, small, "val")
+    wrong = torch.nonzero(~baseline)[:, 0]
+    flipped = baseline.clone()
+    flipped[torch.nonzero(baseline)[: len(wrong), 0]] = False
+    flipped[wrong] = True
     polishing = {"now": False}
-    real_polisher = pruning_module._polisher
 
-    def flagged_polisher(*args):
-        train = real_polisher(*args)
+    def polish(model):
+        polishing["now"] = True
 
-        def polish(model):
-            polishing["now"] = True
-            train(model)
+    def evaluate(model):
+        return flipped if polishing["now"] else correctness(model, small, "val")
 
-        return polish
-
-    monkeypatch.setattr(pruning_module, "_polisher", flagged_polisher)
-    monkeypatch.setattr(pruning_module, "margin", lambda *args: 1000.0 if polishing["now"] else 0.0)
-    result = run(trained, small, method="han", max_drop=50.0, rounds=1, polish_epochs=1)
-    polish = result.results["polish"]
-    assert polishing["now"] and polish["margin"] == 1000.0 and polish["drop"] <= 50.0
-    assert polish["kept"] is True
-    assert result.results["pruned"]["val"]["accuracy"] == polish["val_accuracy_after"]
+    result = run(trained, small, method="han", max_drop=30.0, rounds=1, start=0.5, confidence=20.0,
+                 evaluate=evaluate, polish=polish)
+    assert result.history[0]["feasible"]
+    polish_row = result.results["polish"]
+    assert polishing["now"] and polish_row["drop"] == 0.0 and polish_row["margin"] > 30.0
+    assert polish_row["kept"] is True
+    assert result.results["pruned"]["val"]["accuracy"] == polish_row["val_accuracy_after"]
 
 
 def test_the_first_strength_is_about_4x_at_either_granularity():

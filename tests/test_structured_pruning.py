@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import secateur.search.orchestrator as pruning_module
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import load_model
@@ -32,6 +31,14 @@ def trained(small):
     model = build_model("lenet5")
     fit(model, small, TrainConfig(epochs=2, lr=0.05), progress=False)
     return model
+
+
+def kill_after(round_index: int):
+    """An ``on_round`` hook that interrupts the run once round ``round_index`` is checkpointed."""
+    def hook(row: dict) -> None:
+        if row["round"] == round_index:
+            raise KeyboardInterrupt
+    return hook
 
 
 def run(trained, small, **options):
@@ -102,20 +109,11 @@ def test_global_scope_and_oneshot_schedule(trained, small):
     assert result.results["params"]["total"] < 431_080
 
 
-def test_killed_structured_run_resumes_to_the_same_model(trained, small, tmp_path, monkeypatch):
+def test_killed_structured_run_resumes_to_the_same_model(trained, small, tmp_path):
     options = dict(max_drop=50.0, rounds=3)
     reference = run(trained, small, out=tmp_path / "whole", **options)
-    real_round = pruning_module._run_round
-
-    def dying_round(state, strength):
-        if state.state.round == 2:
-            raise KeyboardInterrupt
-        return real_round(state, strength)
-
-    monkeypatch.setattr(pruning_module, "_run_round", dying_round)
-    with pytest.raises(KeyboardInterrupt):
-        run(trained, small, out=tmp_path / "killed", **options)
-    monkeypatch.setattr(pruning_module, "_run_round", real_round)
+    with pytest.raises(KeyboardInterrupt):  # killed once round 2 is checkpointed
+        run(trained, small, out=tmp_path / "killed", on_round=kill_after(2), **options)
     resumed = run(trained, small, out=tmp_path / "killed", resume=True, **options)
     assert out_channels(resumed.model) == out_channels(reference.model)
     expected, got = reference.model.state_dict(), resumed.model.state_dict()

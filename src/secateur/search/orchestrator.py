@@ -148,7 +148,7 @@ def _run_round(run: _Run, strength: float) -> dict:
     return row
 
 
-def _search(run: _Run, progress: bool) -> None:
+def _search(run: _Run, progress: bool, on_round: Callable[[dict], None] | None = None) -> None:
     """Rounds until the search settles; checkpoints after every round when ``out`` is set."""
     settings = run.config.search_settings()
     with progress_bar(progress, settings.rounds, "pruning") as advance:
@@ -159,6 +159,8 @@ def _search(run: _Run, progress: bool) -> None:
             if run.out is not None:
                 rundir.write_history(run.out, run.history)
                 rundir.save_round(run.out, run.best, run.state.to_dict(), run.pruner_state)
+            if on_round is not None:
+                on_round(row)
             mark = "ok" if row["feasible"] else "over bound, rolled back"
             advance(status=f"round {row['round']}: {row['compression']:.1f}x, "
                            f"val drop {row['drop']:+.2f} (+{row['margin']:.2f} margin) pts ({mark})")
@@ -216,6 +218,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
           config: PruneConfig | None = None, train_config: TrainConfig | None = None,
           out: str | Path | None = None, resume: bool = False, progress: bool = False,
           input_shape: tuple[int, ...] | None = None, meta: Mapping | None = None,
+          polish: Retrain | None = None, on_round: Callable[[dict], None] | None = None,
           **options: object) -> PruneResult:
     """Prune ``model`` to the smallest size whose validation drop stays within ``max_drop``.
 
@@ -229,6 +232,9 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     ``method="han", max_drop=0.1, schedule="iterative"``.
     With ``out``, the run directory (config, history, checkpoints, results, report) is
     written as it goes and ``resume=True`` continues an interrupted run.
+    ``polish(model)`` replaces the final polish's training (default: :func:`secateur.train.fit`
+    with the baseline's recipe for ``polish_epochs``, with ``data=`` only); ``on_round(row)``
+    is called after every round with its history row, once the round is checkpointed.
     The input ``model`` is not modified.
     """
     config = with_options(config, options)
@@ -240,8 +246,8 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     step = _distiller(model, config, train, train_config)
     make_train, evaluate, test_evaluate = _callables(data, train, evaluate, test_evaluate,
                                                      retrain_config(config, train_config), step)
-    polish = _polisher(data, train, (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED),
-                       config.polish_epochs, step)
+    polish = polish or _polisher(data, train, (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED),
+                                 config.polish_epochs, step)
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -252,7 +258,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     batches = _taylor_batches(data) if data is not None else None
     run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches) if resume else
            _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {}), batches))
-    _search(run, progress)
+    _search(run, progress, on_round)
     polished = _polish(run, polish)
     return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
 

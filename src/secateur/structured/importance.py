@@ -158,6 +158,16 @@ def taylor(model: nn.Module, graph: DependencyGraph, *, batches: Iterable | None
     return {g.name: _accumulate(g, per) for g in graph.groups}
 
 
+@group_method("fpgm")
+def fpgm(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
+    """He et al. 2019 (FPGM): a channel's summed distance to the layer's other filters; nearest the median go first."""
+    def per(member: Member) -> torch.Tensor | None:
+        w = _weight_of(model, member) if member.role == "out" else None
+        return None if w is None else torch.cdist(w.double()[None], w.double()[None])[0].sum(1)
+
+    return {g.name: _accumulate(g, per) for g in graph.groups}
+
+
 def _taylor_params(model: nn.Module, members: list[Member]) -> dict[tuple[str, str], torch.Tensor]:
     params = {}
     for member in members:

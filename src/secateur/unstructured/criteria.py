@@ -175,6 +175,22 @@ def random_masks(weights: Mapping[str, torch.Tensor], level: Level, *,
             for name, w in weights.items()}
 
 
+@weight_method("lamp", scope="global")
+def lamp_masks(weights: Mapping[str, torch.Tensor], level: Level, **_: object) -> Masks:
+    """Lee et al. 2021 (LAMP): one global threshold on layer-adaptive scores w^2 / (sum of w'^2 with |w'| >= |w|)."""
+    scores = {}
+    for name, w in weights.items():
+        squares = w.detach().double().flatten().pow(2)
+        order = torch.argsort(squares)
+        # the denominator of each weight: the sum of its own and every larger square in the layer
+        tails = squares[order].flip(0).cumsum(0).flip(0)
+        score = torch.empty_like(squares)
+        score[order] = squares[order] / tails.clamp_min(torch.finfo(torch.float64).tiny)
+        scores[name] = score.view_as(w)
+    keep = keep_largest_globally(scores, level)
+    return {name: keep[name] & (w != 0) for name, w in weights.items()}
+
+
 def select_masks(method: str, weights: Mapping[str, torch.Tensor], level: Level, **context: object) -> Masks:
     """Keep-masks from the weight method registered as ``method`` (the API/CLI entry point)."""
     return WEIGHT_METHODS.get(method).select(weights, level, **context)
