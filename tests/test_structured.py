@@ -17,17 +17,16 @@ from secateur.errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
+from secateur.io.storage import load_model, save_model
 from secateur.structured import (
     GROUP_CRITERIA,
     Plan,
     analyse,
     apply_plan,
     kernel_masks,
-    load_pruned,
     nm_masks,
     plan_pruning,
     prune_channels,
-    save_pruned,
 )
 from secateur.unstructured.masks import apply_masks
 
@@ -315,13 +314,13 @@ def test_plan_json_round_trip_and_bad_json():
 
 def test_save_load_round_trip_with_custom_builder(tmp_path):
     model, plan = prune_channels(Depthwise(), X, ratio=0.5)
-    save_pruned(model, plan, tmp_path / "p", {"name": "depthwise", "args": {"groups": 12}})
-    loaded = load_pruned(tmp_path / "p", build=lambda name, groups: Depthwise(groups))
+    save_model(model, tmp_path / "p", {"model": {"name": "depthwise", "args": {"groups": 12}}})
+    loaded, meta = load_model(tmp_path / "p", build=lambda name, groups: Depthwise(groups))
+    assert meta["plan"] == plan.to_json() and not loaded.training
     model.eval()
-    loaded.eval()
     assert torch.equal(model(X), loaded(X))
     with pytest.raises(SecateurError):
-        load_pruned(tmp_path / "missing", build=lambda name, groups: Depthwise(groups))
+        load_model(tmp_path / "missing", build=lambda name, groups: Depthwise(groups))
 
 
 def test_prune_channels_copy_leaves_original():
