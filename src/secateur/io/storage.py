@@ -223,8 +223,11 @@ def save_model(model: nn.Module, path: Path | str, meta: Mapping[str, Any] | Non
 def _header(model: nn.Module, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], data: bytes) -> dict:
     """The JSON header: ``meta``, what rebuilds the model, masks, versions and checksum."""
     header = dict(meta)
-    if header.get(KEY_MODEL) is None and recorded_model(model) is not None:
-        header[KEY_MODEL] = recorded_model(model)
+    record = header.get(KEY_MODEL)
+    if record is None:
+        record = recorded_model(model)
+    if record is not None:
+        header[KEY_MODEL] = record
     plan = header.get(KEY_PLAN)
     if plan is None:
         plan = recorded_plan(model)
