@@ -18,7 +18,7 @@ from secateur.io.storage import (
     atomic_write_json,
     atomic_write_text,
     load_model,
-    load_state,
+    read_checkpoint,
     read_json,
     save_model,
 )
@@ -107,7 +107,7 @@ def test_plain_model_round_trip_and_buffers(tmp_path: Path) -> None:
     assert torch.equal(loaded.bn.running_var, model.bn.running_var)
     assert loaded.bn.num_batches_tracked.item() == 3
     assert torch.equal(loaded.eval()(_x()), model(_x()))
-    tensors, masks, meta = load_state(tmp_path / "plain")
+    tensors, masks, meta = read_checkpoint(tmp_path / "plain")
     assert masks == {} and "bn.num_batches_tracked" in tensors and meta["tensors"] == len(tensors)
 
 
@@ -124,7 +124,7 @@ def test_tied_parameters_are_saved(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
     model[1].weight = model[0].weight
     save_model(model, tmp_path / "tied")
-    tensors, _, _ = load_state(tmp_path / "tied")
+    tensors, _, _ = read_checkpoint(tmp_path / "tied")
     assert torch.equal(tensors["0.weight"], tensors["1.weight"])
 
 

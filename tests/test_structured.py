@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 import torchvision
-from structured_helpers import assert_equivalent, equivalence, train_step
 from torch import nn
 
 from secateur.errors import (
@@ -17,19 +16,18 @@ from secateur.errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
+from secateur.io.storage import load_model, save_model
 from secateur.structured import (
     GROUP_METHODS,
     Plan,
     analyse,
     apply_plan,
-    kernel_masks,
-    load_pruned,
-    nm_masks,
     plan_pruning,
     prune_channels,
-    save_pruned,
 )
+from secateur.unstructured import kernel_masks, nm_masks
 from secateur.unstructured.masks import apply_masks
+from structured_helpers import assert_equivalent, equivalence, train_step
 
 X = torch.randn(2, 3, 16, 16)
 
@@ -315,13 +313,13 @@ def test_plan_json_round_trip_and_bad_json():
 
 def test_save_load_round_trip_with_custom_builder(tmp_path):
     model, plan = prune_channels(Depthwise(), X, ratio=0.5)
-    save_pruned(model, plan, tmp_path / "p", {"name": "depthwise", "args": {"groups": 12}})
-    loaded = load_pruned(tmp_path / "p", build=lambda name, groups: Depthwise(groups))
+    save_model(model, tmp_path / "p", {"model": {"name": "depthwise", "args": {"groups": 12}}})
+    loaded, meta = load_model(tmp_path / "p", build=lambda name, groups: Depthwise(groups))
+    assert meta["plan"] == plan.to_json() and not loaded.training
     model.eval()
-    loaded.eval()
     assert torch.equal(model(X), loaded(X))
     with pytest.raises(SecateurError):
-        load_pruned(tmp_path / "missing", build=lambda name, groups: Depthwise(groups))
+        load_model(tmp_path / "missing", build=lambda name, groups: Depthwise(groups))
 
 
 def test_prune_channels_copy_leaves_original():

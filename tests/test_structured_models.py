@@ -9,7 +9,7 @@ import torch
 from structured_helpers import assert_equivalent, equivalence, train_step
 
 from secateur.analysis.metrics import count_macs, count_params
-from secateur.structured import load_pruned, save_pruned
+from secateur.io.storage import load_model, save_model
 from secateur.zoo.models import build_model, model_record
 
 ZOO = ["lenet300", "lenet5", "alexnet-mnist", "vgg-mnist", "resnet-mnist"]
@@ -20,7 +20,7 @@ TORCHVISION = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "mobilenet_v3
 def _no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any unpickling during loading fail loudly."""
     def refuse(*_a, **_k):
-        raise AssertionError("load_pruned unpickled something")
+        raise AssertionError("load_model unpickled something")
 
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
@@ -39,12 +39,12 @@ def _full_check(name: str, shape: tuple[int, ...], tmp_path, monkeypatch) -> Non
     assert type(pruned) is type(model)
     assert not any("mask" in k for k in pruned.state_dict())
 
-    record = model_record(name, shape[1:], 10)
-    save_pruned(pruned, plan, tmp_path / "pruned", record)
+    save_model(pruned, tmp_path / "pruned")  # the model carries its factory and plan
     _no_pickle(monkeypatch)
-    loaded = load_pruned(tmp_path / "pruned")
+    loaded, meta = load_model(tmp_path / "pruned")  # no template: rebuilt from the header alone
     monkeypatch.undo()
-    loaded.eval()
+    assert meta["model"] == model_record(name, shape[1:], 10) and meta["plan"] == plan.to_json()
+    assert not loaded.training
     pruned.eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))

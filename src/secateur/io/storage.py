@@ -1,12 +1,29 @@
 """Checkpoints as safetensors + JSON (never pickle), and atomic file writes.
 
-A checkpoint ``<base>`` is two files written side by side:
+One format for every model secateur writes: dense, masked (unstructured) and structurally
+pruned. A checkpoint ``<base>`` is two files written side by side:
 
 * ``<base>.safetensors``: the model's effective (masked) ``state_dict`` under plain keys, plus
   every mask as a bool tensor under ``"__mask__.<qualified name>"``;
-* ``<base>.json``: the caller's ``meta`` plus ``format``, ``format_version``, ``masks`` (names),
-  ``tensors`` (number of tensors in the safetensors file) and ``sha256`` (of that file), so a
-  tensors file from another save, or a truncated one, is caught with a one-line error.
+* ``<base>.json``, the header: the caller's ``meta`` plus these keys (``KEY_*`` below):
+
+  - ``format`` (``"secateur.checkpoint"``) and ``format_version`` (1);
+  - ``model``: ``{"name": ..., "args": {...}}``, the factory call that rebuilds the *original*
+    architecture (``secateur.zoo.models.build_model(name, **args)``);
+  - ``plan``: for a structurally pruned model, its ``Plan.to_json()`` over that original
+    architecture (absent or null for dense and masked models);
+  - ``masks``: the qualified names of the masked tensors (empty if unmasked);
+  - ``tensors``: the number of tensors in the safetensors file, and ``sha256``: its checksum,
+    so a tensors file from another save, or a truncated one, is caught with a one-line error;
+  - ``versions``: at least ``secateur`` and ``torch`` of the writer.
+
+``model`` and ``plan`` come from ``meta`` when given, else from what the model carries
+(:mod:`secateur.provenance`: ``build_model`` records the factory, structured surgery the
+plan), so ``save_model(model, path)`` then ``load_model(path)`` rebuilds any secateur-built
+model with no other argument: build the original, apply the plan, load the tensors, apply the
+masks, switch to eval mode. Plans are applied by the function registered for their
+``format`` in :data:`PLAN_FORMATS` (``secateur.structured`` registers its own), so this
+module does not depend on the structured pruning code.
 
 Loading reads the bytes once, checks them, and parses them with ``safetensors`` only: no
 ``pickle``, no ``torch.load``. Every write goes to a temporary file in the same folder, is
@@ -27,7 +44,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from secateur.errors import CheckpointError, ConfigError
+from secateur import __version__
+from secateur.errors import (
+    CheckpointError,
+    ConfigError,
+    SecateurError,
+    UnknownNameError,
+)
+from secateur.provenance import record_model, record_plan, recorded_model, recorded_plan
+from secateur.registry import Registry
 from secateur.unstructured.masks import (
     apply_masks,
     clear_masks,
@@ -38,9 +63,17 @@ from secateur.unstructured.masks import (
 FORMAT = "secateur.checkpoint"
 FORMAT_VERSION = 1
 MASK_PREFIX = "__mask__."
-REQUIRED_KEYS = ("format", "format_version", "masks", "tensors")
+
+KEY_FORMAT, KEY_FORMAT_VERSION = "format", "format_version"
+KEY_MODEL, KEY_PLAN, KEY_MASKS = "model", "plan", "masks"
+KEY_TENSORS, KEY_SHA256, KEY_VERSIONS = "tensors", "sha256", "versions"
+REQUIRED_KEYS = (KEY_FORMAT, KEY_FORMAT_VERSION, KEY_MASKS, KEY_TENSORS)
 
 BuildFn = Callable[..., nn.Module]
+PlanApplier = Callable[[nn.Module, Mapping[str, Any]], None]
+"""Shrinks a model (original architecture, or pruned part of the way) to a plan's JSON."""
+
+PLAN_FORMATS: Registry[PlanApplier] = Registry("checkpoint plan format")
 
 
 # --------------------------------------------------------------------------------------
@@ -174,24 +207,43 @@ def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model(model: nn.Module, path: Path | str, meta: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
     """Save ``model`` (effective weights, buffers, masks) and ``meta`` as a checkpoint; returns
-    (safetensors path, json path). Both files are encoded before either is written."""
+    (safetensors path, json path). ``meta["model"]`` / ``meta["plan"]`` default to what the
+    model carries (see module docstring). Both files are encoded before either is written."""
     if meta is not None and not isinstance(meta, Mapping):
         raise ConfigError(f"meta must be a mapping (dict), got {type(meta).__name__}")
     st_path, js_path = checkpoint_paths(path)
     tensors = _tensors_to_save(model)
     data = safetensors.torch.save(tensors, metadata={"format": FORMAT})
-    header = dict(meta or {})
-    header.update(
-        format=FORMAT,
-        format_version=FORMAT_VERSION,
-        masks=sorted(k[len(MASK_PREFIX):] for k in tensors if k.startswith(MASK_PREFIX)),
-        tensors=len(tensors),
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
-    text = _dumps(header, js_path)
+    text = _dumps(_header(model, meta or {}, tensors, data), js_path)
     atomic_write_bytes(st_path, data)
     atomic_write_text(js_path, text)
     return st_path, js_path
+
+
+def _header(model: nn.Module, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], data: bytes) -> dict:
+    """The JSON header: ``meta``, what rebuilds the model, masks, versions and checksum."""
+    header = dict(meta)
+    record = header.get(KEY_MODEL)
+    if record is None:
+        record = recorded_model(model)
+    if record is not None:
+        header[KEY_MODEL] = record
+    plan = header.get(KEY_PLAN)
+    if plan is None:
+        plan = recorded_plan(model)
+    if plan is not None:
+        header[KEY_PLAN] = plan.to_json() if hasattr(plan, "to_json") else plan  # a Plan, or its JSON
+    versions = header.get(KEY_VERSIONS)
+    header[KEY_VERSIONS] = {**(versions if isinstance(versions, Mapping) else {}),
+                            "secateur": __version__, "torch": torch.__version__}
+    header.update({
+        KEY_FORMAT: FORMAT,
+        KEY_FORMAT_VERSION: FORMAT_VERSION,
+        KEY_MASKS: sorted(k[len(MASK_PREFIX):] for k in tensors if k.startswith(MASK_PREFIX)),
+        KEY_TENSORS: len(tensors),
+        KEY_SHA256: hashlib.sha256(data).hexdigest(),
+    })
+    return header
 
 
 # --------------------------------------------------------------------------------------
@@ -230,7 +282,7 @@ def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.T
         raise CheckpointError(
             f"{st_path} is corrupt or truncated ({_one_line(exc)}); restore it or re-save the model"
         ) from exc
-    digest = meta.get("sha256")
+    digest = meta.get(KEY_SHA256)
     if digest is not None and digest != hashlib.sha256(data).hexdigest():
         raise CheckpointError(
             f"{st_path} does not match {js_path.name} (sha256 differs: modified, or from another save); re-save the model"
@@ -259,8 +311,9 @@ def _split_masks(tensors: dict[str, torch.Tensor], meta: dict, st_path: Path) ->
     return plain, masks
 
 
-def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(plain tensors, bool masks by qualified name, meta) of a checkpoint, fully validated."""
+def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(plain tensors, bool masks by qualified name, header) of a checkpoint, fully validated;
+    no model is built (see :func:`load_model` for that)."""
     st_path, js_path = checkpoint_paths(path)
     if not js_path.exists() and not st_path.exists():
         raise CheckpointError(f"no checkpoint at {st_path} / {js_path.name}; check the path (save with save_model)")
@@ -273,14 +326,14 @@ def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, tor
 
 def _build(meta: dict, build: BuildFn | None, js_path: Path) -> nn.Module:
     """Rebuild the network described by ``meta["model"] = {"name": ..., "args": {...}}``."""
-    spec = meta.get("model")
+    spec = meta.get(KEY_MODEL)
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("args", {}), dict):
         raise CheckpointError(
             f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); pass model= with the saved architecture"
         )
     if build is None:
         from secateur.zoo.models import (
-            build_model as build,  # lazy: models imports heavy optional deps
+            build_model as build,  # lazy: zoo sits above io (zoo.baseline saves through here)
         )
     return build(spec["name"], **spec.get("args", {}))
 
@@ -301,32 +354,23 @@ def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path
 
 
 def _apply_saved_plan(model: nn.Module, plan: Any, js_path: Path) -> None:
-    """Shrink an original-architecture ``model`` with a structured pruning plan from a header."""
-    from secateur.errors import SecateurError
-    from secateur.structured.plan import Plan
-    from secateur.structured.surgery import apply_plan
-
+    """Shrink ``model`` to a structured pruning plan from a header (its format's applier)."""
+    kind = plan.get("format") if isinstance(plan, Mapping) else None
     try:
-        apply_plan(model, Plan.from_json(plan))
+        applier = PLAN_FORMATS.get(str(kind))
+    except UnknownNameError:
+        known = ", ".join(PLAN_FORMATS.names()) or "none (import secateur.structured)"
+        raise CheckpointError(f"{js_path}: its plan has format {kind!r}, which this secateur cannot apply "
+                              f"(known: {known}); upgrade secateur or re-save the model") from None
+    try:
+        applier(model, plan)
     except SecateurError as exc:
         raise CheckpointError(f"{js_path}: its pruning plan does not fit the model ({exc}); "
                               "load it into the architecture it was pruned from") from None
 
 
-def load_model(
-    path: Path | str, model: nn.Module | None = None, *, build: BuildFn | None = None
-) -> tuple[nn.Module, dict]:
-    """Load a checkpoint into ``model`` (or one rebuilt from ``meta["model"]`` with ``build``,
-    default ``secateur.zoo.models.build_model``); returns (model, meta). Any masks ``model``
-    already had are replaced by the checkpoint's, so outputs equal the saved model's. A
-    structurally pruned checkpoint (its header holds the ``plan``) is rebuilt by applying the
-    plan to the original architecture first."""
-    st_path, js_path = checkpoint_paths(path)
-    plain, masks, meta = load_state(path)
-    if model is None:
-        model = _build(meta, build, js_path)
-    if meta.get("plan") is not None and _key_mismatch(model, plain, st_path):
-        _apply_saved_plan(model, meta["plan"], js_path)
+def _fill(model: nn.Module, plain: dict, masks: dict, st_path: Path) -> None:
+    """Load ``plain`` strictly into ``model`` and replace its masks with ``masks``."""
     problem = _key_mismatch(model, plain, st_path)
     if problem:
         raise CheckpointError(problem)
@@ -336,4 +380,27 @@ def load_model(
         apply_masks(model, masks)
     except (RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{st_path} does not fit the model ({_one_line(exc)}); use the saved architecture") from exc
-    return model, meta
+
+
+def load_model(
+    path: Path | str, model: nn.Module | None = None, *, build: BuildFn | None = None
+) -> tuple[nn.Module, dict]:
+    """Load a checkpoint into ``model`` (or one rebuilt from ``meta["model"]`` with ``build``,
+    default ``secateur.zoo.models.build_model``); returns (model in eval mode, header).
+
+    A structurally pruned checkpoint is rebuilt by applying its ``plan`` first (to the
+    original architecture, or to a ``model`` pruned part of the way). Any masks ``model``
+    already had are replaced by the checkpoint's, so outputs equal the saved model's. The
+    model then carries the header's model record and plan, so it can be saved again as is."""
+    st_path, js_path = checkpoint_paths(path)
+    plain, masks, meta = read_checkpoint(path)
+    if model is None:
+        model = _build(meta, build, js_path)
+    if meta.get(KEY_PLAN) is not None and _key_mismatch(model, plain, st_path):
+        _apply_saved_plan(model, meta[KEY_PLAN], js_path)
+    _fill(model, plain, masks, st_path)
+    if isinstance(meta.get(KEY_MODEL), Mapping):
+        record_model(model, meta[KEY_MODEL])
+    if meta.get(KEY_PLAN) is not None:
+        record_plan(model, meta[KEY_PLAN])
+    return model.eval(), meta

@@ -2,11 +2,13 @@
 
 Typical use::
 
-    from secateur.structured import prune_channels, save_pruned, load_pruned
+    from secateur import build_model, load_model, save_model
+    from secateur.structured import prune_channels
+    model = build_model("torchvision:resnet50", num_classes=1000)         # records its factory
     x = torch.randn(1, 3, 224, 224)
     model, plan = prune_channels(model, x, ratio=0.5, criterion="l1")    # smaller, same classes
-    save_pruned(model, plan, "out/pruned", {"name": "torchvision:resnet50", "args": {}})
-    again = load_pruned("out/pruned")                                    # no pickle involved
+    save_model(model, "out/pruned")              # out/pruned.safetensors + .json (factory + plan)
+    again, meta = load_model("out/pruned")      # rebuilt from the factory and plan; no pickle
 
 The steps, each usable alone:
 
@@ -21,11 +23,10 @@ The steps, each usable alone:
 - :func:`plan_pruning` scores channels with a :data:`GROUP_METHODS` name (``l1``, ``l2``,
   ``bn-scale``, ``taylor``, ``random``) and allocates locally or globally, with
   ``min_channels``, ``round_to`` and per-layer ``ratios``; it returns a JSON-able :class:`Plan`.
-- :func:`apply_plan` performs the surgery atomically (all or nothing).
-- :func:`save_pruned` / :func:`load_pruned` store plan + safetensors and rebuild from the
-  original factory.
-- :func:`kernel_masks` / :func:`nm_masks` give kernel-level and N:M masks for
-  ``secateur.unstructured.masks.apply_masks`` (sparsity that cannot be removed physically).
+- :func:`apply_plan` performs the surgery atomically (all or nothing); the model then carries
+  its plan over the original architecture (composed over repeated prunings), which
+  ``secateur.save_model`` stores in the checkpoint header and ``secateur.load_model`` re-applies
+  (:mod:`secateur.structured.checkpoint` registers the plan format with ``secateur.io.storage``).
 """
 
 from __future__ import annotations
@@ -36,17 +37,15 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+import secateur.structured.checkpoint  # noqa: F401  (registers the plan format for load_model)
 from secateur.structured.graph import DependencyGraph, Group, Member, analyse
 from secateur.structured.importance import GROUP_METHODS
-from secateur.structured.io import load_pruned, read_pruned_plan, save_pruned
-from secateur.structured.plan import Plan, plan_pruning
-from secateur.structured.surgery import apply_plan
-from secateur.unstructured.patterns import kernel_masks, nm_masks
+from secateur.structured.plan import Plan, compose, plan_pruning
+from secateur.structured.surgery import apply_plan, current_plan, reach_plan
 
 __all__ = [
-    "GROUP_METHODS", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan",
-    "kernel_masks", "load_pruned", "nm_masks", "plan_pruning", "prune_channels", "read_pruned_plan",
-    "save_pruned",
+    "GROUP_METHODS", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan", "compose",
+    "current_plan", "plan_pruning", "prune_channels", "reach_plan",
 ]
 
 

@@ -181,3 +181,30 @@ def compose(first: Plan, second: Plan) -> Plan:
 
     return Plan(merged(first.keep_out, second.keep_out), merged(first.keep_in, second.keep_in),
                 {**first.info, **second.info})
+
+
+def relative(target: Plan, current: Plan) -> Plan:
+    """The plan that takes a model pruned to ``current`` to ``target`` (both over the original).
+
+    The inverse of :func:`compose`: ``compose(current, relative(target, current))`` keeps what
+    ``target`` keeps. Raises :class:`ConfigError` if ``target`` keeps a channel ``current``
+    already removed (a pruned model cannot grow back).
+    """
+    def step(now: Mapping[str, list[int]], goal: Mapping[str, list[int]], what: str) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for name in sorted(set(now) | set(goal)):
+            if name not in goal:
+                raise ConfigError(f"plan keeps every {what} of {name!r}, which this model already pruned")
+            if name not in now:
+                out[name] = list(goal[name])
+                continue
+            where = {index: pos for pos, index in enumerate(now[name])}
+            if any(i not in where for i in goal[name]):
+                raise ConfigError(f"plan keeps {what}s of {name!r} that this model already removed")
+            idx = [where[i] for i in goal[name]]
+            if idx != list(range(len(now[name]))):
+                out[name] = idx
+        return out
+
+    return Plan(step(current.keep_out, target.keep_out, "output"), step(current.keep_in, target.keep_in, "input"),
+                dict(target.info))

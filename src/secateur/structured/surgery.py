@@ -8,6 +8,10 @@ and running statistics) and updated ``in_channels`` / ``out_channels`` / ``group
 Surgery is atomic: every edit is computed and validated before any is applied, and when an
 ``example_input`` is given the shrunk model must run on it, otherwise every edit is undone
 and :class:`UnsupportedModelError` is raised. Either way a failure leaves the model as it was.
+
+After a successful surgery the model carries its plan over the *original* architecture (the
+plan it already carried composed with this one, see :mod:`secateur.provenance`), which is
+what :func:`secateur.io.storage.save_model` writes so that ``load_model`` can rebuild it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError, UnsupportedModelError
-from secateur.structured.plan import Plan
+from secateur.provenance import record_plan, recorded_plan
+from secateur.structured.plan import Plan, compose, relative
 from secateur.structured.propagate import CHANNEL_NORMS, CONVS
 
 
@@ -33,11 +38,16 @@ class _Edit:
 
 
 def apply_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor | None = None) -> nn.Module:
-    """Shrink ``model`` in place to ``plan`` and return it (atomic; see module docstring)."""
+    """Shrink ``model`` in place to ``plan`` and return it (atomic; see module docstring).
+
+    ``plan`` indexes the layers as they are now; the plan ``model`` carries afterwards is
+    composed over the original architecture.
+    """
     edits: list[_Edit] = []
     for path in sorted(set(plan.keep_out) | set(plan.keep_in)):
         module = _get(model, path)
         edits.extend(_module_edits(path, module, plan.keep_out.get(path), plan.keep_in.get(path)))
+    carried = _composed(model, plan)
     _swap(edits, forward=True)
     if example_input is not None:
         try:
@@ -48,7 +58,29 @@ def apply_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor | None 
             raise UnsupportedModelError(
                 f"pruned model does not run ({type(err).__name__}: {first[:160]}); the model is unchanged"
             ) from None
+    record_plan(model, carried)
     return model
+
+
+def _composed(model: nn.Module, plan: Plan) -> dict:
+    """The plan JSON ``model`` will carry after ``plan`` (checked before any edit is made)."""
+    try:
+        return compose(current_plan(model), plan).to_json()
+    except (IndexError, KeyError):
+        raise ConfigError("the plan this model carries does not match its layers (were layers replaced?); "
+                          "forget it with secateur.provenance.record_plan(model, None)") from None
+
+
+def current_plan(model: nn.Module) -> Plan:
+    """The plan ``model`` carries over its original architecture (empty if it was never pruned)."""
+    carried = recorded_plan(model)
+    return Plan.from_json(carried) if carried is not None else Plan()
+
+
+def reach_plan(model: nn.Module, plan: Plan) -> nn.Module:
+    """Shrink ``model`` to ``plan``, a plan over its *original* architecture, whatever plan
+    it carries already (a freshly built model, or one pruned part of the way)."""
+    return apply_plan(model, relative(plan, current_plan(model)))
 
 
 def _get(model: nn.Module, path: str) -> nn.Module:

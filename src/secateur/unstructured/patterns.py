@@ -5,7 +5,8 @@
 - :func:`nm_masks`: N:M semi-structured sparsity (e.g. 2:4): in every run of ``m``
   consecutive input weights of a row, only the ``n`` largest magnitudes survive.
 
-Both return ``{"layer.weight": bool mask}`` (True = keep) for ``secateur.unstructured.masks.apply_masks``.
+Fixed-amount helpers (the search's ``kernel`` and ``n:m`` granularities are in
+:mod:`secateur.unstructured.pruner`). Both return ``{"layer.weight": bool mask}`` (True = keep) for ``secateur.unstructured.masks.apply_masks``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError
+from secateur.unstructured.pruner import kernel_norms, nm_keep, nm_rows
 
 Masks = dict[str, torch.Tensor]
 
@@ -34,7 +36,7 @@ def kernel_masks(model: nn.Module, ratio: float, *, ignore: Sequence[str] = ()) 
         if not isinstance(m, nn.Conv2d) or _skip(name, ignore):
             continue
         w = m.weight.detach()
-        norms = w.abs().sum(dim=(2, 3)).reshape(-1)
+        norms = kernel_norms(w).reshape(-1)
         n_prune = int(norms.numel() * ratio)
         keep = torch.ones_like(norms, dtype=torch.bool)
         keep[torch.argsort(norms, stable=True)[:n_prune]] = False
@@ -55,12 +57,7 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4, *, ignore: Sequence[str] 
         if not isinstance(mod, (nn.Linear, nn.Conv2d)) or _skip(name, ignore):
             continue
         w = mod.weight.detach()
-        rows = w if w.dim() == 2 else w.permute(0, 2, 3, 1)  # [out, (kh, kw,) in]
-        if rows.shape[-1] % m:
+        if nm_rows(w).shape[-1] % m:
             continue
-        groups = rows.reshape(-1, m).abs()
-        keep = torch.zeros_like(groups, dtype=torch.bool)
-        keep.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
-        keep = keep.reshape(rows.shape)
-        masks[f"{name}.weight"] = keep if w.dim() == 2 else keep.permute(0, 3, 1, 2).contiguous()
+        masks[f"{name}.weight"] = nm_keep(w, w.abs(), n, m)
     return masks

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError, UnknownNameError
+from secateur.provenance import record_model
 from secateur.registry import Registry
 
 Factory = Callable[..., nn.Module]
@@ -47,13 +48,24 @@ def build_model(name: str, *, input_shape: Sequence[int] = (1, 28, 28), num_clas
     """Build the model called ``name`` for inputs of ``input_shape`` (C, H, W) and ``num_classes``.
 
     Extra keyword arguments go to the zoo factory, to torchvision's ``get_model`` or to the
-    user's factory. Unknown names raise :class:`UnknownNameError` listing the choices.
+    user's factory. Unknown names raise :class:`UnknownNameError` listing the choices. The
+    model carries its :func:`model_record` (when the arguments are JSON values), so
+    ``secateur.save_model(model, path)`` writes a checkpoint that rebuilds it by itself.
     """
     shape = _check_input_shape(input_shape)
     classes = _check_num_classes(num_classes)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"model name must be a non-empty string, got {name!r}; see `secateur list`")
-    name = name.strip()
+    model = _build(name.strip(), shape, classes, kwargs)
+    try:
+        record = model_record(name, shape, classes, **kwargs)
+    except ConfigError:  # arguments that are not JSON values: the model cannot rebuild itself
+        record = None
+    return record_model(model, record)
+
+
+def _build(name: str, shape: tuple[int, ...], classes: int, kwargs: dict) -> nn.Module:
+    """Resolve ``name`` (torchvision, user factory or zoo) and build it."""
     if name.lower().startswith(TORCHVISION_PREFIX):
         return _build_torchvision(name[len(TORCHVISION_PREFIX):], classes, kwargs)
     if ":" in name:
@@ -80,7 +92,7 @@ def model_record(name: str, input_shape: Sequence[int], num_classes: int, **kwar
     """A JSON-serialisable ``{"name": ..., "args": {...}}`` that rebuilds the model.
 
     ``build_model(record["name"], **record["args"])`` rebuilds the same architecture; this is
-    what checkpoints store in ``model.json``.
+    what checkpoints store under ``"model"`` in ``model.json``.
     """
     args = {"input_shape": list(_check_input_shape(input_shape)),
             "num_classes": _check_num_classes(num_classes), **kwargs}
