@@ -23,7 +23,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_zoo_is_registered_and_listed():
-    assert MODELS.names() == sorted(ZOO)
+    assert set(ZOO) <= set(MODELS.names())
     names = model_names()
     assert set(ZOO) <= set(names)
     assert "torchvision:<name>" in names and "package.module:factory" in names

@@ -35,7 +35,7 @@ from secateur.search.pruner import (
 )
 from secateur.structured.graph import DependencyGraph, Group, analyse
 from secateur.structured.importance import GROUP_METHODS
-from secateur.structured.plan import Plan, build_plan, compose, global_counts, n_keep, top_channels
+from secateur.structured.plan import build_plan, global_counts, n_keep, top_channels
 from secateur.structured.surgery import apply_plan
 
 
@@ -89,8 +89,8 @@ def _global(c: Counts) -> dict[str, int]:
 class ChannelPruner:
     """Removes channels physically so every group keeps its share of the *original* size.
 
-    Its state is ``{"plan": ...}``: the plan over the original architecture of the model it
-    last pruned (what :func:`secateur.io.storage.load_model` re-applies).
+    The model carries its plan over the original architecture (recorded by the surgery), so
+    its checkpoint rebuilds it (:func:`secateur.io.storage.load_model`).
     """
 
     method: str
@@ -103,7 +103,7 @@ class ChannelPruner:
     seed: int = 0
     batches: Callable[[], Iterable] | None = None  # (inputs, targets) batches for methods that need them
     targets: tuple[str, ...] = ()  # weight tensors reported per layer
-    state_keys: tuple[str, ...] = ("plan",)
+    state_keys: tuple[str, ...] = ()  # the plan lives on the model (secateur.provenance)
 
     def levels(self, strength: float) -> float:
         """The fraction of channels removed at ``strength``."""
@@ -111,18 +111,20 @@ class ChannelPruner:
 
     @torch.no_grad()
     def prune(self, model: nn.Module, strength: float, state: PrunerState) -> PrunerState:
-        """Shrink ``model`` in place to ``strength``; the state's plan composed with this round's cut."""
-        plan = Plan.from_json(state["plan"]) if state.get("plan") else Plan()
+        """Shrink ``model`` in place to ``strength``.
+
+        The surgery records on the model its plan over the original architecture (composed
+        with any it carried), which its checkpoint stores; the JSON state stays as given.
+        """
         x = example_input(model, self.input_shape)
         graph = analyse(model, x, ignore=self.ignore)
         scores = self._scores(model, graph, strength)
         counts = SCOPES.get(self.scope)(Counts(graph.groups, self.original, removed_fraction(strength), scores,
                                                self.min_channels, self.round_to))
-        if all(counts[g.name] >= g.size for g in graph.groups):
-            return {**state, "plan": plan.to_json()}
-        cut = build_plan(graph, {g.name: top_channels(scores[g.name], counts[g.name]) for g in graph.groups})
-        apply_plan(model, cut, x)
-        return {**state, "plan": compose(plan, cut).to_json()}
+        if any(counts[g.name] < g.size for g in graph.groups):
+            cut = build_plan(graph, {g.name: top_channels(scores[g.name], counts[g.name]) for g in graph.groups})
+            apply_plan(model, cut, x)
+        return dict(state)
 
     def _scores(self, model: nn.Module, graph: DependencyGraph, strength: float) -> dict[str, torch.Tensor]:
         device = model_device(model)
