@@ -292,3 +292,18 @@ def test_the_first_strength_is_about_4x_at_either_granularity():
     assert PruneConfig().search_settings().start == 2.0  # weights: 1 - 2^-2 of each layer
     assert PruneConfig(granularity="channel").search_settings().start == 1.0  # half the channels: ~4x params
     assert PruneConfig(granularity="neuron", start=0.5).search_settings().start == 0.5
+
+
+def test_han_masks_are_bitwise_those_of_before_the_pruner_protocol(trained, small):
+    """The refactor onto the Pruner protocol kept the search's decisions: same seed, same masks, bit for bit.
+
+    The hash was recorded with the code before the refactor (commit f6304d9), on this setting.
+    """
+    import hashlib
+
+    result = run(trained, small, method="han", max_drop=0.6, rounds=4, polish_epochs=1)
+    digest = hashlib.sha256()
+    for name, mask in sorted(masks_of(result.model).items()):
+        digest.update(name.encode())
+        digest.update(mask.to(torch.uint8).numpy().tobytes())
+    assert digest.hexdigest() == "4be0944dd6244c7381db1c32c3adeb6fd35ad818c01a2c0c21b306801bb75895"

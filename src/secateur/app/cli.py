@@ -224,7 +224,7 @@ def prune_config_from(args: argparse.Namespace, recipe: dict | None = None):
     options = {**(recipe or {}), **given_options(args)}
     if getattr(args, "seed", None) is not None:
         options["seed"] = args.seed
-    return PruneConfig.from_dict(options, where="the prune options")
+    return PruneConfig.from_dict(options)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

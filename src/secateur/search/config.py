@@ -155,14 +155,18 @@ class PruneConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "the configuration") -> PruneConfig:
-        """A config from plain data (a recipe, config.yaml); unknown keys are a ConfigError naming ``where``."""
+    def from_dict(cls, data: Mapping[str, Any], where: str | None = None) -> PruneConfig:
+        """A validated config from plain data (a recipe, config.yaml); errors name ``where`` (a file)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
+        prefix = f"{where}: " if where else ""
         if unknown:
-            raise ConfigError(f"{where}: unknown prune option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(f"{prefix}unknown prune option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
         tuples = {key: tuple(data[key]) for key in ("targets", "ignore") if data.get(key)}
-        return cls(**{**data, **tuples}).validate()
+        try:
+            return cls(**{**data, **tuples}).validate()
+        except ConfigError as error:
+            raise type(error)(f"{prefix}{error}") from None
 
 
 def with_options(config: PruneConfig | None, options: Mapping[str, object]) -> PruneConfig:
