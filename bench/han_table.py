@@ -101,7 +101,7 @@ def run_model(name: str, data, out: Path, max_drop: float, peer: bool = True, re
                        config=config, progress=True)
     res = result.results
     budget_rounds = len(result.history) + sum(r.get("recovery_passes", 0) for r in result.history)
-    recipe = TrainConfig(**baseline.meta["train"])
+    recipe = TrainConfig.from_dict(baseline.meta["train"])
     retrain = retrain_config(config, recipe)
     polish = recipe.replace(epochs=res["polish"]["epochs"], seed=recipe.seed + 1) if res.get("polish") else None
     peer = (torch_prune_peer(baseline.model, data, weight_sparsity(res), budget_rounds, retrain, polish)

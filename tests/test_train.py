@@ -73,7 +73,7 @@ def test_learning_rate_schedules():
 
 @pytest.mark.parametrize("changes", [
     {"epochs": -1}, {"lr": 0.0}, {"lr": -0.1}, {"batch_size": 0}, {"optimizer": "lbfgs"},
-    {"schedule": "linear"}, {"momentum": 1.5}, {"device": "tpu"},
+    {"lr_schedule": "linear"}, {"momentum": 1.5}, {"device": "tpu"},
 ])
 def test_invalid_config_is_one_line_config_error(changes):
     with pytest.raises(ConfigError) as info:

@@ -17,10 +17,12 @@ This module depends on nothing in secateur, so every layer may use it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
+
+Factory = Callable[..., nn.Module]  # factory(**args) -> a model: what a model record names
 
 MODEL_ATTR = "_secateur_model"
 PLAN_ATTR = "_secateur_plan"

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -28,11 +28,12 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.progress import Advance, progress_bar
+from secateur.registry import Registry
 from secateur.zoo.data import Dataset, Split, batches
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
+LR_SCHEDULES: Registry[Callable[[float], float]] = Registry("learning-rate schedule")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    lr_schedule: str = "cosine"  # see LR_SCHEDULES
     augment: int = 0  # largest random shift in pixels (0 = none)
     label_smoothing: float = 0.0
     seed: int = 0
@@ -61,19 +62,30 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.augment >= 0, f"augment (pixels of shift) must be >= 0, got {self.augment}"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (self.optimizer in OPTIMIZERS,
-             f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        OPTIMIZERS.get(self.optimizer)
+        LR_SCHEDULES.get(self.lr_schedule)
         resolve_device(self.device)
         return self
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (e.g. the lower retraining learning rate)."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "the training recipe") -> TrainConfig:
+        """A validated config from plain data (``model.json``'s ``train``); unknown keys are a ConfigError."""
+        data = dict(data)
+        if "schedule" in data and "lr_schedule" not in data:  # written before the rename (secateur 0.1)
+            data["lr_schedule"] = data.pop("schedule")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**data).validate()
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
@@ -161,25 +173,51 @@ def frozen_teacher(model: nn.Module) -> nn.Module:
     return teacher
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser named in ``config``; weight decay is L2 on every trainable parameter."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+@OPTIMIZERS.register("sgd")
+def _sgd(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with (Nesterov) momentum and L2 weight decay."""
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay."""
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay)."""
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser named in ``config``; weight decay applies to every trainable parameter."""
+    return OPTIMIZERS.get(config.optimizer)([p for p in model.parameters() if p.requires_grad], config)
+
+
+@LR_SCHEDULES.register("cosine")
+def _cosine(progress: float) -> float:
+    """Cosine annealing to zero."""
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@LR_SCHEDULES.register("step")
+def _step(progress: float) -> float:
+    """x0.1 at half and at three quarters of the run."""
+    return 0.1 ** (int(progress >= 0.5) + int(progress >= 0.75))
+
+
+@LR_SCHEDULES.register("constant")
+def _constant(progress: float) -> float:
+    """The base learning rate throughout."""
+    return 1.0
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
     """Multiplier of the base learning rate at ``step`` of ``total`` optimiser steps."""
-    if schedule == "constant" or total <= 0:
-        return 1.0
-    progress = step / total
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 0.1 ** (int(progress >= 0.5) + int(progress >= 0.75))  # "step"
+    return 1.0 if total <= 0 else LR_SCHEDULES.get(schedule)(step / total)
 
 
 def random_shift(x: torch.Tensor, pixels: int, background: torch.Tensor,
@@ -243,7 +281,7 @@ def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: _F
     optimizer = state["optimizer"]
     for x, y in _epoch_batches(data, config, state["generator"], state["device"]):
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(config.schedule, state["step"], state["total"])
+            group["lr"] = config.lr * lr_factor(config.lr_schedule, state["step"], state["total"])
         optimizer.zero_grad(set_to_none=True)
         loss = step(model, x, y)
         loss.backward()

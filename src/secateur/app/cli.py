@@ -8,14 +8,15 @@ line ``secateur: error: ...`` and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import sys
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from secateur.errors import ConfigError, SecateurError
 from secateur.io import rundir
 from secateur.io.storage import load_model
+from secateur.train import LR_SCHEDULES, OPTIMIZERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,10 +90,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=non_negative_int)
     group.add_argument("--batch-size", type=positive_int)
     group.add_argument("--lr", type=positive_float, help="learning rate")
-    group.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    group.add_argument("--optimizer", choices=OPTIMIZERS.names())
     group.add_argument("--momentum", type=non_negative_float)
     group.add_argument("--weight-decay", type=non_negative_float, help="L2 weight decay")
-    group.add_argument("--lr-schedule", dest="schedule", choices=("cosine", "step", "constant"),
+    group.add_argument("--lr-schedule", choices=LR_SCHEDULES.names(),
                        help="learning-rate schedule")
     group.add_argument("--augment", type=non_negative_int, help="random shift in pixels")
     group.add_argument("--seed", type=non_negative_int)
@@ -104,7 +105,7 @@ def train_config_from(args: argparse.Namespace, model: str, recipe: dict | None 
     from secateur.zoo.baseline import default_config
 
     fields = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-              "schedule", "augment", "seed", "device")
+              "lr_schedule", "augment", "seed", "device")
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return default_config(model).replace(**{**(recipe or {}), **changes}).validate()
 
@@ -189,8 +190,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         if meta.get("kind") is None:
             continue
         flag = "--" + spec.name.replace("_", "-")
-        dest = "prune_schedule" if spec.name == "schedule" else spec.name  # --lr-schedule is the training one
-        parser.add_argument(flag, dest=dest, type=kinds[meta["kind"]], default=None,
+        parser.add_argument(flag, dest=spec.name, type=kinds[meta["kind"]], default=None,
                             help=_option_help(meta, spec.default))
     parser.add_argument("--config", dest="recipe", type=existing_path, default=None,
                         help="a recipe file (YAML) whose keys are these options' names; flags override it")
@@ -205,13 +205,12 @@ def names(text: str) -> tuple[str, ...]:
 
 
 def given_options(args: argparse.Namespace) -> dict[str, object]:
-    """The prune options given on the command line (dest names mapped back to option names)."""
+    """The prune options given on the command line."""
     from secateur.search.config import PruneConfig
 
     given = {}
     for spec in dataclasses.fields(PruneConfig):
-        dest = "prune_schedule" if spec.name == "schedule" else spec.name
-        value = getattr(args, dest, None)
+        value = getattr(args, spec.name, None)
         if value is not None and dict(spec.metadata).get("kind") is not None:
             given[spec.name] = value
     return given
@@ -230,7 +229,6 @@ def prune_config_from(args: argparse.Namespace, recipe: dict | None = None):
 def cmd_prune(args: argparse.Namespace) -> int:
     """secateur prune: the smallest model within --max-drop, with its run folder and report."""
     from secateur.app.pipeline import prune_run
-
     from secateur.app.recipe import Recipe, read_recipe
 
     recipe = read_recipe(args.recipe) if args.recipe is not None else Recipe()

@@ -40,7 +40,7 @@ def load_baseline(path: str | Path) -> LoadedBaseline:
         raise CheckpointError(f"no checkpoint at {stem}.safetensors; train one with 'secateur train'")
     model, meta = load_model(stem)
     fields = meta.get("train") or {}
-    config = TrainConfig(**fields) if fields else default_config(meta["model"]["name"])
+    config = TrainConfig.from_dict(fields) if fields else default_config(meta["model"]["name"])
     return LoadedBaseline(model, meta, config)
 
 
@@ -54,7 +54,7 @@ def obtain_baseline(model: str | None, data: Dataset, out: Path, *, from_dir: st
     if model is None:
         raise ConfigError("give --model to train a baseline, or --from a trained baseline folder")
     trained = train_baseline(model, data, out=rundir.baseline_dir(out), config=train_config, progress=progress)
-    return LoadedBaseline(trained.model, trained.meta, TrainConfig(**trained.meta["train"]))
+    return LoadedBaseline(trained.model, trained.meta, TrainConfig.from_dict(trained.meta["train"]))
 
 
 def _check_fresh(out: Path, resume: bool) -> None:

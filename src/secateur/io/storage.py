@@ -51,7 +51,7 @@ from secateur.errors import (
     SecateurError,
     UnknownNameError,
 )
-from secateur.provenance import record_model, record_plan, recorded_model, recorded_plan
+from secateur.provenance import Factory, record_model, record_plan, recorded_model, recorded_plan
 from secateur.registry import Registry
 from secateur.unstructured.masks import (
     apply_masks,
@@ -69,7 +69,6 @@ KEY_MODEL, KEY_PLAN, KEY_MASKS = "model", "plan", "masks"
 KEY_TENSORS, KEY_SHA256, KEY_VERSIONS = "tensors", "sha256", "versions"
 REQUIRED_KEYS = (KEY_FORMAT, KEY_FORMAT_VERSION, KEY_MASKS, KEY_TENSORS)
 
-BuildFn = Callable[..., nn.Module]
 PlanApplier = Callable[[nn.Module, Mapping[str, Any]], None]
 """Shrinks a model (original architecture, or pruned part of the way) to a plan's JSON."""
 
@@ -324,7 +323,7 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
     return plain, masks, meta
 
 
-def _build(meta: dict, build: BuildFn | None, js_path: Path) -> nn.Module:
+def _build(meta: dict, build: Factory | None, js_path: Path) -> nn.Module:
     """Rebuild the network described by ``meta["model"] = {"name": ..., "args": {...}}``."""
     spec = meta.get(KEY_MODEL)
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("args", {}), dict):
@@ -383,7 +382,7 @@ def _fill(model: nn.Module, plain: dict, masks: dict, st_path: Path) -> None:
 
 
 def load_model(
-    path: Path | str, model: nn.Module | None = None, *, build: BuildFn | None = None
+    path: Path | str, model: nn.Module | None = None, *, build: Factory | None = None
 ) -> tuple[nn.Module, dict]:
     """Load a checkpoint into ``model`` (or one rebuilt from ``meta["model"]`` with ``build``,
     default ``secateur.zoo.models.build_model``); returns (model in eval mode, header).

@@ -50,8 +50,15 @@ def strength_generator(seed: int, strength: float) -> torch.Generator:
 class Pruner(Protocol):
     """Prunes a model to a strength; what the search alone knows of a granularity."""
 
-    targets: tuple[str, ...]  # the weight tensors reported per layer
-    state_keys: tuple[str, ...]  # the keys its state takes in a checkpoint header (e.g. ("plan",))
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The weight tensors reported per layer."""
+        ...
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        """The keys its JSON state takes in a checkpoint header (empty: the state lives in the model)."""
+        ...
 
     def levels(self, strength: float) -> Level:
         """What ``strength`` means for this pruner (recorded in every history row)."""

@@ -31,10 +31,9 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError, UnknownNameError
-from secateur.provenance import record_model
+from secateur.provenance import Factory, record_model
 from secateur.registry import Registry
 
-Factory = Callable[..., nn.Module]
 MODELS: Registry[Factory] = Registry("model")
 
 TORCHVISION_PREFIX = "torchvision:"
