@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError
+from secateur.search.pruner import SCOPES
 from secateur.structured.graph import DependencyGraph, Group
 from secateur.structured.importance import GROUP_METHODS
 
@@ -98,16 +99,20 @@ def n_keep(size: int, ratio: float, min_channels: int, round_to: int) -> int:
     return keep
 
 
+def check_counts(min_channels: int, round_to: int) -> None:
+    """ConfigError unless every group may keep at least one channel, in multiples of at least one."""
+    if int(min_channels) < 1 or int(round_to) < 1:
+        raise ConfigError(f"min channels and round-to must be >= 1, got {min_channels} and {round_to}")
+
+
 def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, criterion: str = "l1",
                  scope: str = "local", min_channels: int = 1, round_to: int = 1,
                  ratios: Mapping[str, float] | None = None, batches: Iterable | None = None,
                  generator: torch.Generator | None = None) -> Plan:
     """Rank coupled channels with ``criterion`` and decide which ones every group keeps."""
     ratio = _check_ratio(ratio, "ratio")
-    if scope not in ("local", "global"):
-        raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
-    if int(min_channels) < 1 or int(round_to) < 1:
-        raise ConfigError(f"min_channels and round_to must be >= 1, got {min_channels} and {round_to}")
+    SCOPES.get(scope)
+    check_counts(min_channels, round_to)
     scores = GROUP_METHODS.get(criterion)(model, graph, batches=batches, generator=generator)
     overrides = {g.name: _group_ratio(g, ratios or {}) for g in graph.groups}
     group_ratios = {name: ratio if r is None else r for name, r in overrides.items()}

@@ -35,7 +35,7 @@ from secateur.search.pruner import (
 )
 from secateur.structured.graph import DependencyGraph, Group, analyse
 from secateur.structured.importance import GROUP_METHODS
-from secateur.structured.plan import build_plan, global_counts, n_keep, top_channels
+from secateur.structured.plan import build_plan, check_counts, global_counts, n_keep, top_channels
 from secateur.structured.surgery import apply_plan
 
 
@@ -141,8 +141,7 @@ def _conv_paths(model: nn.Module) -> tuple[str, ...]:
 
 def _check(config: PruneConfig) -> None:
     SCOPES.get(config.scope)
-    if config.min_channels < 1 or config.round_to < 1:
-        raise ConfigError(f"min channels and round-to must be >= 1, got {config.min_channels} and {config.round_to}")
+    check_counts(config.min_channels, config.round_to)
 
 
 def _builder(keep_whole: Callable[[nn.Module], tuple[str, ...]]) -> Callable[..., tuple[ChannelPruner, PruneConfig]]:
