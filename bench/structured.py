@@ -80,7 +80,7 @@ def prune_secateur(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, float,
     start = time.perf_counter()
     graph = analyse(model, x)
     analysed = time.perf_counter()
-    plan = plan_pruning(model, graph, ratio=RATIO, criterion="l1", scope="local")
+    plan = plan_pruning(model, graph, ratio=RATIO, method="l1", scope="local")
     apply_plan(model, plan)
     return model, analysed - start, time.perf_counter() - analysed
 

@@ -42,7 +42,7 @@ def equivalence(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, seed: int
     calibrate_bn(model, x)
     graph = analyse(model, x[:1], **{k: v for k, v in kw.items() if k == "ignore"})
     opts = {k: v for k, v in kw.items() if k != "ignore"}
-    opts.setdefault("criterion", "random")
+    opts.setdefault("method", "random")
     plan = plan_pruning(model, graph, ratio=ratio, generator=torch.Generator().manual_seed(seed), **opts)
     zero_pruned(model, plan)
     with torch.no_grad():

@@ -25,7 +25,7 @@ from secateur.search.schedules import SCHEDULES
 from secateur.structured import analyse, prune_channels
 from secateur.structured.importance import GROUP_METHODS
 from secateur.train import TrainConfig, fit
-from secateur.unstructured.criteria import WEIGHT_METHODS
+from secateur.unstructured.methods import WEIGHT_METHODS
 from secateur.zoo.models import build_model
 
 
@@ -74,7 +74,7 @@ def test_group_methods_score_every_channel_and_prune_to_a_working_model(method, 
     scores = GROUP_METHODS.get(method)(model, graph, batches=batches, generator=torch.Generator().manual_seed(0))
     for group in graph.groups:
         assert scores[group.name].shape == (group.size,) and torch.isfinite(scores[group.name]).all()
-    pruned, _ = prune_channels(model, x, 0.5, criterion=method, batches=batches,
+    pruned, _ = prune_channels(model, x, 0.5, method=method, batches=batches,
                                generator=torch.Generator().manual_seed(0), inplace=False)
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())

@@ -234,36 +234,36 @@ def test_l1_and_bn_scale_keep_the_strongest_channels():
         model[3].weight.fill_(0.01)
         model[1].weight.copy_(torch.tensor([8.0, 7, 6, 5, 4, 3, 2, 1]))
     graph = analyse(model, X)
-    assert plan_pruning(model, graph, ratio=0.5, criterion="l1").keep_out["0"] == [4, 5, 6, 7]
-    assert plan_pruning(model, graph, ratio=0.5, criterion="l2").keep_out["0"] == [4, 5, 6, 7]
-    assert plan_pruning(model, graph, ratio=0.5, criterion="bn-scale").keep_out["0"] == [0, 1, 2, 3]
+    assert plan_pruning(model, graph, ratio=0.5, method="l1").keep_out["0"] == [4, 5, 6, 7]
+    assert plan_pruning(model, graph, ratio=0.5, method="l2").keep_out["0"] == [4, 5, 6, 7]
+    assert plan_pruning(model, graph, ratio=0.5, method="bn-scale").keep_out["0"] == [0, 1, 2, 3]
 
 
 def test_taylor_needs_batches_and_random_is_reproducible():
     model = _two_layer()
     graph = analyse(model, X)
     with pytest.raises(ConfigError, match="batches"):
-        plan_pruning(model, graph, ratio=0.5, criterion="taylor")
-    plan = plan_pruning(model, graph, ratio=0.5, criterion="taylor", batches=[(X, torch.tensor([0, 1]))])
+        plan_pruning(model, graph, ratio=0.5, method="taylor")
+    plan = plan_pruning(model, graph, ratio=0.5, method="taylor", batches=[(X, torch.tensor([0, 1]))])
     assert len(plan.keep_out["0"]) == 4
     assert all(p.grad is None for p in model.parameters())
-    r1 = plan_pruning(model, graph, ratio=0.5, criterion="random", generator=torch.Generator().manual_seed(3))
-    r2 = plan_pruning(model, graph, ratio=0.5, criterion="random", generator=torch.Generator().manual_seed(3))
+    r1 = plan_pruning(model, graph, ratio=0.5, method="random", generator=torch.Generator().manual_seed(3))
+    r2 = plan_pruning(model, graph, ratio=0.5, method="random", generator=torch.Generator().manual_seed(3))
     assert r1.keep_out == r2.keep_out
     assert {"l1", "l2", "bn-scale", "taylor", "random"} <= set(GROUP_METHODS.names())  # the documented ones
     with pytest.raises(UnknownNameError):
-        plan_pruning(model, graph, ratio=0.5, criterion="nope")
+        plan_pruning(model, graph, ratio=0.5, method="nope")
 
 
 def test_min_channels_round_to_and_per_layer_ratios():
     model = Depthwise()
     graph = analyse(model, X)
     sizes = {g.name: g.size for g in graph.groups}
-    plan = plan_pruning(model, graph, ratio=0.9, min_channels=3, criterion="l1")
+    plan = plan_pruning(model, graph, ratio=0.9, min_channels=3, method="l1")
     assert all(kept >= min(3, size) for kept, size in plan.info["groups"].values())
-    plan = plan_pruning(model, graph, ratio=0.5, round_to=4, criterion="l1")
+    plan = plan_pruning(model, graph, ratio=0.5, round_to=4, method="l1")
     assert all(kept % 4 == 0 or kept == size for kept, size in plan.info["groups"].values())
-    plan = plan_pruning(model, graph, ratio=0.5, ratios={"se1": 0.0}, criterion="l1")
+    plan = plan_pruning(model, graph, ratio=0.5, ratios={"se1": 0.0}, method="l1")
     assert plan.info["groups"]["se1"] == [sizes["se1"], sizes["se1"]]
     with pytest.raises(ConfigError):
         plan_pruning(model, graph, ratio=1.5)
@@ -277,8 +277,8 @@ def test_global_scope_ranks_across_groups():
         model.a[0].weight.mul_(1e-3)
         model.b[0].weight[:, :].mul_(1.0)
     graph = analyse(model, X)
-    local = plan_pruning(model, graph, ratio=0.25, criterion="l1")
-    glob = plan_pruning(model, graph, ratio=0.25, criterion="l1", scope="global")
+    local = plan_pruning(model, graph, ratio=0.25, method="l1")
+    glob = plan_pruning(model, graph, ratio=0.25, method="l1", scope="global")
     assert local.info["groups"]["a.0"][0] == 6
     total = sum(s for _, s in glob.info["groups"].values())
     kept = sum(k for k, _ in glob.info["groups"].values())

@@ -19,8 +19,8 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.progress import progress_bar
-from secateur.unstructured.criteria import WEIGHT_METHODS, global_magnitude_masks
 from secateur.unstructured.masks import effective, prunable_names
+from secateur.unstructured.methods import WEIGHT_METHODS, global_magnitude_masks
 from secateur.unstructured.pruner import WeightPruner, reference_stds
 
 DEFAULT_STRENGTHS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)
@@ -30,8 +30,8 @@ def layer_curves(model: nn.Module, evaluate: Callable[[nn.Module], float], *, me
                  targets: Sequence[str] | None = None, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                  progress: bool = False) -> dict[str, list[dict]]:
     """Validation accuracy when only one layer is pruned, for each layer and strength."""
-    criterion = WEIGHT_METHODS.get(method)
-    if criterion.scope == "global":
+    entry = WEIGHT_METHODS.get(method)
+    if entry.scope == "global":
         per_layer = [name for name in WEIGHT_METHODS.names() if WEIGHT_METHODS.get(name).scope != "global"]
         raise ConfigError(f"sensitivity needs a per-layer method ({', '.join(per_layer)}), not {method}")
     targets = tuple(targets or prunable_names(model))
@@ -39,7 +39,7 @@ def layer_curves(model: nn.Module, evaluate: Callable[[nn.Module], float], *, me
     with progress_bar(progress, len(targets) * len(strengths), "sensitivity") as advance:
         for name in targets:
             reference = reference_stds(model, (name,))
-            pruner = WeightPruner(criterion, (name,), {}, reference)
+            pruner = WeightPruner(entry, (name,), {}, reference)
             curves[name] = [_point(model, pruner, name, x, evaluate, advance) for x in strengths]
     return curves
 
@@ -50,7 +50,7 @@ def _point(model: nn.Module, pruner: WeightPruner, name: str, strength: float,
     pruner.prune(candidate, strength)
     tensor = effective(candidate, name)
     levels = pruner.levels(strength)
-    assert isinstance(levels, dict), "per-layer criteria only (layer_curves refuses global-magnitude)"
+    assert isinstance(levels, dict), "per-layer methods only (layer_curves refuses global ones)"
     point = {"strength": strength, "level": levels[name],
              "kept": int(torch.count_nonzero(tensor)) / tensor.numel(), "val_accuracy": evaluate(candidate)}
     advance(status=f"{name} x={strength:g}: {100 * point['val_accuracy']:.2f}%")

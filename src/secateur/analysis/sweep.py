@@ -16,12 +16,13 @@ from torch import nn
 from secateur.analysis.metrics import count_params
 from secateur.progress import progress_bar
 from secateur.search.schedules import SCHEDULES
-from secateur.unstructured.criteria import WEIGHT_METHODS
 from secateur.unstructured.granularities import masked_copy
 from secateur.unstructured.masks import prunable_names
+from secateur.unstructured.methods import WEIGHT_METHODS
 from secateur.unstructured.pruner import WeightPruner, reference_stds
 
 DEFAULT_STRENGTHS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+DEFAULT_METHODS = ("han", "global-magnitude", "random")  # Han's, the strongest simple peer, the floor
 
 
 def method_curve(model: nn.Module, method: str, *, strengths: Sequence[float],

@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from secateur.analysis.sweep import DEFAULT_METHODS as DEFAULT_SWEEP_METHODS
+from secateur.analysis.sweep import DEFAULT_STRENGTHS
 from secateur.errors import ConfigError, SecateurError
 from secateur.io import rundir
 from secateur.io.storage import load_model
+from secateur.search.pruner import GRANULARITIES
 from secateur.train import LR_SCHEDULES, OPTIMIZERS
 
 
@@ -373,9 +376,11 @@ def _add_sweep(sub) -> None:
     sweep.add_argument("--model", help="zoo name (trains a baseline first)")
     sweep.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder")
     add_data_args(sweep)
-    sweep.add_argument("--methods", default="han,global-magnitude,random")
-    sweep.add_argument("--strengths", type=strengths, default=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
-                       help="pruning strengths (about log2 of compression), default 1,2,3,4,5,6")
+    sweep.add_argument("--methods", default=",".join(DEFAULT_SWEEP_METHODS),
+                       help=f"comma-separated weight methods (default {','.join(DEFAULT_SWEEP_METHODS)})")
+    sweep.add_argument("--strengths", type=strengths, default=DEFAULT_STRENGTHS,
+                       help="pruning strengths (about log2 of compression), default "
+                            f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS)}")
     sweep.add_argument("--retrain-epochs", type=non_negative_int, default=2)
     sweep.add_argument("--out", type=Path, required=True)
     sweep.add_argument("--quiet", action="store_true")
@@ -385,7 +390,8 @@ def _add_sweep(sub) -> None:
 def _add_sensitivity(sub) -> None:
     sens = sub.add_parser("sensitivity", help="prune each layer alone; plot accuracy per layer")
     sens.add_argument("--from", dest="from_dir", type=existing_path, required=True, help="a trained baseline folder")
-    sens.add_argument("--method", default="han")
+    sens.add_argument("--method", default=GRANULARITIES.get("weight").default_method,
+                      help="a per-layer weight method (default: the weight granularity's)")
     sens.add_argument("--tolerance", type=non_negative_float, default=1.0,
                       help="accuracy points the layers may lose in total, each pruned alone (default 1.0)")
     sens.add_argument("--data-dir", type=Path, default=None)

@@ -1,6 +1,6 @@
 """``make demo``: a one-minute, offline tour of secateur on scikit-learn's bundled digits.
 
-Trains LeNet-300-100 (sized for 8x8 inputs), prunes it with Han et al.'s criterion under a
+Trains LeNet-300-100 (sized for 8x8 inputs), prunes it with Han et al.'s method under a
 2-point validation drop bound (200 validation images: 1 point is 2 images), then removes whole
 neurons from the same dense model under the same bound, and writes both run folders with
 their reports. No network.

@@ -1,7 +1,7 @@
 """The drop-bound search over pruning strength: raise, roll back, bisect.
 
-The search works on one scalar, the *strength* x >= 0 (0 = the dense model; each criterion
-maps x to its own level, see :mod:`secateur.unstructured.criteria`). Each round tries a strength:
+The search works on one scalar, the *strength* x >= 0 (0 = the dense model; each method
+maps x to its own level, see :mod:`secateur.unstructured.methods`). Each round tries a strength:
 
 - while no round has failed, the next strength is the last accepted one plus a step (the
   step grows by ``growth`` after every success, so deep sparsity is reached in few rounds);

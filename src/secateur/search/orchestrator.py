@@ -180,8 +180,9 @@ def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train
     baseline_val = Outcome.of(evaluate(baseline))  # per-example results kept for paired comparisons
     if out is not None:
         rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val.accuracy, **meta})
-        if not (out / "baseline" / "model.safetensors").exists():  # keep a trained baseline's own record
-            _save(baseline, out / "baseline" / "model", meta, {"val": {"accuracy": baseline_val.accuracy}})
+        if not rundir.has_checkpoint(rundir.baseline_dir(out)):  # keep a trained baseline's own record
+            _save(baseline, rundir.model_base(rundir.baseline_dir(out)), meta,
+                  {"val": {"accuracy": baseline_val.accuracy}})
     return _Run(config, baseline, copy.deepcopy(baseline), pruner, SCHEDULES.get(config.schedule), evaluate,
                 make_train, baseline_val, input_shape, out, initial_state(config.search_settings()), [])
 
@@ -382,9 +383,9 @@ def _write_outputs(run: _Run, chosen: nn.Module, results: dict, meta: dict) -> N
     """model.safetensors/.json, results.json and the report in the run folder."""
     from secateur.report import render_report  # lazy: matplotlib is slow to import, and only runs write reports
 
-    _save(chosen, run.out / "model", {**meta, **run.pruner_state},
+    _save(chosen, rundir.model_base(run.out), {**meta, **run.pruner_state},
           {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
-    results["bytes"].update(baseline=file_bytes(run.out / "baseline" / "model.safetensors"),
-                            pruned=file_bytes(run.out / "model.safetensors"))
+    results["bytes"].update(baseline=file_bytes(rundir.baseline_dir(run.out) / rundir.WEIGHTS),
+                            pruned=file_bytes(run.out / rundir.WEIGHTS))
     rundir.write_results(run.out, results)
     render_report(run.out)

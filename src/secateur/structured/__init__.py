@@ -6,7 +6,7 @@ Typical use::
     from secateur.structured import prune_channels
     model = build_model("torchvision:resnet50", num_classes=1000)         # records its factory
     x = torch.randn(1, 3, 224, 224)
-    model, plan = prune_channels(model, x, ratio=0.5, criterion="l1")    # smaller, same classes
+    model, plan = prune_channels(model, x, ratio=0.5, method="l1")    # smaller, same classes
     save_model(model, "out/pruned")              # out/pruned.safetensors + .json (factory + plan)
     again, meta = load_model("out/pruned")      # rebuilt from the factory and plan; no pickle
 
@@ -50,7 +50,7 @@ __all__ = [
 
 
 def prune_channels(model: nn.Module, example_input: torch.Tensor, ratio: float = 0.5, *,
-                   criterion: str = "l1", scope: str = "local", ignore: Sequence[str] = (), strict: bool = False,
+                   method: str = "l1", scope: str = "local", ignore: Sequence[str] = (), strict: bool = False,
                    min_channels: int = 1, round_to: int = 1, ratios: Mapping[str, float] | None = None,
                    batches: Iterable | None = None, generator: torch.Generator | None = None,
                    inplace: bool = True) -> tuple[nn.Module, Plan]:
@@ -60,7 +60,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, ratio: float =
     """
     target = model if inplace else copy.deepcopy(model)
     graph = analyse(target, example_input, ignore=ignore, strict=strict)
-    plan = plan_pruning(target, graph, ratio=ratio, criterion=criterion, scope=scope,
+    plan = plan_pruning(target, graph, ratio=ratio, method=method, scope=scope,
                         min_channels=min_channels, round_to=round_to, ratios=ratios,
                         batches=batches, generator=generator)
     apply_plan(target, plan, example_input)

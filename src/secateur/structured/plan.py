@@ -2,7 +2,7 @@
 
 A :class:`Plan` is plain data (JSON-serialisable, no tensors) so it can be saved next to the
 weights and re-applied to a freshly built model. :func:`plan_pruning` turns a
-:class:`DependencyGraph` plus a criterion into a plan:
+:class:`DependencyGraph` plus a method into a plan:
 
 - ``scope="local"``: every group loses ``ratio`` of its channels (``ratios`` overrides it
   for groups whose producing conv / linear layers match an fnmatch pattern, first match wins);
@@ -105,15 +105,15 @@ def check_counts(min_channels: int, round_to: int) -> None:
         raise ConfigError(f"min channels and round-to must be >= 1, got {min_channels} and {round_to}")
 
 
-def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, criterion: str = "l1",
+def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, method: str = "l1",
                  scope: str = "local", min_channels: int = 1, round_to: int = 1,
                  ratios: Mapping[str, float] | None = None, batches: Iterable | None = None,
                  generator: torch.Generator | None = None) -> Plan:
-    """Rank coupled channels with ``criterion`` and decide which ones every group keeps."""
+    """Rank coupled channels with ``method`` (a :data:`GROUP_METHODS` name) and decide which ones every group keeps."""
     ratio = _check_ratio(ratio, "ratio")
     SCOPES.get(scope)
     check_counts(min_channels, round_to)
-    scores = GROUP_METHODS.get(criterion)(model, graph, batches=batches, generator=generator)
+    scores = GROUP_METHODS.get(method)(model, graph, batches=batches, generator=generator)
     overrides = {g.name: _group_ratio(g, ratios or {}) for g in graph.groups}
     group_ratios = {name: ratio if r is None else r for name, r in overrides.items()}
     counts = {g.name: n_keep(g.size, group_ratios[g.name], min_channels, round_to) for g in graph.groups}
@@ -121,7 +121,7 @@ def plan_pruning(model: nn.Module, graph: DependencyGraph, *, ratio: float, crit
         free = [g for g in graph.groups if overrides[g.name] is None]
         counts.update(global_counts(free, scores, ratio, min_channels, round_to))
     plan = build_plan(graph, {g.name: top_channels(scores[g.name], counts[g.name]) for g in graph.groups})
-    plan.info = {"criterion": criterion, "ratio": ratio, "scope": scope, "min_channels": int(min_channels),
+    plan.info = {"method": method, "ratio": ratio, "scope": scope, "min_channels": int(min_channels),
                  "round_to": int(round_to), "groups": {g.name: [counts[g.name], g.size] for g in graph.groups}}
     return plan
 

@@ -17,13 +17,12 @@ from torch import nn
 
 from secateur.analysis.sensitivity import magnitude_factors, sensitivity
 from secateur.errors import ConfigError
-from secateur.io.rundir import SENSITIVITY
-from secateur.io.storage import atomic_write_json
+from secateur.io.rundir import write_sensitivity
 from secateur.search.acceptance import Outcome
 from secateur.search.config import PruneConfig
 from secateur.search.pruner import ALLOCATIONS, GRANULARITIES, Context, Granularity, register
-from secateur.unstructured.criteria import WEIGHT_METHODS
 from secateur.unstructured.masks import apply_masks, effective
+from secateur.unstructured.methods import WEIGHT_METHODS
 from secateur.unstructured.pruner import (
     KernelPruner,
     NMPruner,
@@ -57,7 +56,7 @@ def _sensitivity(model: nn.Module, config: PruneConfig, context: Context,
     analysis = sensitivity(model, lambda m: Outcome.of(context.evaluate(m)).accuracy, method=str(config.method),
                            targets=targets, tolerance=config.tolerance)
     if context.out is not None:
-        atomic_write_json(context.out / SENSITIVITY, analysis)
+        write_sensitivity(context.out, analysis)
     return analysis["factors"]
 
 

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from secateur.search.pruner import Level, PrunerState, removed_fraction, strength_generator
-from secateur.unstructured.criteria import WeightMethod
 from secateur.unstructured.masks import apply_masks, effective
+from secateur.unstructured.methods import WeightMethod
 
 Masks = dict[str, torch.Tensor]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from secateur.errors import ConfigError, UnknownNameError
-from secateur.unstructured.criteria import WEIGHT_METHODS, select_masks
+from secateur.unstructured.methods import WEIGHT_METHODS, select_masks
 
 
 def weights(seed: int = 0) -> dict[str, torch.Tensor]:
