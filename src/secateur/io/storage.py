@@ -254,14 +254,18 @@ def _check_header(meta: dict, js_path: Path) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise CheckpointError(
-            f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.io.storage.save_model, re-save the model"
+            f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.io.storage.save_model, "
+            "re-save the model"
         )
     if meta["format"] != FORMAT:
-        raise CheckpointError(f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint")
+        raise CheckpointError(
+            f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint"
+        )
     version = meta["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise CheckpointError(
-            f"{js_path} has format_version {version!r}, this secateur reads {FORMAT_VERSION}; upgrade secateur or re-save"
+            f"{js_path} has format_version {version!r}, this secateur reads {FORMAT_VERSION}; "
+            "upgrade secateur or re-save"
         )
     if not isinstance(meta["masks"], list) or not isinstance(meta["tensors"], int):
         raise CheckpointError(f"{js_path} has malformed 'masks'/'tensors' entries; restore or re-save the checkpoint")
@@ -272,7 +276,9 @@ def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.T
     try:
         data = st_path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"{st_path} not found (its {js_path.name} exists); restore it or re-save the model") from None
+        raise CheckpointError(
+            f"{st_path} not found (its {js_path.name} exists); restore it or re-save the model"
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {st_path} ({_one_line(exc)}); check the file") from exc
     try:
@@ -284,7 +290,8 @@ def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.T
     digest = meta.get(KEY_SHA256)
     if digest is not None and digest != hashlib.sha256(data).hexdigest():
         raise CheckpointError(
-            f"{st_path} does not match {js_path.name} (sha256 differs: modified, or from another save); re-save the model"
+            f"{st_path} does not match {js_path.name} (sha256 differs: modified, or from another save); "
+            "re-save the model"
         )
     if len(tensors) != meta["tensors"]:
         raise CheckpointError(
@@ -326,9 +333,11 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
 def _build(meta: dict, build: Factory | None, js_path: Path) -> nn.Module:
     """Rebuild the network described by ``meta["model"] = {"name": ..., "args": {...}}``."""
     spec = meta.get(KEY_MODEL)
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("args", {}), dict):
+    usable = isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("args", {}), dict)
+    if not usable:
         raise CheckpointError(
-            f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); pass model= with the saved architecture"
+            f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); "
+            "pass model= with the saved architecture"
         )
     if build is None:
         from secateur.zoo.models import (
@@ -378,7 +387,9 @@ def _fill(model: nn.Module, plain: dict, masks: dict, st_path: Path) -> None:
         model.load_state_dict(plain, strict=True)
         apply_masks(model, masks)
     except (RuntimeError, ConfigError) as exc:
-        raise CheckpointError(f"{st_path} does not fit the model ({_one_line(exc)}); use the saved architecture") from exc
+        raise CheckpointError(
+            f"{st_path} does not fit the model ({_one_line(exc)}); use the saved architecture"
+        ) from exc
 
 
 def load_model(

@@ -353,7 +353,8 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
             polished: dict | None = None) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
     chosen, baseline = run.best, run.baseline
-    tests = {name: test_evaluate(m) if test_evaluate else None for name, m in (("baseline", baseline), ("pruned", chosen))}
+    tests = {name: test_evaluate(m) if test_evaluate else None
+             for name, m in (("baseline", baseline), ("pruned", chosen))}
     best = run.state.best_round
     pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val.accuracy
     margin_points = run.history[best - 1].get("margin", 0.0) if best else 0.0

@@ -109,8 +109,8 @@ class Granularity:
     physical: bool
     continuous: bool
     prepare: Callable[[nn.Module, tuple[str, ...]], nn.Module]
-    build: Callable[[nn.Module, "PruneConfig", Context], "tuple[Pruner, PruneConfig]"]
-    check: Callable[["PruneConfig"], None] | None = None
+    build: Callable[[nn.Module, PruneConfig, Context], tuple[Pruner, PruneConfig]]
+    check: Callable[[PruneConfig], None] | None = None
 
 
 GRANULARITIES: Registry[Granularity] = Registry(

@@ -200,10 +200,10 @@ def _norm_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] |
         per = m.num_channels // m.num_groups
         if len(o) % per:
             raise ConfigError(f"plan for GroupNorm {path!r} does not keep whole groups")
-        return edits + [_Edit(m, "num_channels", len(o)), _Edit(m, "num_groups", len(o) // per)]
+        return [*edits, _Edit(m, "num_channels", len(o)), _Edit(m, "num_groups", len(o) // per)]
     if isinstance(m, nn.PReLU):
-        return edits + [_Edit(m, "num_parameters", len(o))]
-    return edits + [_Edit(m, "num_features", len(o))]
+        return [*edits, _Edit(m, "num_parameters", len(o))]
+    return [*edits, _Edit(m, "num_features", len(o))]
 
 
 _EDITORS: list[tuple[tuple[type, ...], Callable[..., list[_Edit]]]] = [

@@ -57,7 +57,7 @@ def _version_of(package: str) -> str:
         from importlib.metadata import version
 
         return version(package)
-    except Exception:  # noqa: BLE001 - a missing optional package is simply "unknown"
+    except Exception:  # a missing optional package is simply "unknown"
         return "unknown"
 
 

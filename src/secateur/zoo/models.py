@@ -229,7 +229,7 @@ def _import_module(module_name: str, spec: str) -> Any:
             raise ConfigError(f"cannot import {module_name!r} for model {spec!r}: {_first_line(err)}") from None
         sys.path.append(cwd)
         return _import_module(module_name, spec)
-    except Exception as err:  # noqa: BLE001 - any failure inside the user's module is a config problem
+    except Exception as err:  # any failure inside the user's module is a config problem
         raise ConfigError(f"importing {module_name!r} for model {spec!r} failed: "
                           f"{type(err).__name__}: {_first_line(err)}") from None
 
