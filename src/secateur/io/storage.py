@@ -59,6 +59,7 @@ from secateur.unstructured.masks import (
     effective_state_dict,
     masks_of,
 )
+from secateur.zoo.models import build_model
 
 FORMAT = "secateur.checkpoint"
 FORMAT_VERSION = 1
@@ -333,17 +334,14 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
 def _build(meta: dict, build: Factory | None, js_path: Path) -> nn.Module:
     """Rebuild the network described by ``meta["model"] = {"name": ..., "args": {...}}``."""
     spec = meta.get(KEY_MODEL)
-    usable = isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("args", {}), dict)
-    if not usable:
+    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
+            or not isinstance(spec.get("args", {}), dict)):
         raise CheckpointError(
             f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); "
             "pass model= with the saved architecture"
         )
-    if build is None:
-        from secateur.zoo.models import (
-            build_model as build,  # lazy: zoo sits above io (zoo.baseline saves through here)
-        )
-    return build(spec["name"], **spec.get("args", {}))
+    factory = build_model if build is None else build
+    return factory(spec["name"], **spec.get("args", {}))
 
 
 def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path: Path) -> str | None:

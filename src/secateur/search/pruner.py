@@ -23,7 +23,7 @@ from torch import nn
 
 from secateur.registry import Registry
 
-if TYPE_CHECKING:  # annotations only: the config module imports this one
+if TYPE_CHECKING:  # annotations only: search.config imports this module (a cycle at run time)
     from secateur.search.config import PruneConfig
 
 PrunerState = dict[str, Any]  # JSON: e.g. {"plan": ...} for physical pruning, {} for masks
