@@ -37,8 +37,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from secateur.analysis.metrics import count_macs, count_params  # noqa: E402
-from secateur.structured import analyse, apply_plan, plan_pruning  # noqa: E402
+from secateur.analysis.metrics import count_macs, count_params
+from secateur.structured import analyse, apply_plan, plan_pruning
 
 DEFAULT_MODELS = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121",
                   "efficientnet_b0", "regnet_x_400mf"]
@@ -221,8 +221,10 @@ def markdown(results: dict[str, dict], args: argparse.Namespace) -> str:
         err = "; ".join(f"{k}: {v['error']}" for k, v in (("sec", s), ("tp", t)) if v.get("error"))
         lines.append(
             f"| {name} | {'ok' if s['ok'] else 'FAIL'} | {'ok' if t['ok'] else 'FAIL'} | "
-            f"{_fmt(s.get('params_before'), 1e6)} | {_fmt(s.get('params_after'), 1e6)} / {_fmt(t.get('params_after'), 1e6)} | "
-            f"{_fmt(s.get('macs_before'), 1e9)} | {_fmt(s.get('macs_after'), 1e9)} / {_fmt(t.get('macs_after'), 1e9)} | "
+            f"{_fmt(s.get('params_before'), 1e6)} | "
+            f"{_fmt(s.get('params_after'), 1e6)} / {_fmt(t.get('params_after'), 1e6)} | "
+            f"{_fmt(s.get('macs_before'), 1e9)} | "
+            f"{_fmt(s.get('macs_after'), 1e9)} / {_fmt(t.get('macs_after'), 1e9)} | "
             f"{_fmt(s.get('analyse_seconds'))} / {_fmt(t.get('analyse_seconds'))} | "
             f"{_fmt(s.get('speedup_b32_over_mac_ratio'))} / {_fmt(t.get('speedup_b32_over_mac_ratio'))} | "
             f"{err.replace('|', '/')[:160]} |")
@@ -235,10 +237,11 @@ def _summary(results: dict[str, dict], args: argparse.Namespace) -> str:
     both = [r for r in results.values() if r["secateur"]["ok"] and r["torch_pruning"]["ok"]]
     sec_t = sum(r["secateur"]["analyse_seconds"] for r in both)
     tp_t = sum(r["torch_pruning"]["analyse_seconds"] for r in both)
+    latency = "skipped" if args.no_latency else f"median of {args.repeats}"
     return (f"# Structured pruning benchmark ({RATIO:.0%} channels, L1, local)\n\n"
             f"- command: `python bench/structured.py {' '.join(sys.argv[1:])}`\n"
             f"- torch {torch.__version__}, torchvision {torchvision.__version__}, {platform.machine()}, "
-            f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, latency {'skipped' if args.no_latency else f'median of {args.repeats}'}\n"
+            f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, latency {latency}\n"
             f"- models handled: secateur {ok_s}/{len(results)}, torch-pruning {ok_t}/{len(results)}\n"
             f"- total analyse seconds on the {len(both)} models both handle: secateur {sec_t:.2f}, "
             f"torch-pruning {tp_t:.2f}")
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         results[name] = bench_model(name, args)
         print(f"{name}: secateur {results[name]['secateur']['ok']}, torch-pruning "
-              f"{results[name]['torch_pruning']['ok']} ({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+              f"{results[name]['torch_pruning']['ok']} ({time.perf_counter() - start:.0f}s)",
+              file=sys.stderr, flush=True)
         if args.json:
             write_atomic(args.json, json.dumps(results, indent=1))
         if args.md:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from secateur.zoo import data as data_mod
 from secateur.errors import ConfigError, DataError, UnknownNameError
 from secateur.io.idx import read_idx
+from secateur.zoo import data as data_mod
 from secateur.zoo.data import (
     DATASETS,
     Dataset,
@@ -165,7 +165,7 @@ def test_read_idx_crc_error(tmp_path: Path, data_root: Path) -> None:
     blob[-8] ^= 0xFF  # first byte of the CRC32 in the gzip trailer
     bad = tmp_path / "labels.gz"
     bad.write_bytes(bytes(blob))
-    with pytest.raises(DataError, match="corrupt gzip.*CRC") as excinfo:
+    with pytest.raises(DataError, match=r"corrupt gzip.*CRC") as excinfo:
         read_idx(bad)
     one_line_error(excinfo)
 
@@ -207,7 +207,7 @@ def test_read_idx_garbage_and_missing(tmp_path: Path) -> None:
         read_idx(tmp_path / "nope.gz")
     bad_stream = tmp_path / "bad.gz"
     bad_stream.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"garbage-deflate-data" * 3)
-    with pytest.raises(DataError, match="bad.gz"):
+    with pytest.raises(DataError, match=r"bad\.gz"):
         read_idx(bad_stream)
 
 
@@ -230,7 +230,7 @@ def test_official_counts_and_label_range_are_checked(tmp_path: Path, isolated: P
     spec = DATASETS.get("mnist")
     bad_labels = raw.train_labels.copy()
     bad_labels[0] = 10
-    with pytest.raises(DataError, match="label 10, outside 0..9"):
+    with pytest.raises(DataError, match=r"label 10, outside 0\.\.9"):
         data_mod._check_pair(spec, "training", raw.train_images, bad_labels, raw.sources[:2], 6)
 
 
@@ -414,13 +414,13 @@ def test_cifar_archive_errors(tmp_path: Path, isolated: Path) -> None:
     with pytest.raises(DataError, match="has 10 items, the official training set has 50000"):
         load_dataset("cifar10", folder, download=False)
     missing, _, _ = fake_cifar(tmp_path / "m.tar.gz", drop="data_batch_3.bin")
-    with pytest.raises(DataError, match="lacks cifar-10-batches-bin/data_batch_3.bin"):
+    with pytest.raises(DataError, match=r"lacks cifar-10-batches-bin/data_batch_3\.bin"):
         data_mod._read_cifar_archive(missing)
     ragged, _, _ = fake_cifar(tmp_path / "r.tar.gz", record_bytes=3000)
     with pytest.raises(DataError, match="not a multiple of the 3073-byte record size"):
         data_mod._read_cifar_archive(ragged)
     truncated = tmp_path / "t.tar.gz"
     truncated.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(DataError, match="cannot read the tar.gz archive") as excinfo:
+    with pytest.raises(DataError, match=r"cannot read the tar\.gz archive") as excinfo:
         data_mod._read_cifar_archive(truncated)
     one_line_error(excinfo)

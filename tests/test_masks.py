@@ -291,9 +291,9 @@ def test_errors_are_config_errors_and_nothing_is_half_applied() -> None:
     model = _net()
     with pytest.raises(ConfigError, match=r"shape \(16, 64\).*build the mask"):
         apply_mask(model.fc1, "weight", torch.ones(64, 16, dtype=torch.bool))
-    with pytest.raises(ConfigError, match="did you mean fc1.weight"):
+    with pytest.raises(ConfigError, match=r"did you mean fc1\.weight"):
         apply_masks(model, {"fc1.weigth": torch.ones(16, 64)})
-    with pytest.raises(ConfigError, match="no parameter 'nope.weight'"):
+    with pytest.raises(ConfigError, match=r"no parameter 'nope\.weight'"):
         apply_masks(model, {"nope.weight": torch.ones(1)})
     with pytest.raises(ConfigError, match="only 0 and 1"):
         apply_mask(model.fc2, "weight", torch.full((3, 16), 0.5))

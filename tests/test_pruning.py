@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -17,7 +18,7 @@ from secateur.train import TrainConfig, correctness, fit
 from secateur.unstructured.masks import masks_of
 from secateur.zoo.models import build_model
 
-QUICK = dict(rounds=4, retrain_epochs=1, start=1.0, step=1.0)
+QUICK = {"rounds": 4, "retrain_epochs": 1, "start": 1.0, "step": 1.0}
 RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)
 
 
@@ -57,7 +58,7 @@ def test_masks_only_grow_across_accepted_rounds(trained, small):
     result = run(trained, small, method="han", max_drop=5.0, rounds=4)
     rows = accepted_rows(result.history)
     assert len(rows) >= 2
-    for earlier, later in zip(rows, rows[1:]):
+    for earlier, later in itertools.pairwise(rows):
         for name, counts in later["layers"].items():
             assert counts["nonzero"] <= earlier["layers"][name]["nonzero"]
 
@@ -106,7 +107,7 @@ def test_run_folder_and_results_keys(trained, small, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_masks(trained, small, tmp_path):
-    options = dict(method="han", max_drop=0.5, rounds=4)
+    options = {"method": "han", "max_drop": 0.5, "rounds": 4}
     reference = run(trained, small, out=tmp_path / "whole", **options)
 
     def dying(row):
@@ -169,7 +170,7 @@ def test_a_round_within_the_plain_bound_but_not_its_margin_is_rejected():
     baseline[25:45] = False  # b = 25 images only the baseline gets right, c = 20 only the candidate
     candidate = torch.ones(5000, dtype=torch.bool)
     candidate[:25] = False  # drop 0.1 points exactly; paired SE 0.134 points
-    options = dict(train=lambda m: None, method="magnitude", max_drop=0.1, rounds=2)
+    options = {"train": lambda m: None, "method": "magnitude", "max_drop": 0.1, "rounds": 2}
     model = build_model("lenet300")
 
     strict = prune(copy.deepcopy(model), evaluate=_scripted(baseline, candidate, False), confidence=1.0, **options)
@@ -251,7 +252,7 @@ def test_distilled_retraining_uses_the_dense_teacher_and_keeps_the_bound(trained
     assert result.compression > 1.0
 
 
-@pytest.mark.parametrize("options", [dict(distill=1.5), dict(distill=0.5, temperature=0.0)])
+@pytest.mark.parametrize("options", [{"distill": 1.5}, {"distill": 0.5, "temperature": 0.0}])
 def test_impossible_distillation_settings_are_config_errors(trained, small, options):
     with pytest.raises(ConfigError, match="distill"):
         run(trained, small, **options)

@@ -53,4 +53,4 @@ def test_readme_block_runs(line: int, code: str, data_root: Path, tmp_path: Path
                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECATEUR_DATA", str(data_root))
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})  # noqa: S102
+    exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})

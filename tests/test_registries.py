@@ -37,7 +37,7 @@ def granularity_names() -> list[str]:
 def select_at(method: str, weights: dict[str, torch.Tensor], strength: float) -> dict[str, torch.Tensor]:
     entry = WEIGHT_METHODS.get(method)
     level = entry.strength_to_level(strength)
-    levels = level if entry.scope == "global" else {name: level for name in weights}
+    levels = level if entry.scope == "global" else dict.fromkeys(weights, level)
     context = {"reference_std": {n: float(w.std()) for n, w in weights.items()},
                "generator": torch.Generator().manual_seed(1)}
     return entry.select(weights, levels, **{need: context[need] for need in entry.needs})

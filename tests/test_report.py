@@ -140,7 +140,7 @@ def test_tradeoff_figure_marks_bound_and_chosen() -> None:
 
 
 def test_tradeoff_clips_outliers_but_keeps_their_value() -> None:
-    history = HISTORY + [_round(5, 4.0, 0.50, False, 3_000)]  # a 48.40-point disaster
+    history = [*HISTORY, _round(5, 4.0, 0.50, False, 3_000)]  # a 48.40-point disaster
     ax = tradeoff_figure(history, 0.1, chosen=4, params_baseline=BASE_PARAMS).axes[0]
     assert ax.get_ylim()[1] < 5
     assert "48.4" in [t.get_text() for t in ax.texts]

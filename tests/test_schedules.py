@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from secateur.search.schedules import SCHEDULES, cubic_strength
-from secateur.unstructured.methods import WEIGHT_METHODS
 from secateur.unstructured.masks import apply_masks, effective
+from secateur.unstructured.methods import WEIGHT_METHODS
 from secateur.unstructured.pruner import WeightPruner
 
 

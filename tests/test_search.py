@@ -80,7 +80,7 @@ def test_a_collapsed_bracket_reopens_when_retraining_makes_progress_possible():
 
 def test_patience_zero_stops_at_the_first_collapse():
     settings = SearchSettings(rounds=40, resolution=0.1, patience=0)
-    state, tried = drive(2.0, settings)
+    state, _tried = drive(2.0, settings)
     assert state.failed is not None and state.failed - state.best_strength <= 0.1 + 1e-9
 
 

@@ -214,10 +214,11 @@ def test_corrupt_truncated_and_mismatched_files_fail_in_one_line(tmp_path: Path)
 
 def test_wrong_architecture_and_missing_model_entry(tmp_path: Path) -> None:
     save_model(_trained(), tmp_path / "model", {"note": 1})
-    with pytest.raises(CheckpointError, match="wrong shape conv.weight.*saved from") as info:
+    with pytest.raises(CheckpointError, match=r"wrong shape conv\.weight.*saved from") as info:
         load_model(tmp_path / "model", Net(width=5))
     assert "\n" not in str(info.value)
-    with pytest.raises(CheckpointError, match=r"missing 0.weight, 0.bias, 1.weight ... \(4\); unexpected bn.bias, bn.num_batches_tracked, bn.running_mean ... \(9\)"):
+    with pytest.raises(CheckpointError, match=r"missing 0.weight, 0.bias, 1.weight ... \(4\); "
+                                              r"unexpected bn.bias, bn.num_batches_tracked, bn.running_mean ... \(9\)"):
         load_model(tmp_path / "model", nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
     with pytest.raises(CheckpointError, match="no usable 'model' entry"):
         load_model(tmp_path / "model", build=build)

@@ -140,7 +140,7 @@ def test_concat_offsets_and_flatten_into_linear():
 
 @pytest.mark.parametrize("groups", [12, 4])
 def test_depthwise_grouped_se_and_groupnorm_stay_valid(groups):
-    pruned, plan, diff, scale = equivalence(Depthwise(groups), X, ratio=0.5)
+    pruned, _plan, diff, scale = equivalence(Depthwise(groups), X, ratio=0.5)
     assert_equivalent(diff, scale)
     dw = pruned.dw[0]
     assert dw.groups < groups and dw.in_channels % dw.groups == 0 and dw.out_channels % dw.groups == 0
@@ -155,7 +155,7 @@ def test_unfollowable_reshape_locks_channels_but_model_still_prunes():
     graph = analyse(Shuffle(), X)
     assert "a.0" not in [m for g in graph.groups for m in g.modules("out")]
     assert any("view" in note for note in graph.notes)
-    pruned, plan, diff, scale = equivalence(Shuffle(), X)
+    pruned, _plan, diff, scale = equivalence(Shuffle(), X)
     assert_equivalent(diff, scale)
     assert pruned.a[0].out_channels == 8 and pruned.b[0].out_channels == 4
 
@@ -177,7 +177,7 @@ def test_layernorm_over_channels_is_kept_but_mlp_hidden_is_pruned():
     x = torch.randn(2, 3, 32, 32)
     graph = analyse(vit, x)
     assert [g.modules("out") for g in graph.groups] == [["encoder.layers.encoder_layer_0.mlp.0"]]
-    pruned, plan, diff, scale = equivalence(vit, x)
+    pruned, _plan, diff, scale = equivalence(vit, x)
     assert_equivalent(diff, scale)
     assert pruned.encoder.layers[0].mlp[0].out_features == 16
 
@@ -199,7 +199,7 @@ def test_an_untraceable_submodule_is_kept_whole_and_the_rest_is_pruned():
     graph = analyse(model, X)
     assert [g.name for g in graph.groups] == ["0"]  # the gate's input and output channels are kept
     assert "kept 3 whole: fx cannot trace inside it" in graph.notes
-    pruned, plan, diff, scale = equivalence(model, X)
+    pruned, _plan, diff, scale = equivalence(model, X)
     assert_equivalent(diff, scale)
     assert pruned[0].out_channels == 4 and pruned[2].out_channels == 6
 
@@ -292,7 +292,7 @@ def test_apply_plan_is_atomic_on_invalid_plans():
     model = Residual()
     before = copy.deepcopy(model.state_dict())
     bad = Plan(keep_out={"stem.0": [0, 1, 2, 3], "stem.1": [0, 1, 2, 3], "b.0": [0, 99]})
-    with pytest.raises(ConfigError, match="b.0"):
+    with pytest.raises(ConfigError, match=r"b\.0"):
         apply_plan(model, bad)
     inconsistent = Plan(keep_out={"stem.0": [0, 1, 2, 3]})  # BN and consumers not rewired
     with pytest.raises(UnsupportedModelError, match="unchanged"):
@@ -304,7 +304,7 @@ def test_apply_plan_is_atomic_on_invalid_plans():
 
 
 def test_plan_json_round_trip_and_bad_json():
-    model, plan = prune_channels(Residual(), X, ratio=0.5)
+    _model, plan = prune_channels(Residual(), X, ratio=0.5)
     again = Plan.from_json(json.loads(json.dumps(plan.to_json())))
     assert again == plan
     with pytest.raises(ConfigError):
@@ -334,7 +334,7 @@ def test_prune_channels_copy_leaves_original():
 def test_kernel_masks_remove_whole_kernels():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
     masks = kernel_masks(model, 0.5)
-    for name, mask in masks.items():
+    for mask in masks.values():
         per_kernel = mask.reshape(mask.shape[0], mask.shape[1], -1)
         assert (per_kernel.all(-1) | ~per_kernel.any(-1)).all()  # a kernel is all kept or all gone
         assert per_kernel.all(-1).sum() == mask.shape[0] * mask.shape[1] // 2
@@ -357,7 +357,7 @@ def test_nm_masks_are_two_of_four():
 
 
 def test_pruned_model_is_plain_and_exportable():
-    model, plan = prune_channels(Residual(), X, ratio=0.5)
+    model, _plan = prune_channels(Residual(), X, ratio=0.5)
     assert {type(m) for m in model.modules()} == {type(m) for m in Residual().modules()}
     assert all("mask" not in name and "orig" not in name for name, _ in model.named_parameters())
     exported = torch.export.export(model.eval(), (X,))

@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 import torch
-from structured_helpers import assert_equivalent, equivalence, train_step
 
 from secateur.analysis.metrics import count_macs, count_params
 from secateur.io.storage import load_model, save_model
 from secateur.zoo.models import build_model, model_record
+from structured_helpers import assert_equivalent, equivalence, train_step
 
 ZOO = ["lenet300", "lenet5", "alexnet-mnist", "vgg-mnist", "resnet-mnist"]
 TORCHVISION = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121",
@@ -63,7 +63,7 @@ def test_torchvision_model_prunes_equivalently_saves_and_trains(name, tmp_path, 
 
 def test_lenet300_neurons_are_removed_but_classifier_kept():
     model = build_model("lenet300")
-    pruned, plan, diff, scale = equivalence(model, torch.randn(2, 1, 28, 28), ratio=0.5)
+    pruned, plan, _diff, _scale = equivalence(model, torch.randn(2, 1, 28, 28), ratio=0.5)
     assert (pruned.fc1.out_features, pruned.fc2.in_features) == (150, 150)
     assert (pruned.fc2.out_features, pruned.fc3.in_features) == (50, 50)
     assert pruned.fc3.out_features == 10 and pruned.fc1.in_features == 784

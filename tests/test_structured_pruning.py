@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -20,7 +21,7 @@ from secateur.train import TrainConfig, evaluate, fit
 from secateur.unstructured.masks import masks_of
 from secateur.zoo.models import build_model
 
-QUICK = dict(rounds=3, retrain_epochs=1, start=1.0, step=1.0)
+QUICK = {"rounds": 3, "retrain_epochs": 1, "start": 1.0, "step": 1.0}
 RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)
 X = torch.randn(6, 1, 28, 28)
 
@@ -87,7 +88,7 @@ def test_channels_never_come_back_across_rounds(trained, small):
     result = run(trained, small, max_drop=50.0, rounds=3)
     rows = [row for row in result.history if row["feasible"]]
     assert len(rows) == 3
-    for earlier, later in zip(rows, rows[1:]):
+    for earlier, later in itertools.pairwise(rows):
         for name, counts in later["layers"].items():
             assert counts["nonzero"] <= earlier["layers"][name]["nonzero"]
             assert counts["total"] == earlier["layers"][name]["total"]  # always the baseline's size
@@ -105,12 +106,12 @@ def test_neuron_granularity_keeps_convolutions_whole(trained, small):
 def test_global_scope_and_oneshot_schedule(trained, small):
     result = run(trained, small, scope="global", schedule="oneshot", max_drop=50.0, rounds=2)
     kept = {name: c["after"] / c["before"] for name, c in result.results["channels"].items() if name != "fc2"}
-    assert len(set(round(k, 2) for k in kept.values())) > 1  # one ranking: layers lose different shares
+    assert len({round(k, 2) for k in kept.values()}) > 1  # one ranking: layers lose different shares
     assert result.results["params"]["total"] < 431_080
 
 
 def test_killed_structured_run_resumes_to_the_same_model(trained, small, tmp_path):
-    options = dict(max_drop=50.0, rounds=3)
+    options = {"max_drop": 50.0, "rounds": 3}
     reference = run(trained, small, out=tmp_path / "whole", **options)
     with pytest.raises(KeyboardInterrupt):  # killed once round 2 is checkpointed
         run(trained, small, out=tmp_path / "killed", on_round=kill_after(2), **options)
@@ -121,12 +122,12 @@ def test_killed_structured_run_resumes_to_the_same_model(trained, small, tmp_pat
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(method="han"), "does not apply to granularity 'channel'"),
-    (dict(schedule="gradual"), "gradual"),
-    (dict(allocation="sensitivity"), "allocation"),
-    (dict(scope="everywhere"), "scope"),
-    (dict(granularity="block"), "unknown granularity"),
-    (dict(round_to=0), "round-to"),
+    ({"method": "han"}, "does not apply to granularity 'channel'"),
+    ({"schedule": "gradual"}, "gradual"),
+    ({"allocation": "sensitivity"}, "allocation"),
+    ({"scope": "everywhere"}, "scope"),
+    ({"granularity": "block"}, "unknown granularity"),
+    ({"round_to": 0}, "round-to"),
 ])
 def test_impossible_structured_options_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):

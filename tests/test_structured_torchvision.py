@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+
 from structured_helpers import assert_equivalent, equivalence, n_params
 
 # (name, input size): small inputs keep the suite quick; transformers need their native size.
@@ -28,7 +29,7 @@ def test_torchvision_breadth(name, size):
     model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs)
     x = torch.randn(2, 3, size, size)
     before = n_params(model)
-    pruned, plan, diff, scale = equivalence(model, x, ratio=0.5)
+    pruned, _plan, diff, scale = equivalence(model, x, ratio=0.5)
     assert_equivalent(diff, scale)
     assert n_params(pruned) < 0.9 * before
     pruned.train()  # training-only branches (auxiliary classifiers) must still fit

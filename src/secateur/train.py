@@ -84,7 +84,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"{where}: unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(f"{where}: unknown training option(s) {', '.join(unknown)}; "
+                              f"valid: {', '.join(sorted(names))}")
         return cls(**data).validate()
 
     def to_dict(self) -> dict:

@@ -12,20 +12,38 @@ import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from rich.console import Console
+from torch import nn
+
+from secateur import __version__
+from secateur.analysis.metrics import count_macs, count_params, format_layer_table, layer_stats
 from secateur.analysis.sweep import DEFAULT_METHODS as DEFAULT_SWEEP_METHODS
 from secateur.analysis.sweep import DEFAULT_STRENGTHS
+from secateur.app.recipe import Recipe, read_recipe
 from secateur.errors import ConfigError, SecateurError
 from secateur.io import rundir
 from secateur.io.storage import load_model
+from secateur.registry import Registry
+from secateur.search.config import PruneConfig
 from secateur.search.pruner import GRANULARITIES
-from secateur.train import LR_SCHEDULES, OPTIMIZERS
+from secateur.search.schedules import SCHEDULES
+from secateur.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from secateur.zoo.baseline import default_config, train_baseline
+from secateur.zoo.data import DATASETS
+from secateur.zoo.models import MODELS, build_model
+
+if TYPE_CHECKING:  # argparse's sub-parser action is generic in typeshed only
+    SubParsers = argparse._SubParsersAction["_Parser"]
+
+Number = TypeVar("Number", int, float)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage mistakes on one line (exit 2) instead of a usage dump."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -57,7 +75,7 @@ def existing_path(text: str) -> Path:
     return path
 
 
-def _checked(kind: Callable[[str], float], text: str, ok: Callable[[float], bool], want: str):
+def _checked(kind: Callable[[str], Number], text: str, ok: Callable[[Number], bool], want: str) -> Number:
     try:
         value = kind(text)
     except ValueError:
@@ -103,10 +121,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="cpu (default) or cuda")
 
 
-def train_config_from(args: argparse.Namespace, model: str, recipe: dict | None = None):
+def train_config_from(args: argparse.Namespace, model: str, recipe: dict | None = None) -> TrainConfig:
     """The model's default recipe, then a recipe file's training options, then the flags given."""
-    from secateur.zoo.baseline import default_config
-
     fields = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
               "lr_schedule", "augment", "seed", "device")
     changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
@@ -115,8 +131,6 @@ def train_config_from(args: argparse.Namespace, model: str, recipe: dict | None 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """secateur train: train a dense baseline and save it."""
-    from secateur.zoo.baseline import train_baseline
-
     config = train_config_from(args, args.model)
     dataset = args.dataset or "mnist"
     result = train_baseline(args.model, dataset, out=args.out, config=config,
@@ -131,15 +145,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """secateur info: per-layer table of a zoo model or of a saved checkpoint."""
-    from rich.console import Console
-
-    from secateur.analysis.metrics import (
-        count_macs,
-        count_params,
-        format_layer_table,
-        layer_stats,
-    )
-
     model, input_shape = _model_for_info(args)
     stats = layer_stats(model, input_shape)
     console = Console()
@@ -149,14 +154,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_for_info(args: argparse.Namespace):
+def _model_for_info(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
     """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name."""
     target = Path(args.model)
     if target.suffix in (".safetensors", ".json") or target.is_dir():
         model, meta = load_model(rundir.checkpoint_base(target))
         return model, tuple(meta["model"]["args"].get("input_shape", args.input_shape))
-    from secateur.zoo.models import build_model
-
     return build_model(args.model, input_shape=args.input_shape, num_classes=args.num_classes), args.input_shape
 
 
@@ -185,8 +188,6 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     Every default is None here so a recipe file's value is only overridden by a flag actually
     given; the config's own defaults apply last.
     """
-    from secateur.search.config import PruneConfig
-
     kinds = _kinds()
     for spec in dataclasses.fields(PruneConfig):
         meta = dict(spec.metadata)
@@ -209,8 +210,6 @@ def names(text: str) -> tuple[str, ...]:
 
 def given_options(args: argparse.Namespace) -> dict[str, object]:
     """The prune options given on the command line."""
-    from secateur.search.config import PruneConfig
-
     given = {}
     for spec in dataclasses.fields(PruneConfig):
         value = getattr(args, spec.name, None)
@@ -219,10 +218,8 @@ def given_options(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
-def prune_config_from(args: argparse.Namespace, recipe: dict | None = None):
+def prune_config_from(args: argparse.Namespace, recipe: dict | None = None) -> PruneConfig:
     """A PruneConfig from a recipe's prune options, overridden by the flags given."""
-    from secateur.search.config import PruneConfig
-
     options = {**(recipe or {}), **given_options(args)}
     if getattr(args, "seed", None) is not None:
         options["seed"] = args.seed
@@ -231,8 +228,7 @@ def prune_config_from(args: argparse.Namespace, recipe: dict | None = None):
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """secateur prune: the smallest model within --max-drop, with its run folder and report."""
-    from secateur.app.pipeline import prune_run
-    from secateur.app.recipe import Recipe, read_recipe
+    from secateur.app.pipeline import prune_run  # lazy: app.pipeline imports secateur.report, i.e. matplotlib
 
     recipe = read_recipe(args.recipe) if args.recipe is not None else Recipe()
     model = args.model or (recipe.model if args.from_dir is None else None)
@@ -272,7 +268,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """secateur sensitivity: per-layer curves and the factors chosen from them."""
-    from secateur.app.pipeline import sensitivity_run
+    from secateur.app.pipeline import sensitivity_run  # lazy: app.pipeline imports matplotlib (secateur.report)
 
     result = sensitivity_run(from_dir=args.from_dir, method=args.method, out=args.out,
                              data_dir=args.data_dir, tolerance=args.tolerance, progress=not args.quiet)
@@ -283,7 +279,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """secateur sweep: trade-off curves of several methods on one plot."""
-    from secateur.app.pipeline import sweep_run
+    from secateur.app.pipeline import sweep_run  # lazy: app.pipeline imports matplotlib (secateur.report)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
@@ -306,11 +302,6 @@ def strengths(text: str) -> tuple[float, ...]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """secateur list: every registry name the CLI and the API accept."""
-    from secateur.search.pruner import GRANULARITIES
-    from secateur.search.schedules import SCHEDULES
-    from secateur.zoo.data import DATASETS
-    from secateur.zoo.models import MODELS
-
     _print_registry("datasets", DATASETS)
     _print_registry("granularities", GRANULARITIES)
     for title, registry in _method_registries():
@@ -322,24 +313,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_registry(title: str, registry) -> None:
+def _print_registry(title: str, registry: Registry[Any]) -> None:
     print(f"{title}:")
     for name in registry.names():
         print(f"  {name:<18} {registry.describe(name)}")
 
 
-def _method_registries() -> list[tuple[str, object]]:
+def _method_registries() -> list[tuple[str, Registry[Any]]]:
     """Each distinct methods registry with the granularities that take it (``methods (weight, kernel)``)."""
-    from secateur.search.pruner import GRANULARITIES
-
-    users: dict[int, tuple[object, list[str]]] = {}
+    users: dict[int, tuple[Registry[Any], list[str]]] = {}
     for name in GRANULARITIES.names():
         registry = GRANULARITIES.get(name).methods
         users.setdefault(id(registry), (registry, []))[1].append(name)
     return [(f"methods (--granularity {'|'.join(names)})", registry) for registry, names in users.values()]
 
 
-def _add_train(sub) -> None:
+def _add_train(sub: SubParsers) -> None:
     train = sub.add_parser("train", help="train a dense baseline model")
     train.add_argument("--model", required=True, help="zoo name, torchvision:<name> or package.module:factory")
     add_data_args(train)
@@ -350,7 +339,7 @@ def _add_train(sub) -> None:
     train.set_defaults(func=cmd_train)
 
 
-def _add_info(sub) -> None:
+def _add_info(sub: SubParsers) -> None:
     info = sub.add_parser("info", help="per-layer shapes, parameters and MACs of a model or checkpoint")
     info.add_argument("model", help="zoo name, torchvision:<name>, or a checkpoint (.safetensors or run folder)")
     info.add_argument("--input-shape", type=shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
@@ -358,7 +347,7 @@ def _add_info(sub) -> None:
     info.set_defaults(func=cmd_info)
 
 
-def _add_prune(sub) -> None:
+def _add_prune(sub: SubParsers) -> None:
     prune = sub.add_parser("prune", help="prune to the smallest model within an accuracy drop bound")
     prune.add_argument("--model", help="zoo name, torchvision:<name> or package.module:factory (trains a baseline)")
     prune.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder or checkpoint")
@@ -371,7 +360,7 @@ def _add_prune(sub) -> None:
     prune.set_defaults(func=cmd_prune)
 
 
-def _add_sweep(sub) -> None:
+def _add_sweep(sub: SubParsers) -> None:
     sweep = sub.add_parser("sweep", help="trade-off curves of several methods on one plot")
     sweep.add_argument("--model", help="zoo name (trains a baseline first)")
     sweep.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder")
@@ -387,7 +376,7 @@ def _add_sweep(sub) -> None:
     sweep.set_defaults(func=cmd_sweep)
 
 
-def _add_sensitivity(sub) -> None:
+def _add_sensitivity(sub: SubParsers) -> None:
     sens = sub.add_parser("sensitivity", help="prune each layer alone; plot accuracy per layer")
     sens.add_argument("--from", dest="from_dir", type=existing_path, required=True, help="a trained baseline folder")
     sens.add_argument("--method", default=GRANULARITIES.get("weight").default_method,
@@ -400,7 +389,7 @@ def _add_sensitivity(sub) -> None:
     sens.set_defaults(func=cmd_sensitivity)
 
 
-def _add_report_and_list(sub) -> None:
+def _add_report_and_list(sub: SubParsers) -> None:
     report = sub.add_parser("report", help="re-render the report of a run folder")
     report.add_argument("run_dir", type=existing_path)
     report.set_defaults(func=cmd_report)
@@ -420,8 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from secateur import __version__
-
     return f"secateur {__version__}"
 
 

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from secateur.analysis.sensitivity import sensitivity
-from secateur.analysis.sweep import sweep
+from secateur.analysis.sweep import DEFAULT_STRENGTHS, sweep
 from secateur.errors import CheckpointError, ConfigError
 from secateur.io import rundir
 from secateur.io.storage import load_model
@@ -124,7 +125,8 @@ def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han
 
 
 def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
-              from_dir: str | Path | None = None, dataset: str | None = None, strengths=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
+              from_dir: str | Path | None = None, dataset: str | None = None,
+              strengths: Sequence[float] = DEFAULT_STRENGTHS,
               retrain_epochs: int = 2, data_dir: str | Path | None = None, progress: bool = True) -> dict:
     """``secateur sweep``: every method's trade-off curve, saved and plotted together."""
     out = Path(out)

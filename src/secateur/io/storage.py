@@ -59,6 +59,7 @@ from secateur.unstructured.masks import (
     effective_state_dict,
     masks_of,
 )
+from secateur.zoo.models import build_model
 
 FORMAT = "secateur.checkpoint"
 FORMAT_VERSION = 1
@@ -254,14 +255,18 @@ def _check_header(meta: dict, js_path: Path) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise CheckpointError(
-            f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.io.storage.save_model, re-save the model"
+            f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.io.storage.save_model, "
+            "re-save the model"
         )
     if meta["format"] != FORMAT:
-        raise CheckpointError(f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint")
+        raise CheckpointError(
+            f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint"
+        )
     version = meta["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise CheckpointError(
-            f"{js_path} has format_version {version!r}, this secateur reads {FORMAT_VERSION}; upgrade secateur or re-save"
+            f"{js_path} has format_version {version!r}, this secateur reads {FORMAT_VERSION}; "
+            "upgrade secateur or re-save"
         )
     if not isinstance(meta["masks"], list) or not isinstance(meta["tensors"], int):
         raise CheckpointError(f"{js_path} has malformed 'masks'/'tensors' entries; restore or re-save the checkpoint")
@@ -272,7 +277,9 @@ def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.T
     try:
         data = st_path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"{st_path} not found (its {js_path.name} exists); restore it or re-save the model") from None
+        raise CheckpointError(
+            f"{st_path} not found (its {js_path.name} exists); restore it or re-save the model"
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {st_path} ({_one_line(exc)}); check the file") from exc
     try:
@@ -284,7 +291,8 @@ def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.T
     digest = meta.get(KEY_SHA256)
     if digest is not None and digest != hashlib.sha256(data).hexdigest():
         raise CheckpointError(
-            f"{st_path} does not match {js_path.name} (sha256 differs: modified, or from another save); re-save the model"
+            f"{st_path} does not match {js_path.name} (sha256 differs: modified, or from another save); "
+            "re-save the model"
         )
     if len(tensors) != meta["tensors"]:
         raise CheckpointError(
@@ -326,15 +334,14 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
 def _build(meta: dict, build: Factory | None, js_path: Path) -> nn.Module:
     """Rebuild the network described by ``meta["model"] = {"name": ..., "args": {...}}``."""
     spec = meta.get(KEY_MODEL)
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("args", {}), dict):
+    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
+            or not isinstance(spec.get("args", {}), dict)):
         raise CheckpointError(
-            f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); pass model= with the saved architecture"
+            f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); "
+            "pass model= with the saved architecture"
         )
-    if build is None:
-        from secateur.zoo.models import (
-            build_model as build,  # lazy: zoo sits above io (zoo.baseline saves through here)
-        )
-    return build(spec["name"], **spec.get("args", {}))
+    factory = build_model if build is None else build
+    return factory(spec["name"], **spec.get("args", {}))
 
 
 def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path: Path) -> str | None:
@@ -378,7 +385,9 @@ def _fill(model: nn.Module, plain: dict, masks: dict, st_path: Path) -> None:
         model.load_state_dict(plain, strict=True)
         apply_masks(model, masks)
     except (RuntimeError, ConfigError) as exc:
-        raise CheckpointError(f"{st_path} does not fit the model ({_one_line(exc)}); use the saved architecture") from exc
+        raise CheckpointError(
+            f"{st_path} does not fit the model ({_one_line(exc)}); use the saved architecture"
+        ) from exc
 
 
 def load_model(

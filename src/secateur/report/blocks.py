@@ -73,7 +73,7 @@ def fmt_pts(points: float | None) -> str:
 
 def fmt_count(n: float | None) -> str:
     """An integer count with thousands separators."""
-    return DASH if n is None else f"{int(round(n)):,}"
+    return DASH if n is None else f"{round(n):,}"
 
 
 def fmt_times(c: float | None) -> str:
@@ -97,7 +97,7 @@ def fmt_duration(seconds: float | None) -> str:
         return DASH
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {secs:02d} s"
     return f"{minutes // 60} h {minutes % 60:02d} min"

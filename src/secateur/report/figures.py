@@ -13,10 +13,13 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from secateur.report.blocks import fmt_count, fmt_times, layer_kept
+
+Point = tuple[float, float, Mapping[str, Any]]  # (x, drop, the round or sweep point itself)
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -53,9 +56,9 @@ def _drop_cap(drops: Sequence[float], feasible_drops: Sequence[float], max_drop:
     return cap if max(drops) > 1.05 * cap else None
 
 
-def _xy(points: Sequence[Mapping[str, Any]], x_axis: str, params_baseline: float | None) -> list[tuple]:
+def _xy(points: Sequence[Mapping[str, Any]], x_axis: str, params_baseline: float | None) -> list[Point]:
     """(x, drop, point) for every point that has both coordinates, sorted by x."""
-    out = []
+    out: list[Point] = []
     for p in points:
         x = p.get("compression") if x_axis == "compression" else _saved(p, params_baseline)
         if x is not None and p.get("drop") is not None:
@@ -63,7 +66,8 @@ def _xy(points: Sequence[Mapping[str, Any]], x_axis: str, params_baseline: float
     return sorted(out, key=lambda t: t[0])
 
 
-def _plot_points(ax, xy: list[tuple], max_drop, cap, color, label, line: bool) -> None:
+def _plot_points(ax: Axes, xy: list[Point], max_drop: float | None, cap: float | None, color: str, label: str,
+                 line: bool) -> None:
     """Feasible points filled, infeasible red crosses; points beyond ``cap`` as ▲ at the cap, value printed."""
     if line and xy:
         ax.plot([x for x, *_ in xy], [min(d, cap) if cap else d for _, d, _ in xy], "-", color=color,
@@ -76,7 +80,9 @@ def _plot_points(ax, xy: list[tuple], max_drop, cap, color, label, line: bool) -
             ax.scatter([x for x, _ in sel], [d for _, d in sel], s=42, zorder=3, label=name,
                        facecolors=color if ok else "white", edgecolors=color if ok else "#c0392b",
                        marker="o" if ok else "X", linewidths=1.4)
-    off = [(x, d) for x, d, _ in xy if cap and d > cap]
+    if not cap:
+        return
+    off = [(x, d) for x, d, _ in xy if d > cap]
     if off:
         ax.scatter([x for x, _ in off], [cap] * len(off), s=50, marker="^", zorder=3, color="#c0392b",
                    label=None if line else f"drop above {cap:.2f} pts (value printed)")
@@ -85,7 +91,7 @@ def _plot_points(ax, xy: list[tuple], max_drop, cap, color, label, line: bool) -
                     ha="center", fontsize=7, color="#c0392b")
 
 
-def _label_rounds(ax, xy: list[tuple], cap: float | None) -> None:
+def _label_rounds(ax: Axes, xy: list[Point], cap: float | None) -> None:
     """The round number beside each point, so the plot can be read against the rounds table."""
     for x, d, p in xy:
         if p.get("round") is not None:
@@ -93,7 +99,8 @@ def _label_rounds(ax, xy: list[tuple], cap: float | None) -> None:
                         textcoords="offset points", fontsize=7, color="#555")
 
 
-def _annotate_chosen(ax, xy: list[tuple], chosen: int, cap, x_axis: str, max_drop: float | None) -> None:
+def _annotate_chosen(ax: Axes, xy: list[Point], chosen: int, cap: float | None, x_axis: str,
+                     max_drop: float | None) -> None:
     """Star the chosen round and label it (compression, size saved, drop) above the bound line."""
     for x, d, p in xy:
         if p.get("round") != chosen:
@@ -154,7 +161,7 @@ def tradeoff_figure(points: Sequence[Mapping[str, Any]], max_drop: float | None,
     return fig
 
 
-def _legend(ax, series: Mapping[str, Any]) -> None:
+def _legend(ax: Axes, series: Mapping[str, Any]) -> None:
     """The legend, the sweep's method lines first."""
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: (labels[i] not in series, i))
@@ -165,7 +172,7 @@ def _legend(ax, series: Mapping[str, Any]) -> None:
 _NICE_TICKS = tuple(m * 10**e for e in range(-2, 5) for m in (1, 2, 3, 5))
 
 
-def _symlog_drops(ax, drops: Sequence[float], max_drop: float | None) -> None:
+def _symlog_drops(ax: Axes, drops: Sequence[float], max_drop: float | None) -> None:
     """Symlog y axis for drops: linear near zero (where the bound is), logarithmic for disasters."""
     linthresh = min(max(5 * max_drop, 0.2), 5.0) if max_drop else 1.0
     ax.set_yscale("symlog", linthresh=linthresh, linscale=2.0)
@@ -181,7 +188,7 @@ def _symlog_drops(ax, drops: Sequence[float], max_drop: float | None) -> None:
     ax.set_ylim(bottom, top)
 
 
-def _tradeoff_axes(ax, x_axis: str, cap: float | None, has_points: bool) -> None:
+def _tradeoff_axes(ax: Axes, x_axis: str, cap: float | None, has_points: bool) -> None:
     """Labels, scales and limits of the trade-off plot."""
     if x_axis == "compression":
         ax.set_xscale("log")

@@ -121,7 +121,8 @@ def _layers_table(layers: Sequence[Mapping[str, Any]]) -> Table:
 
     def total(key: str) -> float | None:
         values = [layer.get(key) for layer in layers]
-        return None if not values or None in values else sum(values)
+        present = [value for value in values if value is not None]
+        return sum(present) if values and len(present) == len(values) else None
 
     rows.append(("Total", fmt_count(total("weights")), fmt_count(total("nonzero")), fmt_count(total("macs")),
                  fmt_pct(share(total("nonzero"), total("weights"))),

@@ -72,9 +72,9 @@ def _sweep_best(methods: Mapping[str, Sequence[Mapping[str, Any]]], max_drop: fl
     rows = []
     for name, pts in methods.items():
         ok = [p for p in pts if p.get("drop") is not None and p["drop"] <= max_drop and p.get("compression")]
-        best = max(ok, key=lambda p: p["compression"], default=None)
-        rows.append((name, fmt_times(best and best["compression"]), fmt_pts(best and best["drop"]),
-                     fmt_pct(best and best.get("val_accuracy")), fmt_count(best and best.get("params_nonzero"))))
+        best: Mapping[str, Any] = max(ok, key=lambda p: p["compression"], default={})  # {}: no point in bound
+        rows.append((name, fmt_times(best.get("compression")), fmt_pts(best.get("drop")),
+                     fmt_pct(best.get("val_accuracy")), fmt_count(best.get("params_nonzero"))))
     return Table(("method", "best compression", "drop", "val accuracy", "nonzero params"), tuple(rows),
                  ("l", "r", "r", "r", "r"))
 

@@ -40,7 +40,7 @@ class Outcome:
     correct: torch.Tensor | None = None  # bool, one entry per validation example
 
     @classmethod
-    def of(cls, value: "float | torch.Tensor | Outcome") -> "Outcome":
+    def of(cls, value: float | torch.Tensor | Outcome) -> Outcome:
         """Wrap what an evaluator returned: an accuracy, or a per-example correctness vector."""
         if isinstance(value, Outcome):
             return value

@@ -42,7 +42,7 @@ class SearchSettings:
     max_strength: float = 12.0
     patience: int = 0  # retries after a bracket collapses on a failed round (see the module docstring)
 
-    def validate(self) -> "SearchSettings":
+    def validate(self) -> SearchSettings:
         """Raise ConfigError on impossible settings."""
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
@@ -71,7 +71,7 @@ class SearchState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchState":
+    def from_dict(cls, data: dict) -> SearchState:
         """Inverse of :meth:`to_dict`."""
         data = {**data, "best_strength": data.get("best_strength", data.get("accepted", 0.0))}  # runs before 0.2
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})

@@ -44,7 +44,8 @@ class PruneConfig:
                                       "l1 for neurons / channels)", "str", method_names)
     granularity: str = option("weight", "what is pruned: weight (single weights, masks), kernel (conv kernels), "
                                         "n:m such as 2:4 (layers made N:M sparse), neuron (Linear outputs) or "
-                                        "channel (also conv filters), both removed physically", "str", GRANULARITIES.names)
+                                        "channel (also conv filters), both removed physically",
+                              "str", GRANULARITIES.names)
     schedule: str = option("iterative", "how a round reaches its strength", "str", SCHEDULES.names)
     max_drop: float = option(0.1, "largest validation accuracy drop accepted, in percentage points", "float>=0")
     confidence: float = option(CONFIDENCE, "paired standard errors added to each round's validation drop before "
@@ -125,15 +126,19 @@ class PruneConfig:
 
     def _check_numbers(self) -> None:
         checks = [
-            (self.max_drop >= 0 and math.isfinite(self.max_drop), f"max drop must be >= 0 accuracy points, got {self.max_drop}"),
-            (self.confidence >= 0 and math.isfinite(self.confidence), f"confidence must be >= 0 standard errors, got {self.confidence}"),
+            (self.max_drop >= 0 and math.isfinite(self.max_drop),
+             f"max drop must be >= 0 accuracy points, got {self.max_drop}"),
+            (self.confidence >= 0 and math.isfinite(self.confidence),
+             f"confidence must be >= 0 standard errors, got {self.confidence}"),
             (self.recovery >= 0, f"recovery passes must be >= 0, got {self.recovery}"),
             (self.retrain_epochs >= 0, f"retrain epochs must be >= 0, got {self.retrain_epochs}"),
-            (self.polish_epochs is None or self.polish_epochs >= 0, f"polish epochs must be >= 0, got {self.polish_epochs}"),
+            (self.polish_epochs is None or self.polish_epochs >= 0,
+             f"polish epochs must be >= 0, got {self.polish_epochs}"),
             (0 <= self.distill <= 1 and self.temperature > 0,
              f"distill must be in [0, 1] and temperature > 0, got {self.distill} and {self.temperature}"),
             (0 < self.retrain_lr_factor <= 10, f"retrain lr factor must be in (0, 10], got {self.retrain_lr_factor}"),
-            (self.retrain_lr is None or self.retrain_lr > 0, f"retrain learning rate must be > 0, got {self.retrain_lr}"),
+            (self.retrain_lr is None or self.retrain_lr > 0,
+             f"retrain learning rate must be > 0, got {self.retrain_lr}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,7 +166,8 @@ class PruneConfig:
         unknown = sorted(set(data) - names)
         prefix = f"{where}: " if where else ""
         if unknown:
-            raise ConfigError(f"{prefix}unknown prune option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(f"{prefix}unknown prune option(s) {', '.join(unknown)}; "
+                              f"valid: {', '.join(sorted(names))}")
         tuples = {key: tuple(data[key]) for key in ("targets", "ignore") if data.get(key)}
         try:
             return cls(**{**data, **tuples}).validate()
@@ -169,7 +175,7 @@ class PruneConfig:
             raise type(error)(f"{prefix}{error}") from None
 
 
-def with_options(config: PruneConfig | None, options: Mapping[str, object]) -> PruneConfig:
+def with_options(config: PruneConfig | None, options: Mapping[str, Any]) -> PruneConfig:
     """``config`` with keyword overrides applied; unknown keywords are a ConfigError."""
     names = {f.name for f in dataclasses.fields(PruneConfig)}
     unknown = sorted(set(options) - names)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from secateur.analysis.metrics import file_bytes
@@ -257,7 +258,8 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
         raise ConfigError("resume needs the run folder (out=...)")
     started = time.perf_counter()
     batches = _taylor_batches(data) if data is not None else None
-    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches) if resume else
+    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches)
+           if resume and out_dir is not None else  # resume without out_dir was refused above
            _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {}), batches))
     _search(run, progress, on_round)
     polished = _polish(run, polish)
@@ -268,7 +270,7 @@ def _explicit(config: PruneConfig, data: Dataset | None, train: Retrain | None,
               train_config: TrainConfig | None) -> PruneConfig:
     """Fill the settings that depend on the data path, so config.yaml records what ran."""
     default_path = data is not None and train is None
-    if default_path and config.steps_per_round is None:
+    if default_path and data is not None and config.steps_per_round is None:
         retrain = retrain_config(config, train_config)
         steps = retrain.epochs * math.ceil(len(data.train) / retrain.batch_size)
         config = dataclasses.replace(config, steps_per_round=steps)
@@ -295,18 +297,24 @@ def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
 
 
 def _callables(data: Dataset | None, train: Retrain | None, evaluate: Evaluate | None,
-               test_evaluate: Evaluate | None, retrain: TrainConfig, step: StepFn | None = None):
+               test_evaluate: Evaluate | None, retrain: TrainConfig, step: StepFn | None = None
+               ) -> tuple[MakeTrain, Evaluate, Evaluate | None]:
     """Resolve user callables, falling back on the dataset's defaults."""
-    if data is None and (train is None or evaluate is None):
-        raise ConfigError("give data= (a dataset or its name) or both train= and evaluate= callables")
     if data is not None:
         default_train, default_eval, default_test = default_callables(data, retrain, step)
-        return ((lambda _round: train) if train else default_train, evaluate or default_eval,
+        return (_every_round(train) if train else default_train, evaluate or default_eval,
                 test_evaluate or default_test)
-    return (lambda _round: train), evaluate, test_evaluate
+    if train is None or evaluate is None:
+        raise ConfigError("give data= (a dataset or its name) or both train= and evaluate= callables")
+    return _every_round(train), evaluate, test_evaluate
 
 
-def _polisher(data: Dataset | None, train: Retrain | None, base: TrainConfig, epochs: int,
+def _every_round(train: Retrain) -> MakeTrain:
+    """The same user ``train`` callable for every round."""
+    return lambda _round: train
+
+
+def _polisher(data: Dataset | None, train: Retrain | None, base: TrainConfig, epochs: int | None,
               step: StepFn | None = None) -> Retrain | None:
     """The polish's training: the baseline's recipe and learning rate for ``epochs`` (dataset path only).
 
@@ -315,10 +323,14 @@ def _polisher(data: Dataset | None, train: Retrain | None, base: TrainConfig, ep
     rate. On LeNet-300 at 13x it took test error from 1.04% to 0.91% where 20 epochs at half
     the rate reached 1.02% and 40 epochs 0.97% (baseline 0.87%).
     """
-    if data is None or train is not None or epochs == 0:
+    if data is None or train is not None or not epochs:  # None only before _explicit fills it in
         return None
     config = base.replace(epochs=epochs)
-    return lambda model: fit(model, data, config, step=step, progress=False)
+
+    def polish(model: nn.Module) -> None:
+        fit(model, data, config, step=step, progress=False)
+
+    return polish
 
 
 def _polish(run: _Run, train: Retrain | None) -> dict | None:
@@ -353,7 +365,8 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
             polished: dict | None = None) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
     chosen, baseline = run.best, run.baseline
-    tests = {name: test_evaluate(m) if test_evaluate else None for name, m in (("baseline", baseline), ("pruned", chosen))}
+    test_baseline = test_evaluate(baseline) if test_evaluate else None
+    test_pruned = test_evaluate(chosen) if test_evaluate else None
     best = run.state.best_round
     pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val.accuracy
     margin_points = run.history[best - 1].get("margin", 0.0) if best else 0.0
@@ -363,29 +376,34 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         "method": run.config.method,
         "schedule": run.config.schedule, "granularity": run.config.granularity, "max_drop": run.config.max_drop,
         **meta,
-        "baseline": {"val": {"accuracy": run.baseline_val.accuracy}, "test": {"accuracy": tests["baseline"]}},
-        "pruned": {"val": {"accuracy": pruned_val}, "test": {"accuracy": tests["pruned"]}},
+        "baseline": {"val": {"accuracy": run.baseline_val.accuracy}, "test": {"accuracy": test_baseline}},
+        "pruned": {"val": {"accuracy": pruned_val}, "test": {"accuracy": test_pruned}},
         "acceptance": {"confidence": run.config.confidence, "paired": run.baseline_val.correct is not None,
                        "margin": margin_points},
         "polish": polished,
         "drop": {"val": 100 * (run.baseline_val.accuracy - pruned_val),
-                 "test": 100 * (tests["baseline"] - tests["pruned"]) if test_evaluate else None},
+                 "test": _points(test_baseline, test_pruned)},
         **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.physical),
         "seconds": seconds + run.prior_seconds,
         "rounds": len(run.history), "chosen_round": run.state.best_round,
     }
     if run.out is not None:
-        _write_outputs(run, chosen, results, meta)
+        _write_outputs(run, run.out, chosen, results, meta)
     return PruneResult(chosen, run.history, results, run.out)
 
 
-def _write_outputs(run: _Run, chosen: nn.Module, results: dict, meta: dict) -> None:
+def _points(before: float | torch.Tensor | None, after: float | torch.Tensor | None) -> float | torch.Tensor | None:
+    """An accuracy drop in percentage points; None without both accuracies (no test evaluator)."""
+    return None if before is None or after is None else 100 * (before - after)
+
+
+def _write_outputs(run: _Run, out: Path, chosen: nn.Module, results: dict, meta: dict) -> None:
     """model.safetensors/.json, results.json and the report in the run folder."""
     from secateur.report import render_report  # lazy: matplotlib is slow to import, and only runs write reports
 
-    _save(chosen, rundir.model_base(run.out), {**meta, **run.pruner_state},
+    _save(chosen, rundir.model_base(out), {**meta, **run.pruner_state},
           {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
-    results["bytes"].update(baseline=file_bytes(rundir.baseline_dir(run.out) / rundir.WEIGHTS),
-                            pruned=file_bytes(run.out / rundir.WEIGHTS))
-    rundir.write_results(run.out, results)
-    render_report(run.out)
+    results["bytes"].update(baseline=file_bytes(rundir.baseline_dir(out) / rundir.WEIGHTS),
+                            pruned=file_bytes(out / rundir.WEIGHTS))
+    rundir.write_results(out, results)
+    render_report(out)

@@ -23,7 +23,7 @@ from torch import nn
 
 from secateur.registry import Registry
 
-if TYPE_CHECKING:  # annotations only: the config module imports this one
+if TYPE_CHECKING:  # annotations only: search.config imports this module (a cycle at run time)
     from secateur.search.config import PruneConfig
 
 PrunerState = dict[str, Any]  # JSON: e.g. {"plan": ...} for physical pruning, {} for masks
@@ -109,8 +109,8 @@ class Granularity:
     physical: bool
     continuous: bool
     prepare: Callable[[nn.Module, tuple[str, ...]], nn.Module]
-    build: Callable[[nn.Module, "PruneConfig", Context], "tuple[Pruner, PruneConfig]"]
-    check: Callable[["PruneConfig"], None] | None = None
+    build: Callable[[nn.Module, PruneConfig, Context], tuple[Pruner, PruneConfig]]
+    check: Callable[[PruneConfig], None] | None = None
 
 
 GRANULARITIES: Registry[Granularity] = Registry(

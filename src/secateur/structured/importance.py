@@ -169,7 +169,7 @@ def fpgm(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
 
 
 def _taylor_params(model: nn.Module, members: list[Member]) -> dict[tuple[str, str], torch.Tensor]:
-    params = {}
+    params: dict[tuple[str, str], torch.Tensor] = {}
     for member in members:
         m = model.get_submodule(member.module)
         for pname in ("weight", "bias"):

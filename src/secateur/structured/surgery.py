@@ -28,6 +28,9 @@ from secateur.provenance import record_plan, recorded_plan
 from secateur.structured.plan import Plan, compose, relative
 from secateur.structured.propagate import CHANNEL_NORMS, CONVS
 
+_Conv = nn.modules.conv._ConvNd  # CONVS
+_Norm = nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm | nn.GroupNorm | nn.PReLU
+
 
 @dataclass
 class _Edit:
@@ -150,7 +153,7 @@ def _module_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int]
     raise ConfigError(f"plan prunes {path!r}, a {type(m).__name__}, which structured surgery cannot shrink")
 
 
-def _conv_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
+def _conv_edits(path: str, m: _Conv, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
     edits, w, groups = [], m.weight, m.groups
     o = _index(out, m.out_channels, path, "output") if out is not None else None
     i = _index(inp, m.in_channels, path, "input") if inp is not None else None
@@ -188,7 +191,7 @@ def _linear_edits(path: str, m: nn.Linear, out: list[int] | None, inp: list[int]
     return edits
 
 
-def _norm_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
+def _norm_edits(path: str, m: _Norm, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
     if inp is not None or out is None:
         raise ConfigError(f"plan for norm layer {path!r} must only keep output channels")
     size = (m.num_channels if isinstance(m, nn.GroupNorm)
@@ -200,10 +203,10 @@ def _norm_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] |
         per = m.num_channels // m.num_groups
         if len(o) % per:
             raise ConfigError(f"plan for GroupNorm {path!r} does not keep whole groups")
-        return edits + [_Edit(m, "num_channels", len(o)), _Edit(m, "num_groups", len(o) // per)]
+        return [*edits, _Edit(m, "num_channels", len(o)), _Edit(m, "num_groups", len(o) // per)]
     if isinstance(m, nn.PReLU):
-        return edits + [_Edit(m, "num_parameters", len(o))]
-    return edits + [_Edit(m, "num_features", len(o))]
+        return [*edits, _Edit(m, "num_parameters", len(o))]
+    return [*edits, _Edit(m, "num_features", len(o))]
 
 
 _EDITORS: list[tuple[tuple[type, ...], Callable[..., list[_Edit]]]] = [

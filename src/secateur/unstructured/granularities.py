@@ -74,7 +74,8 @@ def allocation_of(config: PruneConfig) -> str:
 
 def _check_weight(config: PruneConfig) -> None:
     ALLOCATIONS.get(allocation_of(config))
-    if WEIGHT_METHODS.get(str(config.method)).scope == "global" and (config.factors or allocation_of(config) != "uniform"):
+    per_layer = config.factors or allocation_of(config) != "uniform"
+    if WEIGHT_METHODS.get(str(config.method)).scope == "global" and per_layer:
         raise ConfigError(f"per-layer factors do not apply to {config.method} (one threshold for all layers)")
 
 

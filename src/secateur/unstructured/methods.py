@@ -127,7 +127,7 @@ def han_masks(weights: Mapping[str, torch.Tensor], level: Level, *,
 
 def _keep_largest(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Mask keeping the ``1 - sparsity`` fraction of entries with the largest score."""
-    n_prune = int(round(_check_sparsity(sparsity) * scores.numel()))
+    n_prune = round(_check_sparsity(sparsity) * scores.numel())
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     if n_prune > 0:
         keep[torch.topk(scores.flatten(), n_prune, largest=False, sorted=False).indices] = False

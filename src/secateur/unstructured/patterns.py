@@ -6,7 +6,8 @@
   consecutive input weights of a row, only the ``n`` largest magnitudes survive.
 
 Fixed-amount helpers (the search's ``kernel`` and ``n:m`` granularities are in
-:mod:`secateur.unstructured.pruner`). Both return ``{"layer.weight": bool mask}`` (True = keep) for ``secateur.unstructured.masks.apply_masks``.
+:mod:`secateur.unstructured.pruner`). Both return ``{"layer.weight": bool mask}`` (True = keep)
+for ``secateur.unstructured.masks.apply_masks``.
 """
 
 from __future__ import annotations

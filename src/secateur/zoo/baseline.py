@@ -9,11 +9,14 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy
 import torch
 from torch import nn
 
+from secateur import __version__
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import save_model
@@ -44,20 +47,14 @@ class Baseline:
 
 def versions() -> dict[str, str]:
     """Library versions recorded in every checkpoint, for reproducibility."""
-    import numpy
-
-    from secateur import __version__
-
     return {"secateur": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "torchvision": _version_of("torchvision"), "numpy": numpy.__version__}
 
 
 def _version_of(package: str) -> str:
     try:
-        from importlib.metadata import version
-
         return version(package)
-    except Exception:  # noqa: BLE001 - a missing optional package is simply "unknown"
+    except Exception:  # a missing optional package is simply "unknown"
         return "unknown"
 
 

@@ -211,7 +211,7 @@ _register(DatasetSpec(
 def _load_digits(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
     """scikit-learn's bundled 8x8 digits (0..16 scaled to 0..255), fixed seeded 80/20 train/test split."""
     try:
-        from sklearn.datasets import load_digits  # optional dependency: the [digits] extra
+        from sklearn.datasets import load_digits  # lazy: optional dependency (the [digits] extra)
     except ImportError:
         raise DataError("the 'digits' dataset needs scikit-learn: pip install secateur[digits]") from None
     bunch = load_digits()
