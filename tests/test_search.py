@@ -104,3 +104,14 @@ def test_by_default_a_failure_that_closes_the_bracket_ends_the_search():
     assert next_strength(state, settings) is None
     reopened = record(SearchState(round=10, best_strength=2.6, failed=2.739, step=0.1), 2.689, True, settings)
     assert next_strength(reopened, settings) == pytest.approx(2.789)  # progress: reopen after a success
+
+
+def test_a_passed_round_that_removed_nothing_more_ends_the_search():
+    from secateur.search.orchestrator import saturated
+
+    rows = [{"feasible": True, "params_nonzero": 100}, {"feasible": False, "params_nonzero": 50},
+            {"feasible": True, "params_nonzero": 80}]
+    assert not saturated(rows)
+    assert saturated([*rows, {"feasible": True, "params_nonzero": 80}])
+    assert not saturated([*rows, {"feasible": False, "params_nonzero": 80}])
+    assert not saturated([{"feasible": True, "params_nonzero": 80}])

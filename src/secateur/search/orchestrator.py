@@ -149,12 +149,23 @@ def _run_round(run: _Run, strength: float) -> dict:
     return row
 
 
+def saturated(history: list[dict]) -> bool:
+    """Whether the last round passed without removing anything the previous passed round kept.
+
+    The pruner can go no further (every layer of an ``n:m`` run is already N:M; every group of a
+    channel run is at ``min_channels``), so raising the strength again would only spend rounds.
+    """
+    passed = [row for row in history if row["feasible"]]
+    return (len(passed) >= 2 and history[-1]["feasible"]
+            and passed[-1]["params_nonzero"] == passed[-2]["params_nonzero"])
+
+
 def _search(run: _Run, progress: bool, on_round: Callable[[dict], None] | None = None) -> None:
     """Rounds until the search settles; checkpoints after every round when ``out`` is set."""
     settings = run.config.search_settings()
     with progress_bar(progress, settings.rounds, "pruning") as advance:
         advance(run.state.round)
-        while (strength := next_strength(run.state, settings)) is not None:
+        while not saturated(run.history) and (strength := next_strength(run.state, settings)) is not None:
             row = _run_round(run, strength)
             run.history.append(row)
             if run.out is not None:
@@ -385,7 +396,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
                  "test": _points(test_baseline, test_pruned)},
         **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.physical),
         "seconds": seconds + run.prior_seconds,
-        "rounds": len(run.history), "chosen_round": run.state.best_round,
+        "rounds": len(run.history), "chosen_round": run.state.best_round, "saturated": saturated(run.history),
     }
     if run.out is not None:
         _write_outputs(run, run.out, chosen, results, meta)
