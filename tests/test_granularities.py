@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from secateur.search.config import PruneConfig
-from secateur.search.pruner import GRANULARITIES, Context
+from secateur.search.pruner import Context
 from secateur.unstructured.masks import effective, masks_of, prunable_names
 from secateur.zoo.models import build_model
 
