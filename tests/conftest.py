@@ -35,3 +35,26 @@ def mnist(data_root: Path):
 def small(mnist):
     """2,000 training, 500 validation and 500 test images: end-to-end pruning runs in seconds."""
     return mnist.subset(train=2000, val=500, test=500)
+
+
+def _trained(name: str, data, epochs: int) -> torch.nn.Module:
+    """A zoo model trained from seed 0 on ``data`` (deterministic on CPU)."""
+    from secateur.train import TrainConfig, fit
+    from secateur.zoo.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name)
+    fit(model, data, TrainConfig(epochs=epochs, lr=0.05), progress=False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_lenet300(small):
+    """LeNet-300-100 after 3 epochs on :func:`small` (shared: copy it before changing it)."""
+    return _trained("lenet300", small, 3)
+
+
+@pytest.fixture(scope="session")
+def trained_lenet5(small):
+    """LeNet-5 after 2 epochs on :func:`small` (shared: copy it before changing it)."""
+    return _trained("lenet5", small, 2)

@@ -22,12 +22,9 @@ QUICK = {"rounds": 4, "retrain_epochs": 1, "start": 1.0, "step": 1.0}
 RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)
 
 
-@pytest.fixture(scope="module")
-def trained(small):
-    torch.manual_seed(0)
-    model = build_model("lenet300")
-    fit(model, small, TrainConfig(epochs=3, lr=0.05), progress=False)
-    return model
+@pytest.fixture
+def trained(trained_lenet300):
+    return trained_lenet300
 
 
 def run(trained, small, **options):

@@ -24,7 +24,7 @@ from secateur.search.pruner import GRANULARITIES, method_names
 from secateur.search.schedules import SCHEDULES
 from secateur.structured import analyse, prune_channels
 from secateur.structured.importance import GROUP_METHODS
-from secateur.train import TrainConfig, fit
+from secateur.train import TrainConfig
 from secateur.unstructured.methods import WEIGHT_METHODS
 from secateur.zoo.models import build_model
 
@@ -122,14 +122,6 @@ def test_every_registered_name_is_listed_and_accepted_by_the_cli(capsys):
     for method in method_names():
         args = build_parser().parse_args(["prune", "--model", "lenet5", "--out", "x", "--method", method])
         assert args.method == method
-
-
-@pytest.fixture(scope="module")
-def trained_lenet5(small):
-    torch.manual_seed(0)
-    model = build_model("lenet5")
-    fit(model, small, TrainConfig(epochs=2, lr=0.05), progress=False)
-    return model
 
 
 @pytest.mark.parametrize("granularity", granularity_names())

@@ -17,7 +17,7 @@ from secateur.search.orchestrator import PruneConfig, prune
 from secateur.structured import apply_plan, prune_channels
 from secateur.structured.plan import compose
 from secateur.structured.pruner import removed_fraction
-from secateur.train import TrainConfig, evaluate, fit
+from secateur.train import TrainConfig, evaluate
 from secateur.unstructured.masks import masks_of
 from secateur.zoo.models import build_model
 
@@ -26,12 +26,9 @@ RETRAIN = TrainConfig(epochs=1, lr=0.05, batch_size=64)
 X = torch.randn(6, 1, 28, 28)
 
 
-@pytest.fixture(scope="module")
-def trained(small):
-    torch.manual_seed(0)
-    model = build_model("lenet5")
-    fit(model, small, TrainConfig(epochs=2, lr=0.05), progress=False)
-    return model
+@pytest.fixture
+def trained(trained_lenet5):
+    return trained_lenet5
 
 
 def kill_after(round_index: int):
