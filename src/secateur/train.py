@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secateur.arguments import check_field_types, expect_callable, expect_instance, expect_module, shown
 from secateur.errors import ConfigError
 from secateur.progress import Advance, progress_bar
 from secateur.registry import Registry
@@ -34,6 +35,7 @@ from secateur.zoo.data import Dataset, Split, batches
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
 LR_SCHEDULES: Registry[Callable[[float], float]] = Registry("learning-rate schedule")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,33 @@ def random_shift(x: torch.Tensor, pixels: int, background: torch.Tensor,
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
+def _check_model_data(model: object, data: object) -> None:
+    """One-line ConfigErrors for a model that is not an nn.Module or data that is not a Dataset."""
+    expect_module(model)
+    if not isinstance(data, Dataset):
+        hint = " (load it with secateur.load_dataset)" if isinstance(data, str) else ""
+        raise ConfigError(f"data must be a secateur Dataset{hint}, got {shown(data)}")
+
+
+def _check_fit(model: object, data: object, config: object, step: object, on_epoch: object) -> None:
+    """:func:`fit`'s arguments of the wrong kind, before any work starts."""
+    _check_model_data(model, data)
+    expect_instance(config, TrainConfig, "config", "a TrainConfig")
+    if config is not None:
+        check_field_types(TrainConfig, vars(config), "training option")
+    expect_callable(step, "step", "(model, x, y) and returning the loss")
+    expect_callable(on_epoch, "on_epoch", "an EpochLog")
+
+
+def _check_evaluate(model: object, data: object, split: object, batch_size: object) -> None:
+    """:func:`evaluate` / :func:`correctness`'s arguments of the wrong kind."""
+    _check_model_data(model, data)
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
 @torch.no_grad()
 def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
                 device: str | torch.device | None = None) -> torch.Tensor:
@@ -244,7 +273,10 @@ def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_si
     Per-example results let two models be compared on the same images (paired), which the
     pruning search's acceptance rule needs (:mod:`secateur.search.acceptance`).
     """
+    _check_evaluate(model, data, split, batch_size)
     part: Split = getattr(data, split)
+    if isinstance(device, str):
+        device = resolve_device(device)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -302,6 +334,7 @@ def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
     The same ``config.seed`` gives bitwise the same weights on CPU (shuffling, augmentation
     and dropout all draw from seeded generators).
     """
+    _check_fit(model, data, config, step, on_epoch)
     config = (config or TrainConfig()).validate()
     device = resolve_device(config.device)
     model.to(device)

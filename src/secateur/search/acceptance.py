@@ -29,6 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+from secateur.arguments import shown
+from secateur.errors import ConfigError
+
 TOLERANCE = 1e-9  # float slack so that a drop of exactly max_drop counts as within
 
 
@@ -40,14 +43,39 @@ class Outcome:
     correct: torch.Tensor | None = None  # bool, one entry per validation example
 
     @classmethod
-    def of(cls, value: float | torch.Tensor | Outcome) -> Outcome:
-        """Wrap what an evaluator returned: an accuracy, or a per-example correctness vector."""
+    def of(cls, value: float | torch.Tensor | Outcome, source: str = "evaluate") -> Outcome:
+        """Wrap what an evaluator returned: an accuracy in [0, 1], or a 1-D bool correctness vector.
+
+        Anything else (a percentage, NaN, a string, a float vector) is a one-line ConfigError
+        naming ``source`` (the callable) and what it returned.
+        """
         if isinstance(value, Outcome):
             return value
-        if isinstance(value, torch.Tensor) and value.dim() == 1:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            if value.dim() != 1 or value.dtype != torch.bool or value.numel() == 0:
+                raise _returned(source, f"a {str(value.dtype).removeprefix('torch.')} tensor of shape "
+                                        f"{tuple(value.shape)}")
             correct = value.detach().to("cpu", torch.bool)
-            return cls(int(correct.sum()) / max(correct.numel(), 1), correct)
-        return cls(float(value))
+            return cls(int(correct.sum()) / correct.numel(), correct)
+        return cls(_accuracy(value, source))
+
+
+def _accuracy(value: object, source: str) -> float:
+    """A returned accuracy as a float; a bool, an int, a numpy scalar or a 0-d tensor will do."""
+    if isinstance(value, (str, bytes)) or getattr(value, "ndim", 0) != 0:
+        raise _returned(source, shown(value))
+    try:
+        accuracy = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise _returned(source, shown(value)) from None
+    if not 0.0 <= accuracy <= 1.0:  # NaN fails too
+        raise _returned(source, repr(accuracy) + (" (a percentage?)" if 1 < accuracy <= 100 else ""))
+    return accuracy
+
+
+def _returned(source: str, what: str) -> ConfigError:
+    return ConfigError(f"{source} returned {what}; expected a fraction in [0, 1] or a 1-D bool tensor "
+                       "of per-example correctness")
 
 
 def discordant(baseline: torch.Tensor, candidate: torch.Tensor) -> tuple[int, int]:

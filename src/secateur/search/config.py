@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from secateur.arguments import check_field_types
 from secateur.errors import ConfigError
 from secateur.search.bracket import SearchSettings
 from secateur.search.pruner import ALLOCATIONS, GRANULARITIES, SCOPES, Granularity, method_names, option_owners
@@ -181,4 +182,6 @@ def with_options(config: PruneConfig | None, options: Mapping[str, Any]) -> Prun
     unknown = sorted(set(options) - names)
     if unknown:
         raise ConfigError(f"unknown prune option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return dataclasses.replace(config or PruneConfig(), **options).validate()
+    config = dataclasses.replace(config or PruneConfig(), **options)
+    check_field_types(PruneConfig, vars(config), "prune option")  # max_drop="0.1": one line, not a TypeError
+    return config.validate()

@@ -26,11 +26,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from secateur.analysis.metrics import file_bytes
 from secateur.analysis.summary import round_stats, size_summary
+from secateur.arguments import (
+    check_field_types,
+    expect_callable,
+    expect_instance,
+    expect_mapping,
+    expect_module,
+    expect_path,
+    expect_shape,
+)
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import save_model
@@ -127,16 +135,35 @@ def _prune_and_retrain(run: _Run, candidate: nn.Module, strength: float) -> Prun
                             run.config.steps_per_round, dict(state))
 
 
+def measure(evaluate: Evaluate, model: nn.Module, baseline: Outcome | None = None,
+            source: str = "evaluate") -> Outcome:
+    """``evaluate(model)`` checked by :meth:`Outcome.of`, and of the same kind and length as ``baseline``."""
+    outcome = Outcome.of(evaluate(model), source)
+    if baseline is not None and _count(outcome) != _count(baseline):
+        raise ConfigError(f"{source} returned {_kind(outcome)}, but {_kind(baseline)} for the baseline; it must "
+                          "score the same validation examples, the same way, every call")
+    return outcome
+
+
+def _count(outcome: Outcome) -> int | None:
+    return None if outcome.correct is None else outcome.correct.numel()
+
+
+def _kind(outcome: Outcome) -> str:
+    count = _count(outcome)
+    return "an accuracy" if count is None else f"{count} per-example results"
+
+
 def _run_round(run: _Run, strength: float) -> dict:
     """Try one strength; returns the history row (the candidate is kept if feasible)."""
     start = time.perf_counter()
     candidate = copy.deepcopy(run.baseline if run.schedule.restart_from_baseline else run.best)
     pruner_state = _prune_and_retrain(run, candidate, strength)
-    outcome, passes = Outcome.of(run.evaluate(candidate)), 0
+    outcome, passes = measure(run.evaluate, candidate, run.baseline_val), 0
     while not _judge(run, outcome)[2] and passes < run.config.recovery:
         passes += 1  # a round over the bound gets more retraining before it counts as failed
         run.make_train(1000 * (run.state.round + 1) + passes)(candidate)
-        outcome = Outcome.of(run.evaluate(candidate))
+        outcome = measure(run.evaluate, candidate, run.baseline_val)
     drop, extra, feasible = _judge(run, outcome)
     row = {"round": run.state.round + 1, "strength": strength, "level": run.pruner.levels(strength),
            "val_accuracy": outcome.accuracy, "drop": drop, "margin": extra, "feasible": feasible,
@@ -189,7 +216,7 @@ def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train
     baseline = spec.prepare(model, targets)
     context = Context(targets, input_shape, evaluate, batches, out)
     pruner, config = spec.build(baseline, config, context)
-    baseline_val = Outcome.of(evaluate(baseline))  # per-example results kept for paired comparisons
+    baseline_val = measure(evaluate, baseline)  # per-example results kept for paired comparisons
     if out is not None:
         rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val.accuracy, **meta})
         if not rundir.has_checkpoint(rundir.baseline_dir(out)):  # keep a trained baseline's own record
@@ -250,6 +277,9 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     is called after every round with its history row, once the round is checkpointed.
     The input ``model`` is not modified.
     """
+    _check_arguments(model, data, (config, train_config), out, input_shape, meta,
+                     {"train": train, "evaluate": evaluate, "test_evaluate": test_evaluate, "polish": polish,
+                      "on_round": on_round})
     config = with_options(config, options)
     if resume and out is not None and (Path(out) / rundir.CONFIG).exists():
         config = saved_config(Path(out))  # a resumed run keeps the settings it started with
@@ -275,6 +305,23 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     _search(run, progress, on_round)
     polished = _polish(run, polish)
     return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
+
+
+def _check_arguments(model: object, data: object, configs: tuple[object, object], out: object,
+                     input_shape: object, meta: object, callables: Mapping[str, object]) -> None:
+    """One-line ConfigErrors for :func:`prune` arguments of the wrong kind, before any work starts."""
+    expect_module(model)
+    expect_instance(data, (Dataset, str), "data", "a secateur Dataset or a dataset name such as 'mnist' "
+                    "(with your own data loader, pass train= and evaluate= callables instead)")
+    expect_instance(configs[0], PruneConfig, "config", "a PruneConfig")
+    expect_instance(configs[1], TrainConfig, "train_config", "a TrainConfig")
+    if configs[1] is not None:
+        check_field_types(TrainConfig, vars(configs[1]), "training option")
+    for name, value in callables.items():
+        expect_callable(value, name, "the history row" if name == "on_round" else "the model")
+    expect_path(out)
+    expect_shape(input_shape)
+    expect_mapping(meta, "meta")
 
 
 def _explicit(config: PruneConfig, data: Dataset | None, train: Retrain | None,
@@ -363,7 +410,7 @@ def _polish(run: _Run, train: Retrain | None) -> dict | None:
     before = run.history[best - 1]["val_accuracy"]
     candidate = copy.deepcopy(run.best)
     train(candidate)
-    outcome = Outcome.of(run.evaluate(candidate))
+    outcome = measure(run.evaluate, candidate, run.baseline_val)
     drop, extra, _ = _judge(run, outcome)
     kept = within(drop, run.config.max_drop)
     if kept:
@@ -376,8 +423,8 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
             polished: dict | None = None) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
     chosen, baseline = run.best, run.baseline
-    test_baseline = test_evaluate(baseline) if test_evaluate else None
-    test_pruned = test_evaluate(chosen) if test_evaluate else None
+    test_baseline = measure(test_evaluate, baseline, source="test_evaluate").accuracy if test_evaluate else None
+    test_pruned = measure(test_evaluate, chosen, source="test_evaluate").accuracy if test_evaluate else None
     best = run.state.best_round
     pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val.accuracy
     margin_points = run.history[best - 1].get("margin", 0.0) if best else 0.0
@@ -403,7 +450,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     return PruneResult(chosen, run.history, results, run.out)
 
 
-def _points(before: float | torch.Tensor | None, after: float | torch.Tensor | None) -> float | torch.Tensor | None:
+def _points(before: float | None, after: float | None) -> float | None:
     """An accuracy drop in percentage points; None without both accuracies (no test evaluator)."""
     return None if before is None or after is None else 100 * (before - after)
 

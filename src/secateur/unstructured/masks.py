@@ -19,13 +19,22 @@ round-trips, in ``deepcopy``. Design choices, and why:
   and :func:`reapply_masks_` re-zeroes a drifted original. We do not zero originals inside
   ``forward``: a side-effecting forward breaks ``functional_call`` / ``torch.func``.
 * Masks only ever grow the pruned set: a new mask is combined with the old by logical AND.
+* A tied parameter (one ``nn.Parameter`` registered under several names, e.g. a decoder
+  sharing its encoder's weight) is masked under every name at once, by one shared
+  :class:`Mask` object: the original stays one parameter (optimizers see it once, its
+  gradient is 0 at pruned entries from every use), ``masks_of`` and checkpoints list each
+  name with the same mask, and :func:`prunable_names` lists the tensor once.
+* A tensor computed by another parametrization (``weight_norm``, ``spectral_norm``, ...) is
+  refused: a checkpoint holds plain tensors, which would not load back into it.
+* A masked module cannot be pickled (``torch.save(model)``): the error says to use
+  ``secateur.save_model`` or :func:`make_permanent`. ``copy.deepcopy`` works, ties included.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Mapping
-from typing import cast
+from typing import NoReturn, cast
 
 import torch
 from torch import nn
@@ -34,6 +43,7 @@ from torch.nn.utils.parametrize import ParametrizationList
 
 from secateur.errors import ConfigError
 
+Alias = tuple[str, nn.Module, str]  # (qualified name, owning module, attribute name) of one parameter name
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -101,12 +111,65 @@ def _param_names(module: nn.Module) -> list[str]:
     """Plain names of a module's own parameters (parametrized ones under their plain name)."""
     names = [n for n, p in module._parameters.items() if p is not None]
     if parametrize.is_parametrized(module):
-        names += [n for n in _parametrizations(module) if _has_param_original(_plist(module, n))]
+        names += [n for n in _parametrizations(module) if _from_parameters(_plist(module, n))]
     return names
 
 
-def _has_param_original(plist: ParametrizationList) -> bool:
-    return bool(plist.is_tensor) and isinstance(plist.original, nn.Parameter)
+def _from_parameters(plist: ParametrizationList) -> bool:
+    """Whether a parametrized tensor is computed from parameters (weight_norm: two), not buffers."""
+    if plist.is_tensor:
+        return isinstance(plist.original, nn.Parameter)
+    return all(isinstance(getattr(plist, f"original{i}"), nn.Parameter) for i in range(plist.ntensors))
+
+
+def _parameter(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The parameter object behind ``module.<name>`` (the stored original when parametrized), if one."""
+    if name in module._parameters:
+        return module._parameters[name]
+    if parametrize.is_parametrized(module, name) and _plist(module, name).is_tensor:
+        return _plist(module, name).original
+    return None
+
+
+def _foreign(module: nn.Module, name: str) -> list[str]:
+    """Class names of the parametrizations of ``module.<name>`` that are not secateur masks."""
+    if not parametrize.is_parametrized(module, name):
+        return []
+    return [type(p).__name__ for p in _plist(module, name) if not isinstance(p, Mask)]
+
+
+def _qualify(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _alias_index(root: nn.Module) -> dict[int, list[Alias]]:
+    """Parameter id -> every name under ``root`` that holds it (several when tied)."""
+    index: dict[int, list[Alias]] = {}
+    for prefix, owner in _plain_modules(root):
+        for name in _param_names(owner):
+            param = _parameter(owner, name)
+            if param is not None:
+                index.setdefault(id(param), []).append((_qualify(prefix, name), owner, name))
+    return index
+
+
+def _aliases(index: dict[int, list[Alias]], module: nn.Module, name: str, qualified: str) -> list[Alias]:
+    """The names of the parameter behind ``module.<name>``: itself, and any tied to it in ``index``."""
+    param = _parameter(module, name)
+    return (index.get(id(param), []) if param is not None else []) or [(qualified, module, name)]
+
+
+def _check_maskable(aliases: list[Alias]) -> None:
+    """Refuse (one line) a tensor computed by another parametrization (weight_norm, spectral_norm, ...)."""
+    for qualified, module, name in aliases:
+        foreign = _foreign(module, name)
+        if foreign:
+            tied = f" (tied to {', '.join(q for q, _, _ in aliases if q != qualified)})" if len(aliases) > 1 else ""
+            raise ConfigError(
+                f"{qualified}{tied} is computed by a {' / '.join(foreign)} parametrization, which secateur cannot "
+                f"mask; remove it first with torch.nn.utils.parametrize.remove_parametrizations(layer, {name!r}) "
+                f"(it keeps the current value) or leave {qualified} out of the targets"
+            )
 
 
 def _plain_param_names(model: nn.Module) -> list[str]:
@@ -220,16 +283,43 @@ def _remove(module: nn.Module, name: str, leave_parametrized: bool) -> None:
     parametrize.remove_parametrizations(module, name, leave_parametrized=leave_parametrized)
 
 
-def _attach(module: nn.Module, name: str, keep: torch.Tensor) -> None:
-    """Register a new :class:`Mask` or AND ``keep`` into the existing one."""
-    existing = _find_mask(module, name)
-    if existing is None:
-        _own_class(module)
-        existing = Mask(keep)
-        parametrize.register_parametrization(module, name, existing)  # holds this very object
-    else:
-        existing.mask.logical_and_(keep)
-    _zero_original(module, name, existing)
+def _refuse_pickle(self: nn.Module) -> NoReturn:
+    """``__getstate__`` of a masked module: torch can only serialise parametrized modules by state_dict."""
+    raise ConfigError("a model with secateur masks cannot be pickled (torch.save(model), pickle); save it with "
+                      "secateur.save_model(model, path), or fold the masks in with secateur.make_permanent(model)")
+
+
+def _register(module: nn.Module, name: str, mask: Mask) -> None:
+    """Register ``mask`` (this very object) as the parametrization of ``module.<name>``."""
+    _own_class(module)
+    parametrize.register_parametrization(module, name, mask)
+    type(module).__getstate__ = _refuse_pickle  # type: ignore[method-assign]  # its own class (injected / _own_class)
+
+
+def _attach(aliases: list[Alias], keep: torch.Tensor) -> None:
+    """One :class:`Mask` on every alias of a parameter, ANDed with ``keep`` and any mask they had.
+
+    Tied aliases share the Mask object, so a later AND (here or through either name) reaches both.
+    """
+    existing = list({id(m): m for m in (_find_mask(mod, n) for _, mod, n in aliases) if m is not None}.values())
+    for old in existing:
+        keep = keep & old.mask
+    for old in existing:
+        old.mask.copy_(keep)
+    shared = existing[0] if existing else Mask(keep)
+    for _, module, name in aliases:
+        if _find_mask(module, name) is None:
+            _register(module, name, shared)
+        _zero_original(module, name, cast(Mask, _find_mask(module, name)))
+
+
+def _prepare(index: dict[int, list[Alias]], module: nn.Module, name: str, where: str,
+             mask: object) -> tuple[list[Alias], torch.Tensor]:
+    """The aliases of ``module.<name>`` and the validated keep-mask; nothing applied yet."""
+    value = _current(module, name)
+    aliases = _aliases(index, module, name, where)
+    _check_maskable(aliases)
+    return aliases, _as_keep(mask, value, where)
 
 
 def apply_mask(
@@ -237,10 +327,11 @@ def apply_mask(
 ) -> None:
     """Mask parameter ``name`` of ``module`` (True/1 = keep); combined by AND with any old mask.
 
-    Pass the ``optimizer`` that trains ``module`` to clear its state at pruned positions.
+    Names tied to the same parameter inside ``module`` are masked with it (for ties across
+    modules, give the whole model to :func:`apply_masks`). Pass the ``optimizer`` that trains
+    ``module`` to clear its state at pruned positions.
     """
-    keep = _as_keep(mask, _current(module, name), f"{type(module).__name__}.{name}")
-    _attach(module, name, keep)
+    _attach(*_prepare(_alias_index(module), module, name, f"{type(module).__name__}.{name}", mask))
     if optimizer is not None:
         mask_optimizer_state_(optimizer, module)
 
@@ -251,15 +342,18 @@ def apply_masks(
     *,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
-    """Apply masks by qualified name ("features.0.weight"); all are validated before any is applied."""
+    """Apply masks by qualified name ("features.0.weight"); all are validated before any is applied.
+
+    A tied parameter is masked under all its names, whichever one is given.
+    """
     if not isinstance(masks, Mapping):
         raise ConfigError(f"masks must be a mapping of parameter name -> tensor, got {type(masks).__name__}")
-    prepared = []
+    prepared, index = [], _alias_index(model)
     for qualified, mask in masks.items():
         module, name = _resolve(model, qualified)
-        prepared.append((module, name, _as_keep(mask, _current(module, name), qualified)))
-    for module, name, keep in prepared:
-        _attach(module, name, keep)
+        prepared.append(_prepare(index, module, name, qualified, mask))
+    for aliases, keep in prepared:
+        _attach(aliases, keep)
     if optimizer is not None:
         mask_optimizer_state_(optimizer, model)
 
@@ -335,15 +429,23 @@ def prunable_names(
     model: nn.Module, include_bias: bool = False, types: tuple[type, ...] | None = None
 ) -> list[str]:
     """Qualified names of the weights (and optionally biases) of Linear / Conv / ConvTranspose
-    layers, or of the layer ``types`` given, in module order. BatchNorm etc. are left alone."""
+    layers, or of the layer ``types`` given, in module order. BatchNorm etc. are left alone.
+
+    A tied parameter is listed once (under its first name); a tensor computed by another
+    parametrization (``weight_norm``, ...) is left out, since it cannot be masked.
+    """
     types = PRUNABLE_TYPES if types is None else tuple(types)
     wanted = ("weight", "bias") if include_bias else ("weight",)
-    out = []
+    out, seen = [], set()
     for prefix, module in _plain_modules(model):
         if not isinstance(module, types):
             continue
         present = _param_names(module)
-        out += [f"{prefix}.{n}" if prefix else n for n in wanted if n in present]
+        for name in wanted:
+            if name not in present or _foreign(module, name) or id(_parameter(module, name)) in seen:
+                continue  # without a foreign parametrization, the name has a parameter object
+            seen.add(id(_parameter(module, name)))
+            out.append(_qualify(prefix, name))
     return out
 
 
