@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import operator
 import re
 import typing
@@ -76,13 +77,13 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _key(loc: tuple[int | str, ...], data: object) -> str:
-    """The dotted key of an error location in ``data``; union branch names (``str``, ``Named``) are dropped."""
-    parts, current = [], data
+def _key(detail: ErrorDetails, data: object) -> str:
+    """The dotted key of an error in ``data``; union branch names (``str``, ``Named``) are dropped."""
+    parts, current, loc = [], data, detail["loc"]
     for index, part in enumerate(loc):
         if _has(current, part):
             current = current[part]  # type: ignore[index]  # _has checked it
-        elif not (index == len(loc) - 1 and isinstance(current, Mapping)):  # last: a missing key
+        elif not (detail["type"] == "missing" and index == len(loc) - 1):
             continue
         parts.append(str(part))
     return ".".join(parts)
@@ -111,14 +112,15 @@ def _phrase(detail: ErrorDetails) -> str:
 
 
 def describe(error: ValidationError, data: object, at: str = "") -> str:
-    """The first problem of a validation error as ``key: expected ..., got ...`` (one line)."""
-    details = error.errors(include_url=False)
-    first, key = details[0], _key(details[0]["loc"], data)
-    wishes = list(dict.fromkeys(_phrase(d) for d in details if _key(d["loc"], data) == key))  # union branches
+    """The deepest problem of a validation error as ``key: expected ..., got ...`` (one line); the
+    wishes of a union's branches at that key are joined (``expected a string or a mapping``)."""
+    details = [(_key(d, data), d) for d in error.errors(include_url=False)]
+    key, first = max(details, key=lambda pair: pair[0].count(".") + bool(pair[0]))
+    wishes = list(dict.fromkeys(_phrase(d) for k, d in details if k == key))
     wanted = " or ".join([wishes[0], *(wish.removeprefix("expected ") for wish in wishes[1:])])
     shown = "" if first["type"] in ("missing", "extra_forbidden") else f", got {_shown(first['input'])}"
-    others = len({_key(d["loc"], data) for d in details} - {key})
-    more = f" (and {others} more)" if others else ""
+    others = {k for k, _ in details if k != key and not key.startswith(f"{k}.") and k}
+    more = f" (and {len(others)} more)" if others else ""
     full = ".".join(part for part in (at, key) if part)
     return f"{full}: {wanted}{shown}{more}" if full else f"{wanted}{shown}{more}"
 
@@ -189,13 +191,23 @@ class OptionsSchema(Generic[D]):
 
     def parse(self, data: object, where: str | Path = "", *, hint: str | None,
               error: type[SecateurError] = ConfigError, at: str = "") -> D:
-        """An instance of the dataclass from plain data, every key and type checked (not the ranges)."""
+        """An instance of the dataclass from plain data, every key and type checked (and the 64-bit /
+        float32 limits; the options' own ranges are their ``validate``'s)."""
         checked = check(self.model, self.upgraded(data), where, hint=hint, error=error, at=at)
         return self.cls(**{name: getattr(checked, name) for name in type(checked).model_fields})
 
     def check_values(self, options: D) -> None:
-        """ConfigError (one line) unless every field of ``options`` has its type (the Python API)."""
-        self.parse({spec.name: getattr(options, spec.name) for spec in dataclasses.fields(options)}, hint=None)
+        """ConfigError (one line) unless every field of ``options`` has its type (the Python API,
+        where numpy / torch scalars count as the numbers they hold)."""
+        values = {spec.name: _plain(getattr(options, spec.name)) for spec in dataclasses.fields(options)}
+        self.parse(values, hint=None)
+
+
+def _plain(value: object) -> object:
+    """A numpy / torch scalar as the Python number it holds; anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or isinstance(value, (int, float)):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _default(spec: dataclasses.Field) -> Any:
