@@ -37,7 +37,7 @@ def test_keys_are_the_option_names_with_dashes_or_underscores(tmp_path):
     ("max_drop: [1, 2\n", "not valid YAML at line"),
     ("- 1\n- 2\n", "a recipe is a mapping"),
     ("max_drop: -1\n", "max drop must be >= 0"),
-    ("rounds: many\n", "wrong type"),
+    ("rounds: many\n", "rounds: expected a whole number, got 'many'"),
 ])
 def test_bad_recipes_are_one_line_errors_naming_the_file(tmp_path, text, fragment):
     path = write(tmp_path, text)

@@ -43,10 +43,10 @@ def test_save_round_keeps_only_the_last_round(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
     for n in (1, 2):
-        rundir.save_round(tmp_path, model, {"round": n, "strength": float(n)}, {"plan": {"n": n}})
+        rundir.save_round(tmp_path, model, {"round": n, "best_strength": float(n)}, {"plan": {"n": n}})
     assert sorted(p.name for p in (tmp_path / rundir.STATE_DIR).iterdir()) == ["round-2.json", "round-2.safetensors"]
     loaded, state, header = rundir.load_round(tmp_path, nn.Linear(3, 2))
-    assert state == {"round": 2, "strength": 2.0} and header["plan"] == {"n": 2}
+    assert state == {"round": 2, "best_strength": 2.0} and header["plan"] == {"n": 2}
     torch.testing.assert_close(loaded.weight, model.weight, rtol=0, atol=0)
 
 

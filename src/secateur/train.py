@@ -28,6 +28,7 @@ from torch import nn
 
 from secateur.arguments import check_field_types, expect_callable, expect_instance, expect_module, shown
 from secateur.errors import ConfigError
+from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.progress import Advance, progress_bar
 from secateur.registry import Registry
 from secateur.zoo.data import Dataset, Split, batches
@@ -55,15 +56,17 @@ class TrainConfig:
     device: str = "cpu"
 
     def validate(self) -> TrainConfig:
-        """Raise :class:`ConfigError` with one line for any impossible value."""
+        """Raise :class:`ConfigError` with one line for any impossible value (types first)."""
+        TRAIN_OPTIONS.check_values(self)
         checks = [
-            (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (0 <= self.epochs <= MAX_EPOCHS, f"epochs must be in [0, {MAX_EPOCHS}], got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.augment >= 0, f"augment (pixels of shift) must be >= 0, got {self.augment}"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (0 <= self.seed <= INT64_MAX, f"seed must be in [0, 2**63), got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -79,20 +82,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "the training recipe") -> TrainConfig:
-        """A validated config from plain data (``model.json``'s ``train``); unknown keys are a ConfigError."""
-        data = dict(data)
-        if "schedule" in data and "lr_schedule" not in data:  # written before the rename (secateur 0.1)
-            data["lr_schedule"] = data.pop("schedule")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown training option(s) {', '.join(unknown)}; "
-                              f"valid: {', '.join(sorted(names))}")
-        return cls(**data).validate()
+        """A validated config from plain data (``model.json``'s ``train``, a recipe); keys and types
+        are checked by :data:`TRAIN_OPTIONS` (unknown keys and strings for numbers are ConfigErrors)."""
+        config = TRAIN_OPTIONS.parse(data, where, hint=RECIPE_HINT)
+        try:
+            return config.validate()
+        except ConfigError as error:
+            raise type(error)(f"{where}: {error}") from None
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
         return dataclasses.asdict(self)
+
+
+TRAIN_OPTIONS: OptionsSchema[TrainConfig] = OptionsSchema(TrainConfig, renamed={"schedule": "lr_schedule"})
+"""The schema of the training options (``model.json``'s ``train``, recipes), derived from the dataclass;
+``schedule`` is the name ``lr_schedule`` had before secateur 0.1."""
 
 
 class _FitState(TypedDict):
@@ -265,6 +270,14 @@ def _check_evaluate(model: object, data: object, split: object, batch_size: obje
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
+def check_shift(pixels: int, data: Dataset) -> None:
+    """ConfigError unless a random shift of ``pixels`` is smaller than the images of ``data``."""
+    height, width = data.train.images.shape[-2:]
+    if pixels >= min(height, width):
+        raise ConfigError(f"augment (pixels of shift) must be smaller than the {height}x{width} images of "
+                          f"{data.name}, got {pixels}; use a shift below {min(height, width)}")
+
+
 @torch.no_grad()
 def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
                 device: str | torch.device | None = None) -> torch.Tensor:
@@ -336,6 +349,7 @@ def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
     """
     _check_fit(model, data, config, step, on_epoch)
     config = (config or TrainConfig()).validate()
+    check_shift(config.augment, data)
     device = resolve_device(config.device)
     model.to(device)
     torch.manual_seed(config.seed)  # dropout and any other global-RNG use inside the model

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from secateur.analysis.metrics import count_params
+from secateur.errors import ConfigError
+from secateur.io.schemas import MAX_STRENGTH
 from secateur.progress import progress_bar
 from secateur.search.schedules import SCHEDULES
 from secateur.unstructured.granularities import masked_copy
@@ -23,6 +25,14 @@ from secateur.unstructured.pruner import WeightPruner, reference_stds
 
 DEFAULT_STRENGTHS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 DEFAULT_METHODS = ("han", "global-magnitude", "random")  # Han's, the strongest simple peer, the floor
+
+
+def check_strengths(strengths: Sequence[float]) -> None:
+    """ConfigError (one line) unless ``strengths`` is a non-empty list of numbers in (0, MAX_STRENGTH]."""
+    bad = [s for s in strengths if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= MAX_STRENGTH]
+    if bad or not strengths:
+        raise ConfigError(f"strengths must be numbers in (0, {MAX_STRENGTH:g}] (about log2 of the compression), "
+                          f"got {bad[0] if bad else 'none'!r}")
 
 
 def method_curve(model: nn.Module, method: str, *, strengths: Sequence[float],
@@ -55,6 +65,7 @@ def sweep(model: nn.Module, methods: Sequence[str], *, make_train: Callable[[int
           evaluate: Callable[[nn.Module], float], strengths: Sequence[float] = DEFAULT_STRENGTHS,
           schedule: str = "iterative", seed: int = 0, progress: bool = False) -> dict:
     """Every method's curve, in the form saved as ``sweep.json``."""
+    check_strengths(strengths)
     for method in methods:
         WEIGHT_METHODS.get(method)
     with progress_bar(progress, len(methods) * len(strengths), "sweep") as advance:

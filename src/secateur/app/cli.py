@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from secateur.analysis.sweep import DEFAULT_STRENGTHS
 from secateur.app.recipe import Recipe, read_recipe
 from secateur.errors import ConfigError, SecateurError
 from secateur.io import rundir
+from secateur.io.schemas import FLOAT32_MAX, INT64_MAX, MAX_EPOCHS, MAX_STRENGTH
 from secateur.io.storage import load_model
 from secateur.registry import Registry
 from secateur.search.config import PruneConfig
@@ -38,6 +40,8 @@ if TYPE_CHECKING:  # argparse's sub-parser action is generic in typeshed only
     SubParsers = argparse._SubParsersAction["_Parser"]
 
 Number = TypeVar("Number", int, float)
+MAX_CLASSES = 100_000  # --num-classes of 'secateur info'
+MAX_INPUT = 2**24  # values in one --input-shape of 'secateur info' (one forward pass runs on it)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,23 +52,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _checked(int, text, lambda v: v >= 1, "a whole number >= 1")
+    """argparse type: an integer >= 1 (64-bit)."""
+    return _checked(int, text, lambda v: 1 <= v <= INT64_MAX, "a whole number >= 1 (below 2**63)")
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _checked(int, text, lambda v: v >= 0, "a whole number >= 0")
+    """argparse type: an integer >= 0 (64-bit: seeds, counts)."""
+    return _checked(int, text, lambda v: 0 <= v <= INT64_MAX, "a whole number >= 0 (below 2**63)")
+
+
+def epochs(text: str) -> int:
+    """argparse type: a number of epochs, 0 to MAX_EPOCHS."""
+    return _checked(int, text, lambda v: 0 <= v <= MAX_EPOCHS, f"a whole number >= 0 (at most {MAX_EPOCHS:,} epochs)")
+
+
+def classes(text: str) -> int:
+    """argparse type: a number of classes, 1 to MAX_CLASSES."""
+    return _checked(int, text, lambda v: 1 <= v <= MAX_CLASSES, f"a whole number >= 1 (at most {MAX_CLASSES:,})")
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    return _checked(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+    """argparse type: a number > 0 that float32 holds (not nan or inf)."""
+    return _checked(float, text, lambda v: 0 < v <= FLOAT32_MAX, "a finite number > 0")
 
 
 def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    return _checked(float, text, lambda v: 0 <= v < float("inf"), "a number >= 0")
+    """argparse type: a number >= 0 that float32 holds (not nan or inf)."""
+    return _checked(float, text, lambda v: 0 <= v <= FLOAT32_MAX, "a finite number >= 0")
 
 
 def existing_path(text: str) -> Path:
@@ -76,6 +90,7 @@ def existing_path(text: str) -> Path:
 
 
 def _checked(kind: Callable[[str], Number], text: str, ok: Callable[[Number], bool], want: str) -> Number:
+    """``kind(text)`` if ``ok`` of it (False for nan: every comparison with it is), else a one-line error."""
     try:
         value = kind(text)
     except ValueError:
@@ -86,13 +101,15 @@ def _checked(kind: Callable[[str], Number], text: str, ok: Callable[[Number], bo
 
 
 def shape(text: str) -> tuple[int, ...]:
-    """argparse type: an input shape such as ``1,28,28``."""
+    """argparse type: an input shape such as ``1,28,28`` (at most MAX_INPUT values in all)."""
     try:
         dims = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}") from None
     if not dims or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
+    if math.prod(dims) > MAX_INPUT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_INPUT:,} values in all, got {text!r}")
     return dims
 
 
@@ -108,7 +125,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     """Training options; unset ones fall back to the model's default recipe."""
     group = parser.add_argument_group("training (defaults: the model's recipe)")
-    group.add_argument("--epochs", type=non_negative_int)
+    group.add_argument("--epochs", type=epochs)
     group.add_argument("--batch-size", type=positive_int)
     group.add_argument("--lr", type=positive_float, help="learning rate")
     group.add_argument("--optimizer", choices=OPTIMIZERS.names())
@@ -164,13 +181,13 @@ def _model_for_info(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...
 
 
 def at_least_one(text: str) -> float:
-    """argparse type: a finite number >= 1."""
-    return _checked(float, text, lambda v: 1 <= v < float("inf"), "a number >= 1")
+    """argparse type: a number >= 1 that float32 holds."""
+    return _checked(float, text, lambda v: 1 <= v <= FLOAT32_MAX, "a finite number >= 1")
 
 
 def _kinds() -> dict[str, Callable[[str], object]]:
     """argparse types of the value kinds named in the config fields' metadata."""
-    return {"int>=1": positive_int, "int>=0": non_negative_int, "float>0": positive_float,
+    return {"int>=1": positive_int, "int>=0": non_negative_int, "epochs": epochs, "float>0": positive_float,
             "float>=0": non_negative_float, "float>=1": at_least_one, "names": names, "str": str}
 
 
@@ -290,13 +307,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def strengths(text: str) -> tuple[float, ...]:
-    """argparse type: a comma-separated list of positive strengths."""
+    """argparse type: a comma-separated list of strengths, each in (0, MAX_STRENGTH]."""
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 1,2,3, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"strengths must be > 0, got {text!r}")
+    if not all(0 < value <= MAX_STRENGTH for value in values):  # nan fails every comparison
+        raise argparse.ArgumentTypeError(f"strengths must be numbers in (0, {MAX_STRENGTH:g}], got {text!r}")
     return values
 
 
@@ -343,7 +360,7 @@ def _add_info(sub: SubParsers) -> None:
     info = sub.add_parser("info", help="per-layer shapes, parameters and MACs of a model or checkpoint")
     info.add_argument("model", help="zoo name, torchvision:<name>, or a checkpoint (.safetensors or run folder)")
     info.add_argument("--input-shape", type=shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
-    info.add_argument("--num-classes", type=positive_int, default=10)
+    info.add_argument("--num-classes", type=classes, default=10)
     info.set_defaults(func=cmd_info)
 
 
@@ -370,7 +387,7 @@ def _add_sweep(sub: SubParsers) -> None:
     sweep.add_argument("--strengths", type=strengths, default=DEFAULT_STRENGTHS,
                        help="pruning strengths (about log2 of compression), default "
                             f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS)}")
-    sweep.add_argument("--retrain-epochs", type=non_negative_int, default=2)
+    sweep.add_argument("--retrain-epochs", type=epochs, default=2)
     sweep.add_argument("--out", type=Path, required=True)
     sweep.add_argument("--quiet", action="store_true")
     sweep.set_defaults(func=cmd_sweep)

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from secateur.errors import ConfigError
-from secateur.search.config import PruneConfig
-from secateur.train import TrainConfig
+from secateur.io.schemas import RECIPE_HINT, read_yaml
+from secateur.search.config import PRUNE_OPTIONS, PruneConfig
+from secateur.train import TRAIN_OPTIONS, TrainConfig
 
 RUN_KEYS = ("model", "dataset")
 RUN_FOLDER_KEYS = ("prune", "train", "baseline_val")  # the layout of a run's config.yaml
@@ -47,48 +46,50 @@ def _name_of(entry: object, key: str, where: str) -> str | None:
         return entry
     if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
         return entry["name"]
-    raise ConfigError(f"{where}: {key} must be a name (or a record with a name), got {entry!r}")
+    raise ConfigError(f"{where}: {key}: expected a name or a record with a name, got {entry!r}; {RECIPE_HINT}")
 
 
-def _flatten(data: Mapping[str, Any], where: str) -> tuple[dict[str, Any], object, object]:
-    """(options, model, dataset) of a flat recipe or of a run's config.yaml."""
-    if isinstance(data.get("prune"), Mapping):
-        extra = sorted(set(data) - set(RUN_FOLDER_KEYS) - set(RUN_KEYS))
-        if extra:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)} beside 'prune'")
-        options = {**dict(data.get("train") or {}), **dict(data["prune"])}
-        return options, data.get("model"), data.get("dataset")
+def _run_layout(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The options of a run's config.yaml used as a recipe: its ``prune`` and ``train`` sections, checked."""
+    extra = sorted(set(data) - set(RUN_FOLDER_KEYS) - set(RUN_KEYS))
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)} beside 'prune'; {RECIPE_HINT}")
+    PRUNE_OPTIONS.parse(data["prune"], where, at="prune", hint=RECIPE_HINT)
+    TRAIN_OPTIONS.parse(data.get("train") or {}, where, at="train", hint=RECIPE_HINT)
+    return {**dict(data.get("train") or {}), **dict(data["prune"])}
+
+
+def _flat(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The options of a flat recipe: every key an option of PruneConfig or TrainConfig, typed."""
     options = {key: value for key, value in data.items() if key not in RUN_KEYS}
-    return options, data.get("model"), data.get("dataset")
+    unknown = sorted(set(options) - _names(PruneConfig) - _names(TrainConfig))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; see 'secateur prune --help'")
+    PRUNE_OPTIONS.parse(_only(options, PruneConfig), where, hint=RECIPE_HINT)
+    TRAIN_OPTIONS.parse(_only(options, TrainConfig), where, hint=RECIPE_HINT)
+    return options
+
+
+def _only(options: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    names = _names(cls)
+    return {key: value for key, value in options.items() if key in names}
 
 
 def parse_recipe(data: object, where: str = "the recipe") -> Recipe:
-    """Split and check a recipe's mapping; the prune options are validated here, once."""
+    """Split and check a recipe's mapping: keys and types strictly (a string is not a number),
+    and the prune options' values (:meth:`PruneConfig.from_dict`), once, here."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: a recipe is a mapping of option names to values, got {type(data).__name__}")
-    options, model, dataset = _flatten({str(k).replace("-", "_"): v for k, v in data.items()}, where)
-    prune_names, train_names = _names(PruneConfig), _names(TrainConfig)
-    unknown = sorted(set(options) - prune_names - train_names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; see 'secateur prune --help'")
-    prune = {k: v for k, v in options.items() if k in prune_names}
-    train = {k: v for k, v in options.items() if k in train_names}
-    try:
-        PruneConfig.from_dict(prune, where=where)
-    except TypeError as error:
-        raise ConfigError(f"{where}: a value has the wrong type ({error})") from None
-    return Recipe(prune, train, _name_of(model, "model", where), _name_of(dataset, "dataset", where))
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    options = _run_layout(data, where) if isinstance(data.get("prune"), Mapping) else _flat(data, where)
+    prune, train = _only(options, PruneConfig), _only(options, TrainConfig)
+    PruneConfig.from_dict(prune, where=where)
+    return Recipe(prune, train, _name_of(data.get("model"), "model", where), _name_of(data.get("dataset"), "dataset",
+                                                                                    where))
 
 
 def read_recipe(path: str | Path) -> Recipe:
     """Read and check a recipe file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"cannot read recipe {path} ({error.strerror or error})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path} is not valid YAML{where}; fix the file") from None
+    data = read_yaml(path, hint=RECIPE_HINT, error=ConfigError)
     return parse_recipe(data if data is not None else {}, where=str(path))

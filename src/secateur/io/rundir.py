@@ -12,19 +12,35 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import yaml
 from torch import nn
 
 from secateur.errors import CheckpointError, ConfigError
+from secateur.io.schemas import (
+    RUN_HINT,
+    ConfigFile,
+    HistoryRow,
+    OptionsSchema,
+    ResultsFile,
+    SensitivityFile,
+    StateFile,
+    check,
+    read_yaml,
+)
 from secateur.io.storage import (
     atomic_write_json,
     atomic_write_text,
+    check_header,
     checkpoint_paths,
     load_model,
     read_json,
     save_model,
 )
+from secateur.search.bracket import SearchState
+from secateur.search.config import PRUNE_OPTIONS
+from secateur.train import TRAIN_OPTIONS
 
 CONFIG, HISTORY, STATE, RESULTS = "config.yaml", "history.jsonl", "state.json", "results.json"
 STATE_DIR = "state"  # the checkpoints behind state.json: state/round-N.safetensors + .json
@@ -36,6 +52,8 @@ SWEEP, SWEEP_PNG = "sweep.json", "sweep.png"
 TRADEOFF_PNG, LAYERS_PNG = "tradeoff.png", "layers.png"
 REPORT, SWEEP_REPORT = "report", "sweep"  # stems of report.md / report.html and sweep.md / sweep.html
 FINISHED = ("baseline", "pruned", "params", "compression", "layers")  # keys every finished results.json holds
+SEARCH_STATE: OptionsSchema[SearchState] = OptionsSchema(  # state.json's "search"; "accepted": before 0.2
+    SearchState, required=("round",), renamed={"accepted": "best_strength"}, bounded=False)
 
 # ----------------------------------------------------------------------------- paths
 
@@ -83,11 +101,16 @@ def write_config(out: Path, config: Mapping) -> None:
 
 
 def read_config(out: Path) -> dict:
-    """The configuration a run was started with."""
-    try:
-        return yaml.safe_load((out / CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise CheckpointError(f"{out / CONFIG}: cannot be read ({error}); the run folder is damaged") from None
+    """The configuration a run was started with (as written), checked: its layout
+    (:class:`~secateur.io.schemas.ConfigFile`) and the keys and types of its ``prune`` (and
+    ``train``) options; a damaged file is a one-line CheckpointError naming the key."""
+    path = out / CONFIG
+    data = read_yaml(path, hint=RUN_HINT)
+    config = check(ConfigFile, data, path, hint=RUN_HINT)
+    PRUNE_OPTIONS.parse(config.prune, path, at="prune", hint=RUN_HINT, error=CheckpointError)
+    if config.train is not None:
+        TRAIN_OPTIONS.parse(config.train, path, at="train", hint=RUN_HINT, error=CheckpointError)
+    return cast(dict, data)  # ConfigFile accepted it: a mapping
 
 
 def write_history(out: Path, rows: list[dict]) -> None:
@@ -96,14 +119,27 @@ def write_history(out: Path, rows: list[dict]) -> None:
 
 
 def read_history(out: Path) -> list[dict]:
-    """The rounds recorded in ``history.jsonl`` (empty if there are none yet)."""
+    """The rounds recorded in ``history.jsonl`` (empty if there are none yet), each row checked
+    (:class:`~secateur.io.schemas.HistoryRow`); errors name the line and the key."""
     path = out / HISTORY
     if not path.exists():
         return []
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"cannot read {path} ({type(error).__name__}); {RUN_HINT}") from None
+    return [_history_row(line, f"{path} line {number}") for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def _history_row(line: str, where: str) -> dict:
+    try:
+        row = json.loads(line)
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: invalid JSON line ({error}); the run folder is damaged") from None
+        raise CheckpointError(f"{where}: invalid JSON ({error.msg}); {RUN_HINT}") from None
+    if not isinstance(row, dict):
+        raise CheckpointError(f"{where}: holds a JSON {type(row).__name__}, expected an object; {RUN_HINT}")
+    check(HistoryRow, row, where, hint=RUN_HINT)
+    return row
 
 
 # ----------------------------------------------------------------------------- resumable rounds
@@ -117,17 +153,27 @@ def save_round(out: Path, model: nn.Module, state: Mapping, meta: Mapping | None
     """
     name = f"round-{state['round']}"
     save_model(model, out / STATE_DIR / name, {**dict(meta or {}), "search": dict(state)})
-    previous = read_json(out / STATE)["checkpoint"] if (out / STATE).exists() else None
+    previous = read_state(out)["checkpoint"] if (out / STATE).exists() else None
     atomic_write_json(out / STATE, {"checkpoint": name, "search": dict(state)})
     if previous and previous != name:
         for path in checkpoint_paths(out / STATE_DIR / previous):
             path.unlink(missing_ok=True)
 
 
+def read_state(out: Path) -> dict:
+    """``state.json``, checked (:class:`~secateur.io.schemas.StateFile`, the search state's fields);
+    its ``search`` comes back with today's key names (``accepted`` was ``best_strength`` before 0.2)."""
+    path = out / STATE
+    state = read_json(path)
+    check(StateFile, state, path, hint=RUN_HINT)
+    SEARCH_STATE.parse(state["search"], path, at="search", hint=RUN_HINT, error=CheckpointError)
+    return {**state, "search": SEARCH_STATE.upgraded(state["search"])}
+
+
 def load_round(out: Path, template: nn.Module) -> tuple[nn.Module, dict, dict]:
     """The best model so far (loaded into ``template``), the search state to resume from, and
     the checkpoint's header (which holds the pruner's state, e.g. a structured run's ``plan``)."""
-    state = read_json(out / STATE)
+    state = read_state(out)
     model, meta = load_model(out / STATE_DIR / state["checkpoint"], model=template)
     return model, state["search"], meta
 
@@ -141,19 +187,23 @@ def write_results(out: Path, results: Mapping) -> None:
 
 
 def read_results(out: Path) -> dict:
-    """A finished run's ``results.json``; one-line errors for a missing folder or an unfinished run."""
+    """A finished run's ``results.json``, checked (:class:`~secateur.io.schemas.ResultsFile`);
+    one-line errors for a missing folder, an unfinished run or a damaged file."""
     if not out.is_dir():
         raise CheckpointError(f"run directory {out} does not exist")
     results = read_json(out / RESULTS)
     missing = [key for key in FINISHED if key not in results]
     if missing:
         raise CheckpointError(f"{out / RESULTS} lacks {', '.join(missing)}: the run did not finish")
+    check(ResultsFile, results, out / RESULTS, hint=RUN_HINT)
     return results
 
 
 def read_model_meta(folder: Path) -> dict:
-    """The JSON header of the checkpoint in ``folder`` (``model.json``: model, dataset, metrics)."""
-    return read_json(folder / MODEL_META)
+    """The JSON header of the checkpoint in ``folder`` (``model.json``: model, dataset, metrics), checked."""
+    meta = read_json(folder / MODEL_META)
+    check_header(meta, folder / MODEL_META)
+    return meta
 
 
 def write_sensitivity(out: Path, analysis: Mapping) -> None:
@@ -163,7 +213,11 @@ def write_sensitivity(out: Path, analysis: Mapping) -> None:
 
 def read_sensitivity(out: Path) -> dict | None:
     """The run's ``sensitivity.json``, or None when no sensitivity analysis was saved."""
-    return read_json(out / SENSITIVITY) if (out / SENSITIVITY).is_file() else None
+    if not (out / SENSITIVITY).is_file():
+        return None
+    analysis = read_json(out / SENSITIVITY)
+    check(SensitivityFile, analysis, out / SENSITIVITY, hint="delete it or run 'secateur sensitivity' again")
+    return analysis
 
 
 def write_sweep(out: Path, sweep: Mapping) -> Path:

@@ -51,8 +51,10 @@ from secateur.errors import (
     SecateurError,
     UnknownNameError,
 )
+from secateur.io.schemas import CHECKPOINT_HINT, CheckpointHeader, check
 from secateur.provenance import Factory, record_model, record_plan, recorded_model, recorded_plan
 from secateur.registry import Registry
+from secateur.train import TRAIN_OPTIONS
 from secateur.unstructured.masks import (
     apply_masks,
     clear_masks,
@@ -250,26 +252,28 @@ def _header(model: nn.Module, meta: Mapping[str, Any], tensors: Mapping[str, tor
 # loading
 
 
-def _check_header(meta: dict, js_path: Path) -> None:
-    """Raise CheckpointError unless ``meta`` is a secateur checkpoint header we can read."""
+def check_header(meta: dict, js_path: Path) -> None:
+    """Raise CheckpointError (one line, naming the key) unless ``meta`` is a secateur checkpoint
+    header we can read: its keys typed (:class:`~secateur.io.schemas.CheckpointHeader`), its
+    training recipe valid options (:data:`~secateur.train.TRAIN_OPTIONS`)."""
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise CheckpointError(
             f"{js_path} lacks {', '.join(missing)}; it was not written by secateur.io.storage.save_model, "
             "re-save the model"
         )
-    if meta["format"] != FORMAT:
+    header = check(CheckpointHeader, meta, js_path, hint=CHECKPOINT_HINT)
+    if header.format != FORMAT:
         raise CheckpointError(
-            f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint"
+            f"{js_path} has format {header.format!r}, expected {FORMAT!r}; pass a secateur checkpoint"
         )
-    version = meta["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if not 1 <= header.format_version <= FORMAT_VERSION:
         raise CheckpointError(
-            f"{js_path} has format_version {version!r}, this secateur reads {FORMAT_VERSION}; "
+            f"{js_path} has format_version {header.format_version!r}, this secateur reads {FORMAT_VERSION}; "
             "upgrade secateur or re-save"
         )
-    if not isinstance(meta["masks"], list) or not isinstance(meta["tensors"], int):
-        raise CheckpointError(f"{js_path} has malformed 'masks'/'tensors' entries; restore or re-save the checkpoint")
+    if header.train is not None:
+        TRAIN_OPTIONS.parse(header.train, js_path, at="train", hint=CHECKPOINT_HINT, error=CheckpointError)
 
 
 def _read_tensors(st_path: Path, js_path: Path, meta: dict) -> dict[str, torch.Tensor]:
@@ -325,7 +329,7 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
     if not js_path.exists() and not st_path.exists():
         raise CheckpointError(f"no checkpoint at {st_path} / {js_path.name}; check the path (save with save_model)")
     meta = read_json(js_path)
-    _check_header(meta, js_path)
+    check_header(meta, js_path)
     tensors = _read_tensors(st_path, js_path, meta)
     plain, masks = _split_masks(tensors, meta, st_path)
     return plain, masks, meta

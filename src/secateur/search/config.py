@@ -18,12 +18,14 @@ from typing import Any
 
 from secateur.arguments import check_field_types
 from secateur.errors import ConfigError
+from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.search.bracket import SearchSettings
 from secateur.search.pruner import ALLOCATIONS, GRANULARITIES, SCOPES, Granularity, method_names, option_owners
 from secateur.search.schedules import SCHEDULES
 
 CONFIDENCE = 0.5  # default z of the acceptance margin (see secateur.search.acceptance)
 LEGACY = {"confidence": 0.0, "polish_epochs": 0}  # plain rule, no polish: runs from before these settings
+MAX_RECOVERY = 1_000  # extra retraining passes of one round
 
 
 def option(default: Any, help: str, kind: str | None = None, choices: Callable[[], list[str]] | None = None) -> Any:
@@ -57,13 +59,13 @@ class PruneConfig:
     growth: float = option(1.25, "step growth after every passed round", "float>=1")
     resolution: float = option(0.1, "bracket width at which the search stops bisecting", "float>0")
     patience: int = option(0, "retries of a strength whose bracket collapsed on a failure", "int>=0")
-    retrain_epochs: int = option(3, "retraining epochs per round", "int>=0")
+    retrain_epochs: int = option(3, "retraining epochs per round", "epochs")
     recovery: int = option(1, "extra retraining passes for a round over the bound before it fails", "int>=0")
     retrain_lr: float | None = option(None, "retraining learning rate (default: baseline lr x retrain lr factor)",
                                       "float>0")
     retrain_lr_factor: float = option(0.5, "retraining learning rate as a share of the baseline's", "float>0")
     polish_epochs: int | None = option(None, "final retraining of the chosen model, kept if within max drop "
-                                             "(default: the baseline's epochs; 0: none)", "int>=0")
+                                             "(default: the baseline's epochs; 0: none)", "epochs")
     distill: float = option(0.0, "share of the dense model's soft targets in the retraining loss (0..1)",
                             "float>=0")
     temperature: float = option(4.0, "softening of the dense model's targets with distill", "float>0")
@@ -93,6 +95,7 @@ class PruneConfig:
 
     def validate(self) -> PruneConfig:
         """Raise ConfigError (one line) on an impossible configuration; return it with defaults resolved."""
+        PRUNE_OPTIONS.check_values(self)
         spec = self.spec
         config = dataclasses.replace(self, granularity=self.granularity.lower(),
                                      method=self.method or spec.default_method,
@@ -131,10 +134,13 @@ class PruneConfig:
              f"max drop must be >= 0 accuracy points, got {self.max_drop}"),
             (self.confidence >= 0 and math.isfinite(self.confidence),
              f"confidence must be >= 0 standard errors, got {self.confidence}"),
-            (self.recovery >= 0, f"recovery passes must be >= 0, got {self.recovery}"),
-            (self.retrain_epochs >= 0, f"retrain epochs must be >= 0, got {self.retrain_epochs}"),
-            (self.polish_epochs is None or self.polish_epochs >= 0,
-             f"polish epochs must be >= 0, got {self.polish_epochs}"),
+            (0 <= self.recovery <= MAX_RECOVERY,
+             f"recovery passes must be in [0, {MAX_RECOVERY}], got {self.recovery}"),
+            (0 <= self.retrain_epochs <= MAX_EPOCHS,
+             f"retrain epochs must be in [0, {MAX_EPOCHS}], got {self.retrain_epochs}"),
+            (self.polish_epochs is None or 0 <= self.polish_epochs <= MAX_EPOCHS,
+             f"polish epochs must be in [0, {MAX_EPOCHS}], got {self.polish_epochs}"),
+            (0 <= self.seed <= INT64_MAX, f"seed must be in [0, 2**63), got {self.seed}"),
             (0 <= self.distill <= 1 and self.temperature > 0,
              f"distill must be in [0, 1] and temperature > 0, got {self.distill} and {self.temperature}"),
             (0 < self.retrain_lr_factor <= 10, f"retrain lr factor must be in (0, 10], got {self.retrain_lr_factor}"),
@@ -162,18 +168,20 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str | None = None) -> PruneConfig:
-        """A validated config from plain data (a recipe, config.yaml); errors name ``where`` (a file)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        prefix = f"{where}: " if where else ""
-        if unknown:
-            raise ConfigError(f"{prefix}unknown prune option(s) {', '.join(unknown)}; "
-                              f"valid: {', '.join(sorted(names))}")
-        tuples = {key: tuple(data[key]) for key in ("targets", "ignore") if data.get(key)}
+        """A validated config from plain data (a recipe, config.yaml); errors name ``where`` (a file).
+
+        Keys and types are checked by :data:`PRUNE_OPTIONS` (strict: unknown keys and strings for
+        numbers are refused), then the values by :meth:`validate`.
+        """
+        config = PRUNE_OPTIONS.parse(data, where or "", hint=RECIPE_HINT if where else None)
         try:
-            return cls(**{**data, **tuples}).validate()
+            return config.validate()
         except ConfigError as error:
-            raise type(error)(f"{prefix}{error}") from None
+            raise type(error)(f"{where}: {error}" if where else str(error)) from None
+
+
+PRUNE_OPTIONS: OptionsSchema[PruneConfig] = OptionsSchema(PruneConfig)
+"""The schema of the options (recipes, config.yaml's ``prune``), derived from the dataclass."""
 
 
 def with_options(config: PruneConfig | None, options: Mapping[str, Any]) -> PruneConfig:
