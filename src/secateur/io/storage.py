@@ -263,7 +263,10 @@ def _check_header(meta: dict, js_path: Path) -> None:
             f"{js_path} has format {meta['format']!r}, expected {FORMAT!r}; pass a secateur checkpoint"
         )
     version = meta["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{js_path}: format_version must be a whole number, got {version!r}; "
+                              "restore or re-save the checkpoint")
+    if version > FORMAT_VERSION or version < 1:
         raise CheckpointError(
             f"{js_path} has format_version {version!r}, this secateur reads {FORMAT_VERSION}; "
             "upgrade secateur or re-save"
