@@ -253,7 +253,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     recipe = read_recipe(args.recipe) if args.recipe is not None else Recipe()
     model = args.model or (recipe.model if args.from_dir is None else None)
     dataset, given = args.dataset or recipe.dataset, given_settings(args, recipe)
-    if args.resume and (done := finished_run(args.out, given, model=model, dataset=dataset,
+    if args.resume and not args.force and (done := finished_run(args.out, given, model=model, dataset=dataset,
                                              from_dir=args.from_dir)) is not None:
         print(f"secateur: the run in {args.out} has already finished; nothing to resume", file=sys.stderr)
         print(summary_line(done, args.out))

@@ -103,15 +103,29 @@ def prune_run(*, out: str | Path, model: str | None = None, dataset: str | None 
         check_resumed(out, given or {}, model=model, dataset=dataset)
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     with rundir.claim(out, "prune", resume=resume, force=force, source=from_dir) as claimed:
-        baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=train_config, progress=progress)
-        _check_dataset(baseline.meta, data)
-        if claimed.resumed and from_dir is not None:
-            _check_same_baseline(out, from_dir, baseline.model)
+        baseline = _run_baseline(claimed, model, data, from_dir, train_config, progress)
         meta = {"model": baseline.meta["model"], "dataset": data.name}
         if device is not None:
             baseline.train_config = baseline.train_config.replace(device=device).validate()
         return prune(copy.deepcopy(baseline.model), data=data, config=config, train_config=baseline.train_config,
                      out=out, resume=resume, force=force, progress=progress, meta=meta)
+
+
+def _run_baseline(claimed: rundir.Claim, model: str | None, data: Dataset, from_dir: str | Path | None,
+                  train_config: TrainConfig | None, progress: bool) -> LoadedBaseline:
+    """The baseline of a prune run, with the recipe its retraining follows (kept in the run's marker,
+    so a resumed run retrains as it started, with or without ``--from``)."""
+    baseline = obtain_baseline(model, data, claimed.out, from_dir=from_dir, train_config=train_config,
+                               progress=progress)
+    _check_dataset(baseline.meta, data)
+    if claimed.resumed and from_dir is not None:
+        _check_same_baseline(claimed.out, from_dir, baseline.model)
+    recipe = claimed.record.get("baseline_train")
+    if claimed.resumed and isinstance(recipe, dict):
+        baseline.train_config = TrainConfig.from_dict(recipe)
+    else:
+        claimed.note(baseline_train=baseline.train_config.to_dict())
+    return baseline
 
 
 def finished_run(out: str | Path, given: Mapping[str, object], *, model: str | None, dataset: str | None,
@@ -147,16 +161,21 @@ def check_resumed(out: Path, given: Mapping[str, object], *, model: str | None, 
 
 
 def _check_train_flags(out: Path, given: Mapping[str, object]) -> None:
-    """Training flags on a resume must match the recipe the run's baseline was trained with."""
-    folder = rundir.baseline_dir(out)
-    if not given or not (folder / rundir.MODEL_META).is_file():
-        return
-    trained = rundir.read_model_meta(folder).get("train")
+    """Training flags on a resume must match the recipe of the run's baseline, which is trained already."""
+    found, folder = rundir.find_output(out), rundir.baseline_dir(out)
+    trained = found.record.get("baseline_train") if found is not None else None
+    if not isinstance(trained, dict) and (folder / rundir.MODEL_META).is_file():
+        trained = rundir.read_model_meta(folder).get("train")
+    if not given or not (isinstance(trained, dict) or rundir.has_checkpoint(folder)):
+        return  # no baseline yet: the flags train it
     for key, value in given.items():
         was = trained.get(key) if isinstance(trained, dict) else None
-        if was is not None and not _same_value(value, was):
-            raise ConfigError(f"--{key.replace('_', '-')} {value} differs from the {key} {was} the run's baseline "
-                              f"was trained with ({folder / rundir.MODEL_META}); drop it to resume")
+        flag = f"--{key.replace('_', '-')} {value}"
+        if was is None:
+            raise ConfigError(f"{flag}: the baseline of the run in {out} is trained already; drop it to resume")
+        if not _same_value(value, was):
+            raise ConfigError(f"{flag} differs from the {key} {was} the baseline of the run in {out} was "
+                              "trained with; drop it to resume")
 
 
 def _same_value(given: object, saved: object) -> bool:

@@ -327,17 +327,25 @@ def _reason(error: BaseException) -> str:
 
 
 def _check_creatable(out: Path) -> None:
-    """``out`` is not a file, and the nearest folder above it exists as a folder we may write in."""
+    """``out`` is not a file, the nearest folder above it is a folder we may write in, and the
+    first missing folder can be made (tried, and removed again)."""
     if out.exists():
         raise ConfigError(f"--out {out} is a file, not a folder; choose a folder")
-    for parent in out.absolute().parents:
+    missing = out.absolute()
+    for parent in missing.parents:
         if not parent.exists():
+            missing = parent
             continue
         if not parent.is_dir():
             raise ConfigError(f"--out {out} lies under the file {parent}, which cannot hold folders; "
                               "choose another --out")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ConfigError(f"cannot create --out {out}: {parent} is read-only; choose another --out")
+        try:
+            missing.mkdir()
+            missing.rmdir()
+        except OSError as error:
+            raise ConfigError(f"cannot create --out {out} ({_reason(error)}); choose another --out") from None
         return
 
 
@@ -404,20 +412,26 @@ def claim(out: str | Path, kind: str, *, resume: bool = False, force: bool = Fal
 
 
 def _take(out: Path, kind: str, found: Output | None, resume: bool) -> Claim:
-    """Make the folder, replace an old output (force), and write the marker."""
+    """Make the folder, replace an old output (force), and write the marker (a resumed run's
+    is left as it is until the run records something or finishes)."""
     created = _make_dirs(out)
-    resumed = found is not None and resume
-    if found is not None and not resume:
+    if found is not None and resume:
+        record = found.record or _new_record(kind)  # a run from before markers gets one as it goes
+        return Claim(out, kind, record, resumed=True, created=created, fresh=False)
+    if found is not None:
         remove_output(out, found)
-    record = found.record if resumed and found is not None and found.record else {
-        "format": MARKER_FORMAT, "kind": kind, "finished": False, "files": list(OUTPUTS[kind]),
-        "secateur": __version__}
+    record = _new_record(kind)
     try:
         atomic_write_json(out / MARKER, record)
     except OSError as error:
         _remove_dirs(created)
         raise ConfigError(f"cannot write into {out} ({_reason(error)}); choose another --out") from None
-    return Claim(out, kind, record, resumed, created, fresh=not resumed)
+    return Claim(out, kind, record, resumed=False, created=created, fresh=True)
+
+
+def _new_record(kind: str) -> dict:
+    return {"format": MARKER_FORMAT, "kind": kind, "finished": False, "files": list(OUTPUTS[kind]),
+            "secateur": __version__}
 
 
 def _make_dirs(out: Path) -> list[Path]:
