@@ -75,6 +75,7 @@ def world(made, tmp_path) -> dict[str, Path]:
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("mine\n")
     (root / "empty").mkdir()
+    shutil.copytree(root / "base", root / "prebase" / rundir.BASELINE)  # a baseline put where a run keeps it
     for name in ("half", "run", "base"):  # the same outputs, as secateur wrote them before markers
         shutil.copytree(root / name, root / f"old{name}")
         (root / f"old{name}" / rundir.MARKER).unlink()
@@ -137,6 +138,9 @@ OWNERSHIP = [
     (("prune", "--from", "{base}", "--out", "{sw}", *PRUNE, *QUIET), ["secateur sweep"]),
     (("prune", "--from", "{base}", "--out", "{sens}", *PRUNE, *QUIET), ["secateur sensitivity"]),
     (("prune", "--from", "{base}", "--out", "{foreign}", *PRUNE, *QUIET), ["secateur did not write"]),
+    (("prune", "--from", "{base}", "--out", "{prebase}", *PRUNE, *QUIET), ["no prune output", "--from"]),
+    (("prune", "--model", "lenet300", "--out", "{prebase}", *PRUNE, *QUIET), ["no prune output", "--from"]),
+    (("prune", "--resume", "--out", "{prebase}", "--quiet"), ["holds no prune run to resume"]),
     (("prune", "--force", "--from", "{base}", "--out", "{notes}", *PRUNE, *QUIET), ["secateur did not write"]),
     (("prune", "--from", "{base}", "--out", "{run}", *PRUNE, *QUIET), ["finished", "--force"]),
     (("prune", "--from", "{base}", "--out", "{oldrun}", *PRUNE, *QUIET), ["finished", "--force"]),

@@ -357,6 +357,9 @@ def _check_empty(out: Path, kind: str, resume: bool, force: bool) -> None:
         raise ConfigError(f"{out} holds no {kind} run to resume; start one without --resume{where}")
     if entries:
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        if has_checkpoint(baseline_dir(out)):
+            raise ConfigError(f"{out} holds a baseline ({baseline_dir(out)}) but no {kind} output; "
+                              f"give --from {baseline_dir(out)} and a new --out")
         extra = " (--force replaces only secateur's own output)" if force else ""
         raise ConfigError(f"{out} holds files secateur did not write ({shown}); "
                           f"choose a new or empty --out{extra}")
@@ -396,6 +399,8 @@ def claim(out: str | Path, kind: str, *, resume: bool = False, force: bool = Fal
     """
     key = Path(out).resolve()
     if key in _ACTIVE:
+        if _ACTIVE[key].kind != kind:
+            raise ConfigError(f"{out} is being written by secateur {_ACTIVE[key].kind}; choose another --out")
         yield _ACTIVE[key]
         return
     taken = _take(Path(out), kind, check_out(out, kind, resume=resume, force=force, source=source), resume)
