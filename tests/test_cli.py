@@ -112,7 +112,7 @@ def test_train_then_prune_then_report_on_digits(capsys, tmp_path):
     code, stdout, _ = run_cli(capsys, "info", str(run))
     assert code == 0 and "fc1" in stdout
     code, _, err = run_cli(capsys, "prune", "--from", str(out), "--dataset", "digits", "--out", str(run))
-    assert_one_line_error(code, err, "--resume")
+    assert_one_line_error(code, err, "finished", "--force")  # a finished run is not resumed, only replaced
 
     channels = tmp_path / "neurons"
     code, stdout, err = run_cli(capsys, "prune", "--from", str(out), "--out", str(channels), "--granularity",

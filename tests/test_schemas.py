@@ -296,7 +296,10 @@ CLI_CASES = [
                          ids=[_case_id((*c[:3], None)) for c in CLI_CASES])
 def test_cli_a_damaged_file_exits_2_with_one_line_and_leaves_it_unchanged(capsys, folder, tmp_path, name, keys,
                                                                           value, argv, fragment):
-    (folder / rundir.RESULTS).unlink() if argv is RESUME else None  # an interrupted run
+    if argv is RESUME:  # an interrupted run: no results yet, and its marker says unfinished
+        (folder / rundir.RESULTS).unlink()
+        marker = json.loads((folder / rundir.MARKER).read_text())
+        (folder / rundir.MARKER).write_text(json.dumps({**marker, "finished": False}))
     damage(folder / name, keys, value)
     before = (folder / name).read_bytes()
     code, _, err = run_cli(capsys, *(arg.format(run=folder, tmp=tmp_path) for arg in argv))

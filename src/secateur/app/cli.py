@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ if TYPE_CHECKING:  # argparse's sub-parser action is generic in typeshed only
 Number = TypeVar("Number", int, float)
 MAX_CLASSES = 100_000  # --num-classes of 'secateur info'
 MAX_INPUT = 2**24  # values in one --input-shape of 'secateur info' (one forward pass runs on it)
+TRAIN_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+                "lr_schedule", "augment", "seed", "device")  # the training flags (add_train_args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,6 +125,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                              "~/.cache/secateur/<name>, else download)")
 
 
+def add_force_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    """--force: replace secateur's own output of this command in --out (only the files it wrote)."""
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace {what} secateur wrote earlier in --out (deleting only its own files)")
+
+
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     """Training options; unset ones fall back to the model's default recipe."""
     group = parser.add_argument_group("training (defaults: the model's recipe)")
@@ -140,9 +149,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def train_config_from(args: argparse.Namespace, model: str, recipe: dict | None = None) -> TrainConfig:
     """The model's default recipe, then a recipe file's training options, then the flags given."""
-    fields = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-              "lr_schedule", "augment", "seed", "device")
-    changes = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    changes = {f: getattr(args, f) for f in TRAIN_FIELDS if getattr(args, f, None) is not None}
     return default_config(model).replace(**{**(recipe or {}), **changes}).validate()
 
 
@@ -151,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = train_config_from(args, args.model)
     dataset = args.dataset or "mnist"
     result = train_baseline(args.model, dataset, out=args.out, config=config,
-                            data_dir=args.data_dir, progress=not args.quiet, overwrite=args.force)
+                            data_dir=args.data_dir, progress=not args.quiet, force=args.force)
     metrics = result.meta["metrics"]
     print(f"{args.model} on {dataset}: val accuracy {100 * metrics['val']['accuracy']:.2f}%, "
           f"test accuracy {100 * metrics['test']['accuracy']:.2f}% "
@@ -174,10 +181,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _model_for_info(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
     """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name."""
     target = Path(args.model)
-    if target.suffix in (".safetensors", ".json") or target.is_dir():
-        model, meta = load_model(rundir.checkpoint_base(target))
+    if _is_path(args.model):
+        model, meta = load_model(rundir.checkpoint_in(target))
         return model, tuple(meta["model"]["args"].get("input_shape", args.input_shape))
     return build_model(args.model, input_shape=args.input_shape, num_classes=args.num_classes), args.input_shape
+
+
+def _is_path(text: str) -> bool:
+    """Whether ``info``'s MODEL names a file or folder rather than a model (no model name holds a /)."""
+    path = Path(text)
+    return path.exists() or "/" in text or os.sep in text or path.suffix in (".safetensors", ".json")
 
 
 def at_least_one(text: str) -> float:
@@ -235,6 +248,13 @@ def given_options(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
+def given_settings(args: argparse.Namespace, recipe: Recipe) -> dict[str, object]:
+    """Every prune and training setting the command line or the recipe file gave, by name."""
+    trained = {f: getattr(args, f) for f in TRAIN_FIELDS if getattr(args, f, None) is not None}
+    given = {**recipe.train, **recipe.prune, **trained, **given_options(args)}
+    return {key: value for key, value in given.items() if key != "device"}
+
+
 def prune_config_from(args: argparse.Namespace, recipe: dict | None = None) -> PruneConfig:
     """A PruneConfig from a recipe's prune options, overridden by the flags given."""
     options = {**(recipe or {}), **given_options(args)}
@@ -245,16 +265,23 @@ def prune_config_from(args: argparse.Namespace, recipe: dict | None = None) -> P
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """secateur prune: the smallest model within --max-drop, with its run folder and report."""
-    from secateur.app.pipeline import prune_run  # lazy: app.pipeline imports secateur.report, i.e. matplotlib
+    from secateur.app.pipeline import finished_run, prune_run  # lazy: app.pipeline imports matplotlib
 
     recipe = read_recipe(args.recipe) if args.recipe is not None else Recipe()
     model = args.model or (recipe.model if args.from_dir is None else None)
+    dataset, given = args.dataset or recipe.dataset, given_settings(args, recipe)
+    if args.resume and not args.force and (done := finished_run(args.out, given, model=model, dataset=dataset,
+                                             from_dir=args.from_dir)) is not None:
+        print(f"secateur: the run in {args.out} has already finished; nothing to resume", file=sys.stderr)
+        print(summary_line(done, args.out))
+        return 0
     if model is None and args.from_dir is None and not args.resume:
         raise ConfigError("give --model (a baseline is trained first) or --from a trained baseline folder")
     train_config = train_config_from(args, model, recipe.train) if model else None
-    result = prune_run(out=args.out, model=model, dataset=args.dataset or recipe.dataset, from_dir=args.from_dir,
+    result = prune_run(out=args.out, model=model, dataset=dataset, from_dir=args.from_dir,
                        config=prune_config_from(args, recipe.prune), train_config=train_config,
-                       data_dir=args.data_dir, resume=args.resume, progress=not args.quiet, device=args.device)
+                       data_dir=args.data_dir, resume=args.resume, force=args.force,
+                       given=given, progress=not args.quiet, device=args.device)
     print(summary_line(result.results, args.out))
     return 0
 
@@ -278,6 +305,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """secateur report: re-render the report of a run folder."""
     from secateur.report import render_report  # lazy: matplotlib loads only for the commands that draw
 
+    rundir.check_report(args.run_dir)
     paths = render_report(args.run_dir)
     print("\n".join(str(path) for path in paths.values()))
     return 0
@@ -287,8 +315,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     """secateur sensitivity: per-layer curves and the factors chosen from them."""
     from secateur.app.pipeline import sensitivity_run  # lazy: app.pipeline imports matplotlib (secateur.report)
 
-    result = sensitivity_run(from_dir=args.from_dir, method=args.method, out=args.out,
-                             data_dir=args.data_dir, tolerance=args.tolerance, progress=not args.quiet)
+    result = sensitivity_run(from_dir=args.from_dir, method=args.method, out=args.out, data_dir=args.data_dir,
+                             tolerance=args.tolerance, progress=not args.quiet, force=args.force)
     for name, factor in result["factors"].items():
         print(f"{name:<24} factor {factor:.2f}")
     return 0
@@ -301,7 +329,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
                       methods=methods, strengths=args.strengths, retrain_epochs=args.retrain_epochs,
-                      data_dir=args.data_dir, progress=not args.quiet)
+                      data_dir=args.data_dir, progress=not args.quiet, force=args.force)
     print("\n".join(str(path) for path in paths.values()))
     return 0
 
@@ -350,7 +378,7 @@ def _add_train(sub: SubParsers) -> None:
     train.add_argument("--model", required=True, help="zoo name, torchvision:<name> or package.module:factory")
     add_data_args(train)
     train.add_argument("--out", type=Path, required=True, help="run folder for model.safetensors + model.json")
-    train.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in --out")
+    add_force_arg(train, "a baseline")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     add_train_args(train)
     train.set_defaults(func=cmd_train)
@@ -370,7 +398,9 @@ def _add_prune(sub: SubParsers) -> None:
     prune.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder or checkpoint")
     add_data_args(prune)
     prune.add_argument("--out", type=Path, required=True, help="run folder")
-    prune.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    prune.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out, with its saved settings")
+    add_force_arg(prune, "a run")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
     add_search_args(prune)
     add_train_args(prune)
@@ -389,6 +419,7 @@ def _add_sweep(sub: SubParsers) -> None:
                             f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS)}")
     sweep.add_argument("--retrain-epochs", type=epochs, default=2)
     sweep.add_argument("--out", type=Path, required=True)
+    add_force_arg(sweep, "a sweep")
     sweep.add_argument("--quiet", action="store_true")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -402,6 +433,7 @@ def _add_sensitivity(sub: SubParsers) -> None:
                       help="accuracy points the layers may lose in total, each pruned alone (default 1.0)")
     sens.add_argument("--data-dir", type=Path, default=None)
     sens.add_argument("--out", type=Path, required=True)
+    add_force_arg(sens, "a sensitivity analysis")
     sens.add_argument("--quiet", action="store_true")
     sens.set_defaults(func=cmd_sensitivity)
 

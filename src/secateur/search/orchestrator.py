@@ -256,7 +256,7 @@ def _save(model: nn.Module, path: Path, meta: Mapping, metrics: Mapping) -> None
 def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain | None = None,
           evaluate: Evaluate | None = None, test_evaluate: Evaluate | None = None,
           config: PruneConfig | None = None, train_config: TrainConfig | None = None,
-          out: str | Path | None = None, resume: bool = False, progress: bool = False,
+          out: str | Path | None = None, resume: bool = False, force: bool = False, progress: bool = False,
           input_shape: tuple[int, ...] | None = None, meta: Mapping | None = None,
           polish: Retrain | None = None, on_round: Callable[[dict], None] | None = None,
           **options: object) -> PruneResult:
@@ -271,7 +271,10 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     ``drop <= max_drop`` applies. Options are the fields of :class:`PruneConfig`, e.g.
     ``method="han", max_drop=0.1, schedule="iterative"``.
     With ``out``, the run directory (config, history, checkpoints, results, report) is
-    written as it goes and ``resume=True`` continues an interrupted run.
+    written as it goes. ``out`` must be new, empty, or hold a prune run to replace
+    (``force=True``) or to continue (``resume=True``: with its saved settings, options that
+    differ from them refused, and the same baseline ``model``, checked by its weights' sha256);
+    see :func:`secateur.io.rundir.check_out`.
     ``polish(model)`` replaces the final polish's training (default: :func:`secateur.train.fit`
     with the baseline's recipe for ``polish_epochs``, with ``data=`` only); ``on_round(row)``
     is called after every round with its history row, once the round is checkpointed.
@@ -280,9 +283,27 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     _check_arguments(model, data, (config, train_config), out, input_shape, meta,
                      {"train": train, "evaluate": evaluate, "test_evaluate": test_evaluate, "polish": polish,
                       "on_round": on_round})
-    config = with_options(config, options)
-    if resume and out is not None and (Path(out) / rundir.CONFIG).exists():
-        config = saved_config(Path(out))  # a resumed run keeps the settings it started with
+    run = functools.partial(_prune, model, data=data, train=train, evaluate=evaluate, test_evaluate=test_evaluate,
+                            config=config, train_config=train_config, out=out, resume=resume, progress=progress,
+                            input_shape=input_shape, meta=meta, polish=polish, on_round=on_round, **options)
+    if out is None:
+        if resume:
+            raise ConfigError("resume needs the run folder (out=...)")
+        return run()
+    with rundir.claim(out, "prune", resume=resume, force=force) as claimed:
+        check_baseline(claimed, model)
+        return run()
+
+
+def _prune(model: nn.Module, *, data: Dataset | str | None, train: Retrain | None,
+           evaluate: Evaluate | None, test_evaluate: Evaluate | None,
+           config: PruneConfig | None, train_config: TrainConfig | None,
+           out: str | Path | None, resume: bool, progress: bool,
+           input_shape: tuple[int, ...] | None, meta: Mapping | None,
+           polish: Retrain | None, on_round: Callable[[dict], None] | None,
+           **options: object) -> PruneResult:
+    """:func:`prune`, once its run folder (if any) is claimed."""
+    config = settings(config, options, out, resume)
     if isinstance(data, str):
         data = load_dataset(data)
     config = _explicit(config, data, train, train_config)
@@ -293,14 +314,10 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
                                  config.polish_epochs, step)
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        rundir.check_out_dir(out_dir, resume)
-    elif resume:
-        raise ConfigError("resume needs the run folder (out=...)")
     started = time.perf_counter()
     batches = _taylor_batches(data) if data is not None else None
     run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches)
-           if resume and out_dir is not None else  # resume without out_dir was refused above
+           if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
            _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {}), batches))
     _search(run, progress, on_round)
     polished = _polish(run, polish)
@@ -322,6 +339,55 @@ def _check_arguments(model: object, data: object, configs: tuple[object, object]
     expect_path(out)
     expect_shape(input_shape)
     expect_mapping(meta, "meta")
+
+
+def settings(config: PruneConfig | None, options: Mapping[str, object], out: str | Path | None,
+             resume: bool) -> PruneConfig:
+    """The run's settings: ``config`` with ``options``; a resumed run keeps the ones it started with."""
+    if resume and out is not None and (Path(out) / rundir.CONFIG).exists():
+        return resumed_config(Path(out), options)
+    return with_options(config, options)
+
+
+def check_baseline(claimed: rundir.Claim, model: nn.Module) -> None:
+    """Record the baseline's weights digest in the run's marker; a resumed run needs the same baseline."""
+    digest = rundir.weights_sha256(model)
+    recorded = rundir.baseline_sha256(claimed.out) if claimed.resumed else None
+    if recorded is not None and recorded != digest:
+        raise ConfigError(f"the model given is not the baseline the run in {claimed.out} started from "
+                          f"(weights sha256 {digest[:12]}..., the run's {recorded[:12]}...); resume with that baseline")
+    if claimed.record.get("baseline_sha256") != digest:
+        claimed.note(baseline_sha256=digest)
+
+
+def resumed_config(out: Path, given: Mapping[str, object], flags: bool = False) -> PruneConfig:
+    """The configuration the run in ``out`` started with, after refusing any ``given`` option whose
+    value differs from the saved one (``flags``: named as command-line flags)."""
+    saved = saved_config(out)
+    names = {spec.name for spec in dataclasses.fields(PruneConfig)}
+    for key, value in given.items():
+        if key not in names:
+            raise ConfigError(f"unknown prune option(s) {key}; valid: {', '.join(sorted(names))}")
+        if not _same_option(saved, key, value):
+            shown = f"--{key.replace('_', '-')} {_plain(value)}" if flags else f"{key}={value!r}"
+            raise ConfigError(f"{shown} differs from the run's saved {key} {_plain(getattr(saved, key))} "
+                              f"({out / rundir.CONFIG}); drop it to resume with the saved settings, "
+                              "or start a new run in another --out")
+    return saved
+
+
+def _same_option(saved: PruneConfig, key: str, value: object) -> bool:
+    """Whether ``key=value`` leaves ``saved`` unchanged, compared once validated (5 == 5.0)."""
+    try:
+        candidate = PruneConfig.from_dict({**saved.to_dict(), key: value})
+    except (ConfigError, TypeError, ValueError):
+        return False
+    return getattr(candidate, key) == getattr(saved, key)
+
+
+def _plain(value: object) -> str:
+    """A value as typed on the command line (``a,b`` for a list of names)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _explicit(config: PruneConfig, data: Dataset | None, train: Retrain | None,

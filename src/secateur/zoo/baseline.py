@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from secateur import __version__
-from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import save_model
 from secateur.train import TrainConfig, evaluate, fit
@@ -65,16 +64,17 @@ def accuracy_metrics(model: nn.Module, data: Dataset, device: str = "cpu") -> di
 
 def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | Path | None = None,
                    config: TrainConfig | None = None, data_dir: str | Path | None = None,
-                   progress: bool = False, overwrite: bool = False) -> Baseline:
+                   progress: bool = False, force: bool = False) -> Baseline:
     """Build ``model`` from the registry, train it on ``dataset``, evaluate, and save to ``out``.
 
-    ``out`` (a folder) receives ``model.safetensors`` and ``model.json``; an existing
-    checkpoint there is never overwritten unless ``overwrite=True``.
+    ``out`` (a folder) receives ``model.safetensors`` and ``model.json``. It must be new, empty,
+    or (``force=True``) hold a baseline to replace (:func:`secateur.io.rundir.check_out`);
+    this is checked before training, and nothing is written until the model is trained.
     """
     config = (config or default_config(model)).validate()
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and rundir.has_checkpoint(out_dir) and not overwrite:
-        raise ConfigError(f"{out_dir}/{rundir.WEIGHTS} already exists; choose another --out or pass --force")
+    if out_dir is not None:
+        rundir.check_out(out_dir, "train", force=force)
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
     torch.manual_seed(config.seed)
     record = model_record(model, input_shape=data.input_shape, num_classes=data.num_classes)
@@ -88,5 +88,6 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
         "metrics": accuracy_metrics(net, data, config.device),
     }
     if out_dir is not None:
-        save_model(net, rundir.model_base(out_dir), meta)
+        with rundir.claim(out_dir, "train", force=force):
+            save_model(net, rundir.model_base(out_dir), meta)
     return Baseline(net, meta)

@@ -135,10 +135,19 @@ def _load_idx_dataset(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
     arrays = []
     for name in names:
         array = read_idx(paths[name], expected_dims=3 if "images" in name else 1)
+        _check_idx_type(paths[name], array, "images" in name)
         arrays.append(array[:, None] if array.ndim == 3 else array)
     train_x, train_y, test_x, test_y = arrays
     sa, sb, sc, sd = (str(paths[n]) for n in names)
     return RawArrays(train_x, train_y, test_x, test_y, sources=(sa, sb, sc, sd))
+
+
+def _check_idx_type(path: Path, array: np.ndarray, images: bool) -> None:
+    """Images must be uint8 (IDX type 0x08), labels whole numbers; other IDX types name the file."""
+    if (array.dtype == np.uint8) if images else array.dtype.kind in "iu":
+        return
+    want = "uint8 images (IDX type 0x08)" if images else "whole-number labels (IDX type 0x08)"
+    raise DataError(f"{path}: holds {array.dtype} items, secateur reads {want}; is it the right file?")
 
 
 _MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
