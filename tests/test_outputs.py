@@ -285,6 +285,16 @@ def test_an_interrupted_run_resumes_with_the_same_settings(capsys, world, name, 
     assert marker["kind"] == "prune" and marker["finished"] is True
 
 
+@pytest.mark.parametrize("key, old, new", [("method", "han", "magnitude"), ("max_drop", "5.0", "0.5"),
+                                           ("confidence", "0.5", "0.0")])
+def test_a_config_yaml_edited_half_way_through_a_run_is_refused_on_resume(capsys, world, key, old, new):
+    config = world["half"] / rundir.CONFIG
+    text = config.read_text()
+    assert f"{key}: {old}\n" in text
+    config.write_text(text.replace(f"{key}: {old}\n", f"{key}: {new}\n"))
+    refused(capsys, world, (*RESUME, "--out", "{half}"), f"prune.{key} is", "the run's rounds ran with")
+
+
 @pytest.mark.parametrize("name", ["run", "oldrun"])
 def test_a_finished_run_resumed_is_a_one_line_note_and_changes_nothing(capsys, world, name):
     before = snapshot(world["root"])

@@ -53,6 +53,7 @@ from secateur.train import evaluate as evaluate_on
 from secateur.unstructured.masks import prunable_names
 from secateur.zoo.data import Dataset, batches, load_dataset
 
+ROUND_CONFIG = "config"  # the key of the configuration in every round's checkpoint header
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
 MakeTrain = Callable[[int], Retrain]  # round index -> that round's retraining
 
@@ -197,7 +198,8 @@ def _search(run: _Run, progress: bool, on_round: Callable[[dict], None] | None =
             run.history.append(row)
             if run.out is not None:
                 rundir.write_history(run.out, run.history)
-                rundir.save_round(run.out, run.best, run.state.to_dict(), run.pruner_state)
+                rundir.save_round(run.out, run.best, run.state.to_dict(),
+                                  {**run.pruner_state, ROUND_CONFIG: run.config.to_dict()})
             if on_round is not None:
                 on_round(row)
             mark = "ok" if row["feasible"] else "over bound, rolled back"
@@ -243,10 +245,26 @@ def _resume(model: nn.Module, evaluate: Evaluate, make_train: MakeTrain,
     run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches)
     run.out = out
     run.best, state, header = rundir.load_round(out, copy.deepcopy(run.baseline))
+    check_unedited(run.config, header.get(ROUND_CONFIG), out)
     run.pruner_state = {key: header[key] for key in run.pruner.state_keys if key in header}
     run.state, run.history = SearchState.from_dict(state), rundir.read_history(out)[: state["round"]]
     run.prior_seconds = sum(row["seconds"] for row in run.history)
     return run
+
+
+def check_unedited(config: PruneConfig, recorded: Mapping | None, out: Path) -> None:
+    """Refuse to resume when ``config.yaml`` no longer says what the rounds so far ran with.
+
+    Every round's checkpoint records the configuration; a hand edit half-way through a run
+    (another method, another bound) would otherwise mix two runs in one history.
+    """
+    if recorded is None:  # a round written before the configuration was recorded
+        return
+    saved = config.to_dict()
+    for key in sorted(set(saved) | set(recorded)):
+        if saved.get(key) != recorded.get(key):
+            raise ConfigError(f"{out / rundir.CONFIG}: prune.{key} is {saved.get(key)!r} but the run's rounds ran with "
+                              f"{recorded.get(key)!r}; restore the file or start a new run in another --out")
 
 
 def _save(model: nn.Module, path: Path, meta: Mapping, metrics: Mapping) -> None:
