@@ -145,3 +145,11 @@ def test_every_granularity_runs_under_the_bound_and_its_run_folder_reloads(granu
     torch.testing.assert_close(reloaded(x), result.model(x), rtol=0, atol=0)
     recipe = parse_recipe(yaml.safe_load((out / rundir.CONFIG).read_text()))
     assert PruneConfig.from_dict(recipe.prune) == saved_config(out)  # a run's config.yaml is a recipe
+
+
+def test_a_pattern_family_resolves_its_members_and_refuses_impossible_ones():
+    assert GRANULARITIES.get("2:4").name == "2:4" and GRANULARITIES.get("1:8").name == "1:8"
+    assert GRANULARITIES.get("n:m").name == "2:4"  # the family's listed name resolves to its example
+    assert "4:4" not in GRANULARITIES and "5:3" not in GRANULARITIES and "2:4" in GRANULARITIES
+    with pytest.raises(ConfigError, match="0 < n < m"):
+        PruneConfig(granularity="5:3").validate()

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from secateur.errors import UnknownNameError
+from secateur.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ class Registry(Generic[T]):
             return False
         try:
             self.get(name)
-        except UnknownNameError:
+        except ConfigError:  # unknown, or a family member that cannot be built (e.g. "5:3")
             return False
         return True
 
