@@ -24,6 +24,7 @@ import torch
 
 import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from secateur.app.pipeline import prune_run
+from secateur.io import rundir
 from secateur.search.config import PruneConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     rows = dict(previous.get("rows", {}))
+    model = rundir.read_model_meta(args.baseline)["model"]["name"]
     for granularity in [g.strip() for g in args.granularities.split(",") if g.strip()]:
         rows[granularity] = run_granularity(granularity, args)
-        model = json.loads((args.baseline / "model.json").read_text())["model"]["name"]
         doc = {"model": model, "machine": f"torch {torch.__version__}", "rows": rows}
         args.json.write_text(json.dumps(doc, indent=1, sort_keys=True))
         args.md.write_text(markdown(rows, model))

@@ -145,11 +145,10 @@ def _rounds_table(history: Sequence[Mapping[str, Any]], chosen: int | None) -> T
 
     rows = [(str(h.get("round", DASH)), DASH if h.get("strength") is None else f"{h['strength']:.3g}",
              fmt_pct(h.get("val_accuracy")), fmt_pts(h.get("drop")), fmt_pts(h.get("margin")), yes(h.get("feasible")),
-             yes(h.get("accepted")),
              fmt_count(h.get("params_nonzero")), fmt_times(h.get("compression")), fmt_duration(h.get("seconds")),
              "**chosen**" if chosen is not None and h.get("round") == chosen else "") for h in history]
-    return Table(("round", "strength", "val accuracy", "drop", "margin", "feasible", "accepted", "nonzero params",
-                  "compression", "time", ""), tuple(rows), ("r", "r", "r", "r", "r", "l", "l", "r", "r", "r", "l"))
+    return Table(("round", "strength", "val accuracy", "drop", "margin", "feasible", "nonzero params",
+                  "compression", "time", ""), tuple(rows), ("r", "r", "r", "r", "r", "l", "r", "r", "r", "l"))
 
 
 def _report_blocks(results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],

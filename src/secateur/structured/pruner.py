@@ -6,10 +6,10 @@ always counted against the *original* architecture: the model a round prunes is 
 smaller (surgery happened in earlier rounds), so each round removes only the difference, and
 channels removed once never come back (the structured form of "masks only grow").
 
-Each round re-analyses the current model, ranks its channels with a group method
-(``l1``, ``l2``, ``bn-scale``, ``taylor``, ``random``), cuts, and composes the round's plan with
-the plan so far, so the chosen model is always described by one plan over the original model
-(what :func:`secateur.io.storage.load_model` re-applies).
+Each round re-analyses the current model, ranks its channels with a method of
+:data:`~secateur.structured.importance.GROUP_METHODS` and cuts; the surgery composes the
+round's plan with the one the model carries, so the chosen model is always described by one
+plan over the original model (what :func:`secateur.io.storage.load_model` re-applies).
 """
 
 from __future__ import annotations
