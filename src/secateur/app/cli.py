@@ -301,6 +301,23 @@ def summary_line(results: dict, out: Path) -> str:
             f"{pct(pruned['test']['accuracy'])}; report: {rundir.report_paths(out)['html']}")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """secateur export: a run folder or checkpoint written in a registered export format."""
+    from secateur.export import export_model  # lazy: only this command needs the exporters
+
+    options = dict(option.split("=", 1) for option in args.option)
+    done = export_model(args.source, args.out, args.format, force=args.force, **options)
+    Console().print(f"{done.format}: {done.path} ({done.bytes:,} bytes)")
+    return 0
+
+
+def option_pair(text: str) -> str:
+    """A ``--option NAME=VALUE`` of ``secateur export``."""
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return text
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """secateur report: re-render the report of a run folder."""
     from secateur.report import render_report  # lazy: matplotlib loads only for the commands that draw
@@ -438,6 +455,19 @@ def _add_sensitivity(sub: SubParsers) -> None:
     sens.set_defaults(func=cmd_sensitivity)
 
 
+def _add_export(sub: SubParsers) -> None:
+    from secateur.export import EXPORT_FORMATS  # lazy: the exporters load only when the parser is built
+
+    export = sub.add_parser("export", help="write a pruned model for use outside secateur (dense, ...)")
+    export.add_argument("source", type=existing_path, help="a run folder or a checkpoint")
+    export.add_argument("--format", choices=EXPORT_FORMATS.names(), default="dense")
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    export.add_argument("--option", type=option_pair, action="append", default=[], metavar="NAME=VALUE",
+                        help="a format option (see docs)")
+    export.add_argument("--force", action="store_true", help="replace the --out file if it exists")
+    export.set_defaults(func=cmd_export)
+
+
 def _add_report_and_list(sub: SubParsers) -> None:
     report = sub.add_parser("report", help="re-render the report of a run folder")
     report.add_argument("run_dir", type=existing_path)
@@ -452,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (_add_train, _add_info, _add_prune, _add_sweep, _add_sensitivity, _add_report_and_list):
+    for add in (_add_train, _add_info, _add_prune, _add_sweep, _add_sensitivity, _add_export, _add_report_and_list):
         add(sub)
     return parser
 

@@ -189,10 +189,21 @@ def checkpoint_paths(path: Path | str) -> tuple[Path, Path]:
 
 def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     """Effective state and masks as contiguous CPU tensors that share no memory."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
     state = dict(effective_state_dict(model))
     state.update({MASK_PREFIX + n: m for n, m in masks_of(model).items()})
+    return _detached(state)
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The effective (masked) ``state_dict`` under the model's plain keys, no masks: contiguous
+    CPU tensors that share no memory, ready for ``safetensors``."""
+    return _detached(effective_state_dict(model))
+
+
+def _detached(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """``state``'s tensors, detached, contiguous, on the CPU and sharing no memory."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise ConfigError(
