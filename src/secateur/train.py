@@ -13,6 +13,7 @@ instead, as ``train=callable(model)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -36,6 +37,8 @@ from secateur.zoo.data import Dataset, Split, batches
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
 LR_SCHEDULES: Registry[Callable[[float], float]] = Registry("learning-rate schedule")
+AUTOCASTS: Registry[Callable[[torch.device], contextlib.AbstractContextManager]] = Registry("autocast")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # what ``device`` accepts (help and errors)
 SPLITS = ("train", "val", "test")
 
 
@@ -53,7 +56,8 @@ class TrainConfig:
     augment: int = 0  # largest random shift in pixels (0 = none)
     label_smoothing: float = 0.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"
+    autocast: str = "none"  # see AUTOCASTS: "bf16" runs the training steps in bfloat16 autocast
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` with one line for any impossible value (types first)."""
@@ -73,6 +77,7 @@ class TrainConfig:
                 raise ConfigError(message)
         OPTIMIZERS.get(self.optimizer)
         LR_SCHEDULES.get(self.lr_schedule)
+        AUTOCASTS.get(self.autocast)
         resolve_device(self.device)
         return self
 
@@ -134,17 +139,39 @@ class TrainResult:
         return self.history[-1].val_accuracy if self.history else float("nan")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; asking for CUDA without one is a ConfigError."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    A device that is not there is a ConfigError phrased for the Python API (``device="cpu"``);
+    the CLI checks its ``--device`` flag itself, with the flag in its message.
+    """
+    if isinstance(name, str) and name.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}") from None
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {name!r}; use 'cpu' or 'cuda'")
+        raise ConfigError(f"unsupported device {name!r}; use one of {', '.join(DEVICES)}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(name)!r} requested but no CUDA GPU is available; "
+                          'use device="cpu" or device="auto"')
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(name)!r} requested but there are {torch.cuda.device_count()} CUDA GPUs; "
+                          'use device="cuda:0" or device="auto"')
     return device
+
+
+@AUTOCASTS.register("none")
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Full precision (float32) throughout."""
+    return contextlib.nullcontext()
+
+
+@AUTOCASTS.register("bf16")
+def _bf16(device: torch.device) -> contextlib.AbstractContextManager:
+    """Training steps in bfloat16 autocast (CUDA or CPU); weights, optimiser and evaluation stay float32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def default_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -329,7 +356,8 @@ def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: _F
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(config.lr_schedule, state["step"], state["total"])
         optimizer.zero_grad(set_to_none=True)
-        loss = step(model, x, y)
+        with AUTOCASTS.get(config.autocast)(state["device"]):
+            loss = step(model, x, y)
         loss.backward()
         optimizer.step()
         state["step"] += 1
@@ -345,7 +373,8 @@ def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
     """Train ``model`` in place on ``data.train``, validating on ``data.val`` after each epoch.
 
     The same ``config.seed`` gives bitwise the same weights on CPU (shuffling, augmentation
-    and dropout all draw from seeded generators).
+    and dropout all draw from seeded generators). ``config.device`` says where (``"auto"``:
+    CUDA when present); the model is moved there and stays there.
     """
     _check_fit(model, data, config, step, on_epoch)
     config = (config or TrainConfig()).validate()

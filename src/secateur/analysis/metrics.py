@@ -305,28 +305,44 @@ def file_bytes(path: str | os.PathLike) -> int:
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 20,
                     warmup: int = 3, device: Device = None) -> float:
-    """Median seconds per forward of a zero batch, in eval mode under ``torch.inference_mode``."""
+    """Median seconds per forward of a zero batch, in eval mode under ``torch.inference_mode``.
+
+    On a GPU each forward is timed with CUDA events (the GPU's own clock, after a synchronize),
+    on the CPU with ``time.perf_counter``. ``device`` defaults to the model's.
+    """
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs batch_size >= 1, repeats >= 1, warmup >= 0; "
                           f"got {batch_size}, {repeats}, {warmup}")
     x = _zeros(model, input_shape, batch_size, device)
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    timer = _cuda_timer if x.device.type == "cuda" else _cpu_timer
     modes = {m: m.training for m in model.modules()}
-    times = []
     try:
         model.eval()
         with torch.inference_mode():
-            for i in range(warmup + repeats):
-                sync()
-                start = time.perf_counter()
-                model(x)
-                sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+            times = [timer(model, x) for _ in range(warmup + repeats)][warmup:]
     finally:
         for m, mode in modes.items():
             m.training = mode
     return statistics.median(times)
+
+
+def _cpu_timer(model: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one forward on the CPU (wall clock)."""
+    start = time.perf_counter()
+    model(x)
+    return time.perf_counter() - start
+
+
+def _cuda_timer(model: nn.Module, x: torch.Tensor) -> float:
+    """Seconds of one forward on ``x``'s GPU, between two CUDA events on its current stream."""
+    with torch.cuda.device(x.device):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
 
 
 def format_layer_table(stats: list[LayerStats]) -> Table:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+import torch
 from rich.console import Console
 from torch import nn
 
@@ -32,10 +33,10 @@ from secateur.registry import Registry
 from secateur.search.config import PruneConfig
 from secateur.search.pruner import GRANULARITIES
 from secateur.search.schedules import SCHEDULES
-from secateur.train import LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from secateur.train import AUTOCASTS, DEVICES, LR_SCHEDULES, OPTIMIZERS, TrainConfig, resolve_device
 from secateur.zoo.baseline import default_config, train_baseline
 from secateur.zoo.data import DATASETS
-from secateur.zoo.models import MODELS, build_model
+from secateur.zoo.models import MODELS, build_model, natural_defaults
 
 if TYPE_CHECKING:  # argparse's sub-parser action is generic in typeshed only
     SubParsers = argparse._SubParsersAction["_Parser"]
@@ -44,7 +45,8 @@ Number = TypeVar("Number", int, float)
 MAX_CLASSES = 100_000  # --num-classes of 'secateur info'
 MAX_INPUT = 2**24  # values in one --input-shape of 'secateur info' (one forward pass runs on it)
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-                "lr_schedule", "augment", "seed", "device")  # the training flags (add_train_args)
+                "lr_schedule", "augment", "seed", "device", "autocast")  # the training flags (add_train_args)
+RUN_FLAGS = ("device", "autocast")  # where and in what precision a run trains: may change on a resume
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,6 +118,19 @@ def shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def device(text: str) -> str:
+    """argparse type: a device that is there (``auto``, ``cpu``, ``cuda``, ``cuda:N``), kept as given."""
+    name = text.strip().lower()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA GPU; use --device auto or --device cpu")
+    try:
+        resolve_device(name)
+    except ConfigError:
+        gpus = f" (this machine has {torch.cuda.device_count()} CUDA GPUs)" if name.startswith("cuda") else ""
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICES)}, got {text!r}{gpus}") from None
+    return name
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """--dataset / --data-dir, shared by every command that reads data."""
     parser.add_argument("--dataset", default=None,
@@ -123,6 +138,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder holding the dataset files (default: $SECATEUR_DATA/<name>, "
                              "~/.cache/secateur/<name>, else download)")
+
+
+def add_weights_arg(parser: argparse.ArgumentParser) -> None:
+    """--weights FILE: a local safetensors state dict loaded into the model built from its name."""
+    parser.add_argument("--weights", type=existing_path, default=None, metavar="FILE",
+                        help="a local .safetensors state dict loaded into the model built from --model, before "
+                             "anything else (with --epochs 0 the baseline keeps it as is)")
 
 
 def add_force_arg(parser: argparse.ArgumentParser, what: str) -> None:
@@ -144,7 +166,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                        help="learning-rate schedule")
     group.add_argument("--augment", type=non_negative_int, help="random shift in pixels")
     group.add_argument("--seed", type=non_negative_int)
-    group.add_argument("--device", help="cpu (default) or cuda")
+    group.add_argument("--device", type=device,
+                       help="auto (default: CUDA when present, else cpu), cpu, cuda or cuda:N")
+    group.add_argument("--autocast", choices=AUTOCASTS.names(),
+                       help="mixed precision of the training steps: none (default) or bf16")
 
 
 def train_config_from(args: argparse.Namespace, model: str, recipe: dict | None = None) -> TrainConfig:
@@ -157,8 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """secateur train: train a dense baseline and save it."""
     config = train_config_from(args, args.model)
     dataset = args.dataset or "mnist"
-    result = train_baseline(args.model, dataset, out=args.out, config=config,
-                            data_dir=args.data_dir, progress=not args.quiet, force=args.force)
+    result = train_baseline(args.model, dataset, out=args.out, config=config, data_dir=args.data_dir,
+                            progress=not args.quiet, force=args.force, weights=args.weights)
     metrics = result.meta["metrics"]
     print(f"{args.model} on {dataset}: val accuracy {100 * metrics['val']['accuracy']:.2f}%, "
           f"test accuracy {100 * metrics['test']['accuracy']:.2f}% "
@@ -179,12 +204,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _model_for_info(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:
-    """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name."""
+    """Resolve ``info``'s MODEL: a checkpoint path (file or run folder) or a registry name, built
+    for its natural inputs unless --input-shape / --num-classes say otherwise."""
     target = Path(args.model)
     if _is_path(args.model):
+        if args.weights is not None:
+            raise ConfigError("--weights loads into a model built from a name; a checkpoint has its own weights")
         model, meta = load_model(rundir.checkpoint_in(target))
-        return model, tuple(meta["model"]["args"].get("input_shape", args.input_shape))
-    return build_model(args.model, input_shape=args.input_shape, num_classes=args.num_classes), args.input_shape
+        natural = natural_defaults(str(meta["model"]["name"]))[0]
+        return model, tuple(args.input_shape or meta["model"]["args"].get("input_shape", natural))
+    shape = tuple(args.input_shape or natural_defaults(args.model)[0])
+    return build_model(args.model, input_shape=shape, num_classes=args.num_classes, weights=args.weights), shape
 
 
 def _is_path(text: str) -> bool:
@@ -252,7 +282,7 @@ def given_settings(args: argparse.Namespace, recipe: Recipe) -> dict[str, object
     """Every prune and training setting the command line or the recipe file gave, by name."""
     trained = {f: getattr(args, f) for f in TRAIN_FIELDS if getattr(args, f, None) is not None}
     given = {**recipe.train, **recipe.prune, **trained, **given_options(args)}
-    return {key: value for key, value in given.items() if key != "device"}
+    return {key: value for key, value in given.items() if key not in RUN_FLAGS}
 
 
 def prune_config_from(args: argparse.Namespace, recipe: dict | None = None) -> PruneConfig:
@@ -281,7 +311,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     result = prune_run(out=args.out, model=model, dataset=dataset, from_dir=args.from_dir,
                        config=prune_config_from(args, recipe.prune), train_config=train_config,
                        data_dir=args.data_dir, resume=args.resume, force=args.force,
-                       given=given, progress=not args.quiet, device=args.device)
+                       given=given, progress=not args.quiet, device=args.device, autocast=args.autocast,
+                       weights=args.weights)
     print(summary_line(result.results, args.out))
     return 0
 
@@ -346,7 +377,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
                       methods=methods, strengths=args.strengths, retrain_epochs=args.retrain_epochs,
-                      data_dir=args.data_dir, progress=not args.quiet, force=args.force)
+                      data_dir=args.data_dir, progress=not args.quiet, force=args.force, weights=args.weights)
     print("\n".join(str(path) for path in paths.values()))
     return 0
 
@@ -393,6 +424,7 @@ def _method_registries() -> list[tuple[str, Registry[Any]]]:
 def _add_train(sub: SubParsers) -> None:
     train = sub.add_parser("train", help="train a dense baseline model")
     train.add_argument("--model", required=True, help="zoo name, torchvision:<name> or package.module:factory")
+    add_weights_arg(train)
     add_data_args(train)
     train.add_argument("--out", type=Path, required=True, help="run folder for model.safetensors + model.json")
     add_force_arg(train, "a baseline")
@@ -404,8 +436,11 @@ def _add_train(sub: SubParsers) -> None:
 def _add_info(sub: SubParsers) -> None:
     info = sub.add_parser("info", help="per-layer shapes, parameters and MACs of a model or checkpoint")
     info.add_argument("model", help="zoo name, torchvision:<name>, or a checkpoint (.safetensors or run folder)")
-    info.add_argument("--input-shape", type=shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
-    info.add_argument("--num-classes", type=classes, default=10)
+    info.add_argument("--input-shape", type=shape, default=None,
+                      help="C,H,W (default: the model's own: 3,224,224 for torchvision models, 1,28,28 for the zoo)")
+    info.add_argument("--num-classes", type=classes, default=None,
+                      help="classes (default: the model's own: 1000 for torchvision models, 10 for the zoo)")
+    add_weights_arg(info)
     info.set_defaults(func=cmd_info)
 
 
@@ -413,6 +448,7 @@ def _add_prune(sub: SubParsers) -> None:
     prune = sub.add_parser("prune", help="prune to the smallest model within an accuracy drop bound")
     prune.add_argument("--model", help="zoo name, torchvision:<name> or package.module:factory (trains a baseline)")
     prune.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder or checkpoint")
+    add_weights_arg(prune)
     add_data_args(prune)
     prune.add_argument("--out", type=Path, required=True, help="run folder")
     prune.add_argument("--resume", action="store_true",
@@ -428,6 +464,7 @@ def _add_sweep(sub: SubParsers) -> None:
     sweep = sub.add_parser("sweep", help="trade-off curves of several methods on one plot")
     sweep.add_argument("--model", help="zoo name (trains a baseline first)")
     sweep.add_argument("--from", dest="from_dir", type=existing_path, help="a trained baseline folder")
+    add_weights_arg(sweep)
     add_data_args(sweep)
     sweep.add_argument("--methods", default=",".join(DEFAULT_SWEEP_METHODS),
                        help=f"comma-separated weight methods (default {','.join(DEFAULT_SWEEP_METHODS)})")

@@ -55,16 +55,29 @@ def load_baseline(path: str | Path) -> LoadedBaseline:
 
 
 def obtain_baseline(model: str | None, data: Dataset, out: Path, *, from_dir: str | Path | None,
-                    train_config: TrainConfig | None, progress: bool) -> LoadedBaseline:
-    """``--from`` if given; else a baseline trained earlier into ``out/baseline``; else train one."""
+                    train_config: TrainConfig | None, progress: bool,
+                    weights: str | Path | None = None) -> LoadedBaseline:
+    """``--from`` if given; else a baseline trained earlier into ``out/baseline``; else train one
+    (from ``weights``, a local safetensors state dict, when given)."""
+    check_weights(weights, from_dir)
     if from_dir is not None:
         return load_baseline(from_dir)
     if rundir.has_checkpoint(rundir.baseline_dir(out)):
         return load_baseline(rundir.baseline_dir(out))
     if model is None:
         raise ConfigError("give --model to train a baseline, or --from a trained baseline folder")
-    trained = train_baseline(model, data, out=rundir.baseline_dir(out), config=train_config, progress=progress)
+    trained = train_baseline(model, data, out=rundir.baseline_dir(out), config=train_config, progress=progress,
+                             weights=weights)
     return LoadedBaseline(trained.model, trained.meta, TrainConfig.from_dict(trained.meta["train"]))
+
+
+def check_weights(weights: str | Path | None, from_dir: str | Path | None) -> None:
+    """``--weights`` initialises a model built from a name; a ``--from`` baseline has its own."""
+    if weights is not None and from_dir is not None:
+        raise ConfigError("--weights loads into a model built from --model; --from brings its own weights, "
+                          "drop one of them")
+    if weights is not None and not Path(weights).is_file():
+        raise ConfigError(f"--weights {weights}: no such file; give a local .safetensors state dict")
 
 
 def run_dataset(out: Path, from_dir: str | Path | None, dataset: str | None) -> str:
@@ -89,34 +102,40 @@ def prune_run(*, out: str | Path, model: str | None = None, dataset: str | None 
               from_dir: str | Path | None = None, config: PruneConfig | None = None,
               train_config: TrainConfig | None = None, data_dir: str | Path | None = None,
               resume: bool = False, force: bool = False, given: Mapping[str, object] | None = None,
-              progress: bool = True, device: str | None = None) -> PruneResult:
+              progress: bool = True, device: str | None = None, autocast: str | None = None,
+              weights: str | Path | None = None) -> PruneResult:
     """The whole ``secateur prune`` run: data, baseline, search, run folder and report.
 
     ``out`` follows :func:`secateur.io.rundir.check_out`. With ``resume``, ``given`` (the options
     given on the command line, by field name), ``model``, ``dataset`` and ``from_dir`` must agree
     with what the run started with. ``device`` overrides where retraining runs (default: where
-    the baseline was trained).
+    the baseline was trained) and ``autocast`` its precision (default: the baseline's); both may
+    change on a resume. ``weights`` (a local safetensors state dict) initialises the baseline
+    built from ``model`` before it is trained.
     """
     out = Path(out)
+    check_weights(weights, from_dir)
     rundir.check_out(out, "prune", resume=resume, force=force, source=from_dir)
     if resume:
         check_resumed(out, given or {}, model=model, dataset=dataset)
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     with rundir.claim(out, "prune", resume=resume, force=force, source=from_dir) as claimed:
-        baseline = _run_baseline(claimed, model, data, from_dir, train_config, progress)
+        baseline = _run_baseline(claimed, model, data, from_dir, train_config, progress, weights)
         meta = {"model": baseline.meta["model"], "dataset": data.name}
-        if device is not None:
-            baseline.train_config = baseline.train_config.replace(device=device).validate()
+        overrides = {key: value for key, value in (("device", device), ("autocast", autocast)) if value is not None}
+        if overrides:
+            baseline.train_config = baseline.train_config.replace(**overrides).validate()
         return prune(copy.deepcopy(baseline.model), data=data, config=config, train_config=baseline.train_config,
                      out=out, resume=resume, force=force, progress=progress, meta=meta)
 
 
 def _run_baseline(claimed: rundir.Claim, model: str | None, data: Dataset, from_dir: str | Path | None,
-                  train_config: TrainConfig | None, progress: bool) -> LoadedBaseline:
+                  train_config: TrainConfig | None, progress: bool,
+                  weights: str | Path | None = None) -> LoadedBaseline:
     """The baseline of a prune run, with the recipe its retraining follows (kept in the run's marker,
     so a resumed run retrains as it started, with or without ``--from``)."""
     baseline = obtain_baseline(model, data, claimed.out, from_dir=from_dir, train_config=train_config,
-                               progress=progress)
+                               progress=progress, weights=weights)
     _check_dataset(baseline.meta, data)
     if claimed.resumed and from_dir is not None:
         _check_same_baseline(claimed.out, from_dir, baseline.model)
@@ -222,13 +241,17 @@ def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han
 def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
               from_dir: str | Path | None = None, dataset: str | None = None,
               strengths: Sequence[float] = DEFAULT_STRENGTHS, retrain_epochs: int = 2,
-              data_dir: str | Path | None = None, progress: bool = True, force: bool = False) -> dict:
-    """``secateur sweep``: every method's trade-off curve, saved and plotted together."""
+              data_dir: str | Path | None = None, progress: bool = True, force: bool = False,
+              weights: str | Path | None = None) -> dict:
+    """``secateur sweep``: every method's trade-off curve, saved and plotted together (a baseline
+    built from ``model`` starts from ``weights``, a local safetensors state dict, when given)."""
     out = Path(out)
+    check_weights(weights, from_dir)
     rundir.check_out(out, "sweep", force=force, source=from_dir)
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     with rundir.claim(out, "sweep", force=force, source=from_dir):
-        baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress)
+        baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress,
+                                   weights=weights)
         retrain = retrain_config(PruneConfig(retrain_epochs=retrain_epochs), baseline.train_config)
         make_train, _, _ = default_callables(data, retrain)
         result = sweep(baseline.model, methods, make_train=make_train, evaluate=lambda m: evaluate(m, data, "val"),

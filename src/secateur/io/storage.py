@@ -61,7 +61,7 @@ from secateur.unstructured.masks import (
     effective_state_dict,
     masks_of,
 )
-from secateur.zoo.models import build_model
+from secateur.zoo.models import build_model, rebuild_args
 
 FORMAT = "secateur.checkpoint"
 FORMAT_VERSION = 1
@@ -355,8 +355,9 @@ def _build(meta: dict, build: Factory | None, js_path: Path) -> nn.Module:
             f"{js_path} has no usable 'model' entry ({{'name': ..., 'args': {{...}}}}); "
             "pass model= with the saved architecture"
         )
-    factory = build_model if build is None else build
-    return factory(spec["name"], **spec.get("args", {}))
+    if build is None:
+        return build_model(spec["name"], **rebuild_args(spec))
+    return build(spec["name"], **spec.get("args", {}))
 
 
 def _key_mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], st_path: Path) -> str | None:

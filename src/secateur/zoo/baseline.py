@@ -6,6 +6,7 @@ given a trained baseline. Default recipes per zoo model reach Han et al.'s basel
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from dataclasses import dataclass
@@ -64,8 +65,12 @@ def accuracy_metrics(model: nn.Module, data: Dataset, device: str = "cpu") -> di
 
 def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | Path | None = None,
                    config: TrainConfig | None = None, data_dir: str | Path | None = None,
-                   progress: bool = False, force: bool = False) -> Baseline:
+                   progress: bool = False, force: bool = False, weights: str | Path | None = None) -> Baseline:
     """Build ``model`` from the registry, train it on ``dataset``, evaluate, and save to ``out``.
+
+    The model is built for the dataset's input shape and classes. ``weights`` (a local
+    safetensors state dict) is loaded into it before training (with ``epochs=0``: used as is);
+    the header records its file name and sha256.
 
     ``out`` (a folder) receives ``model.safetensors`` and ``model.json``. It must be new, empty,
     or (``force=True``) hold a baseline to replace (:func:`secateur.io.rundir.check_out`);
@@ -78,7 +83,7 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
     torch.manual_seed(config.seed)
     record = model_record(model, input_shape=data.input_shape, num_classes=data.num_classes)
-    net = build_model(record["name"], **record["args"])
+    net = build_model(record["name"], **record["args"], weights=weights)
     start = time.perf_counter()
     history = fit(net, data, config, progress=progress)
     meta = {
@@ -87,6 +92,8 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
         "history": [vars(log) for log in history.history], "versions": versions(),
         "metrics": accuracy_metrics(net, data, config.device),
     }
+    if weights is not None:
+        meta["weights"] = {"file": Path(weights).name, "sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest()}
     if out_dir is not None:
         with rundir.claim(out_dir, "train", force=force):
             save_model(net, rundir.model_base(out_dir), meta)

@@ -4,8 +4,14 @@ A model name is one of:
 
 * a zoo name (``lenet300``, ``lenet5``, ``alexnet-mnist``, ``vgg-mnist``, ``resnet-mnist``);
 * ``torchvision:<name>``: any torchvision classification model, built with ``weights=None``
-  (secateur never downloads weights);
+  (secateur never downloads weights); for images of other than 3 channels its first
+  convolution is rebuilt for them (``in_channels`` in its record);
 * ``package.module:factory``: a user's function that returns an ``nn.Module``.
+
+Without ``input_shape`` / ``num_classes`` a model is built for its natural inputs
+(:func:`natural_defaults`): ImageNet's 3x224x224 and 1000 classes for torchvision models,
+MNIST's 1x28x28 and 10 classes otherwise. ``weights=`` (``--weights``) loads a local
+safetensors state dict into the built model (:func:`load_weights`; no pickle).
 
 Zoo models use readable, stable module names (``fc1``, ``conv1``, ``features.conv3``,
 ``layer2.0.downsample.0`` ...) because pruning levels, masks and reports are keyed by them.
@@ -24,9 +30,11 @@ import math
 import os
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -37,36 +45,100 @@ from secateur.registry import Registry
 MODELS: Registry[Factory] = Registry("model")
 
 TORCHVISION_PREFIX = "torchvision:"
+IMAGENET = ((3, 224, 224), 1000)  # torchvision models' natural input shape and classes
+MNIST = ((1, 28, 28), 10)  # every other model's
+TORCHVISION_CHANNELS = 3  # torchvision's stems take RGB images
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def build_model(name: str, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10,
-                **kwargs: Any) -> nn.Module:
+def build_model(name: str, *, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
+                weights: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
     """Build the model called ``name`` for inputs of ``input_shape`` (C, H, W) and ``num_classes``.
 
-    Extra keyword arguments go to the zoo factory, to torchvision's ``get_model`` or to the
-    user's factory. Unknown names raise :class:`UnknownNameError` listing the choices. The
-    model carries its :func:`model_record` (when the arguments are JSON values), so
+    Left out, both are the model's natural ones (:func:`natural_defaults`). Extra keyword
+    arguments go to the zoo factory, to torchvision's ``get_model`` or to the user's factory.
+    ``weights`` is a local ``.safetensors`` state dict loaded into the built model
+    (:func:`load_weights`). Unknown names raise :class:`UnknownNameError` listing the choices.
+    The model carries its :func:`model_record` (when the arguments are JSON values), so
     ``secateur.save_model(model, path)`` writes a checkpoint that rebuilds it by itself.
     """
-    shape = _check_input_shape(input_shape)
-    classes = _check_num_classes(num_classes)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"model name must be a non-empty string, got {name!r}; see `secateur list`")
+    natural_shape, natural_classes = natural_defaults(name)
+    shape = _check_input_shape(natural_shape if input_shape is None else input_shape)
+    classes = _check_num_classes(natural_classes if num_classes is None else num_classes)
     model = _build(name.strip(), shape, classes, kwargs)
     try:
         record = model_record(name, shape, classes, **kwargs)
     except ConfigError:  # arguments that are not JSON values: the model cannot rebuild itself
         record = None
+    if weights is not None:
+        load_weights(model, weights)
     return record_model(model, record)
+
+
+def natural_defaults(name: str) -> tuple[tuple[int, ...], int]:
+    """The (input shape, classes) ``name`` is built for when none are given: ImageNet's
+    (3x224x224, 1000) for ``torchvision:<name>``, MNIST's (1x28x28, 10) for every other model."""
+    return IMAGENET if _is_torchvision(name) else MNIST
+
+
+def _is_torchvision(name: object) -> bool:
+    return isinstance(name, str) and name.strip().lower().startswith(TORCHVISION_PREFIX)
+
+
+def rebuild_args(record: Mapping[str, Any]) -> dict:
+    """The :func:`build_model` keyword arguments of a saved model record.
+
+    A torchvision record written before records carried ``in_channels`` was built with its
+    3-channel stem whatever its ``input_shape``; it rebuilds so.
+    """
+    args = dict(record.get("args") or {})
+    if _is_torchvision(record.get("name")) and "in_channels" not in args:
+        args["in_channels"] = TORCHVISION_CHANNELS
+    return args
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the safetensors state dict at ``path`` into ``model`` (strict; no pickle, no torch.load).
+
+    Keys and shapes must match the model's ``state_dict`` exactly; otherwise a ConfigError
+    names the first few that do not. Returns ``model``.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"weights file {str(path)!r} not found; weights= (--weights) takes a local .safetensors "
+                          "state dict (secateur never downloads weights)")
+    try:
+        state = safetensors.torch.load(file.read_bytes())
+    except Exception as err:  # safetensors raises its own error types for bad headers / sizes
+        raise ConfigError(f"{file} is not a safetensors file ({_first_line(err)}); save the state dict with "
+                          "safetensors.torch.save_file(model.state_dict(), path)") from None
+    problem = _state_mismatch(model.state_dict(), state)
+    if problem:
+        raise ConfigError(f"{file} does not fit the model: {problem}; give the weights of this architecture "
+                          "(same input shape and classes)")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """How ``given`` fails to fit ``expected`` (missing, unexpected, wrong shape: first three of each), or ''."""
+    missing = [k for k in expected if k not in given]
+    unexpected = sorted(k for k in given if k not in expected)
+    shapes = [f"{k} {tuple(given[k].shape)} (model: {tuple(expected[k].shape)})"
+              for k in expected if k in given and expected[k].shape != given[k].shape]
+    parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+    return "; ".join(parts)
 
 
 def _build(name: str, shape: tuple[int, ...], classes: int, kwargs: dict) -> nn.Module:
     """Resolve ``name`` (torchvision, user factory or zoo) and build it."""
-    if name.lower().startswith(TORCHVISION_PREFIX):
-        return _build_torchvision(name[len(TORCHVISION_PREFIX):], classes, kwargs)
+    if _is_torchvision(name):
+        return _build_torchvision(name[len(TORCHVISION_PREFIX):], shape, classes, kwargs)
     if ":" in name:
         return _build_user(name, shape, classes, kwargs)
     try:
@@ -93,8 +165,10 @@ def model_record(name: str, input_shape: Sequence[int], num_classes: int, **kwar
     ``build_model(record["name"], **record["args"])`` rebuilds the same architecture; this is
     what checkpoints store under ``"model"`` in ``model.json``.
     """
-    args = {"input_shape": list(_check_input_shape(input_shape)),
-            "num_classes": _check_num_classes(num_classes), **kwargs}
+    shape = _check_input_shape(input_shape)
+    args = {"input_shape": list(shape), "num_classes": _check_num_classes(num_classes), **kwargs}
+    if _is_torchvision(name):  # always recorded: an older record without it had a 3-channel stem
+        args.setdefault("in_channels", shape[0])
     try:
         json.dumps(args)
     except (TypeError, ValueError):
@@ -159,8 +233,13 @@ def _flat_size(features: nn.Module, input_shape: tuple[int, ...], model: str) ->
 # --------------------------------------------------------------------------- torchvision + user factories
 
 
-def _build_torchvision(arch: str, num_classes: int, kwargs: dict) -> nn.Module:
-    """A torchvision classification model with random init (``weights=None``, never downloads)."""
+def _build_torchvision(arch: str, shape: tuple[int, ...], num_classes: int, kwargs: dict) -> nn.Module:
+    """A torchvision classification model with random init (``weights=None``, never downloads).
+
+    ``in_channels`` (default: ``shape``'s first) other than 3 rebuilds the first convolution
+    for that many channels; inputs other than 3x224x224 are checked with one zero forward
+    (a one-line error for images too small for the architecture).
+    """
     import torchvision  # lazy: about 2 s to import, and only torchvision:<name> models need it
 
     choices = torchvision.models.list_models(module=torchvision.models)
@@ -170,10 +249,45 @@ def _build_torchvision(arch: str, num_classes: int, kwargs: dict) -> nn.Module:
         if reserved in kwargs:
             raise ConfigError(f"torchvision:{arch} takes no {reserved!r} argument; secateur sets it "
                               f"(weights=None, num_classes from the dataset)")
+    options = dict(kwargs)
+    channels = options.pop("in_channels", shape[0])
     try:
-        return torchvision.models.get_model(arch.lower(), weights=None, num_classes=num_classes, **kwargs)
+        model = torchvision.models.get_model(arch.lower(), weights=None, num_classes=num_classes, **options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"cannot build torchvision:{arch}: {_first_line(err)}") from None
+    if channels != TORCHVISION_CHANNELS:
+        _rebuild_stem(model, channels, arch)
+    if shape != IMAGENET[0] and shape[0] == channels:  # (a record older than in_channels may differ)
+        _check_forward(model, shape, f"torchvision:{arch}")
+    return model
+
+
+def _rebuild_stem(model: nn.Module, channels: int, arch: str) -> None:
+    """Replace the first 3-channel convolution by one of the same kind for ``channels`` inputs."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ConfigError(f"in_channels must be a positive integer, got {channels!r}")
+    for path, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d) and conv.in_channels == TORCHVISION_CHANNELS and conv.groups == 1:
+            stem = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                             dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+            parent, _, attr = path.rpartition(".")
+            setattr(model.get_submodule(parent), attr, stem)
+            return
+    raise ConfigError(f"torchvision:{arch} has no 3-channel convolution to rebuild for {channels}-channel images; "
+                      "give 3-channel inputs")
+
+
+def _check_forward(model: nn.Module, shape: tuple[int, ...], label: str) -> None:
+    """One eval-mode zero forward of ``shape``: inputs the model cannot take are one line here."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    except RuntimeError as err:
+        raise ConfigError(f"{label} cannot take inputs of shape {','.join(map(str, shape))} "
+                          f"({_first_line(err)[:120]}); use larger images") from None
+    finally:
+        model.train(was_training)
 
 
 def _build_user(spec: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict) -> nn.Module:
