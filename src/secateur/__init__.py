@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 from secateur.analysis.metrics import count_macs, count_params, sparsity_report
 from secateur.errors import SecateurError
+from secateur.fixed_amount import ChannelCut, prune_channels, prune_weights
 from secateur.io.storage import load_model, save_model
 from secateur.search.orchestrator import PruneConfig, PruneResult, prune
 from secateur.train import TrainConfig, evaluate, fit
@@ -34,8 +35,8 @@ from secateur.zoo.data import DATASETS, Dataset, load_dataset
 from secateur.zoo.models import MODELS, build_model
 
 __all__ = [
-    "DATASETS", "MODELS", "Dataset", "PruneConfig", "PruneResult", "SecateurError", "TrainConfig",
+    "DATASETS", "MODELS", "ChannelCut", "Dataset", "PruneConfig", "PruneResult", "SecateurError", "TrainConfig",
     "apply_masks", "build_model", "count_macs", "count_params", "default_config", "evaluate", "fit",
-    "load_dataset", "load_model", "make_permanent", "masks_of", "prune", "save_model",
-    "sparsity_report", "train_baseline",
+    "load_dataset", "load_model", "make_permanent", "masks_of", "prune", "prune_channels", "prune_weights",
+    "save_model", "sparsity_report", "train_baseline",
 ]

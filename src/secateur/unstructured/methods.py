@@ -50,7 +50,10 @@ class WeightMethod:
       ``"generator"`` (a seeded ``torch.Generator``);
     - ``allocation``: the per-layer allocation the search uses by default;
     - ``score(weight, generator)``: per-weight importance (higher = keep) for orderings
-      inside small groups (the ``n:m`` granularity).
+      inside small groups (the ``n:m`` granularity);
+    - ``amount_to_level``: a fraction of the weights to remove -> this method's level, for
+      :func:`secateur.prune_weights` (the fraction itself for the sparsity methods; han's q
+      that removes it from a Gaussian layer).
     """
 
     name: str
@@ -61,6 +64,7 @@ class WeightMethod:
     needs: frozenset[str] = frozenset()
     allocation: str = "uniform"
     score: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = lambda w, _g: w.abs()
+    amount_to_level: Callable[[float], float] = float
 
 
 WEIGHT_METHODS: Registry[WeightMethod] = Registry("weight method")
@@ -74,12 +78,15 @@ def _sparsity_from_strength(x: float) -> float:
 def weight_method(name: str, *, level: Callable[[float], float] = _sparsity_from_strength, scope: str = "layer",
                   needs: tuple[str, ...] = (), allocation: str = "uniform",
                   score: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+                  amount: Callable[[float], float] | None = None,
                   ) -> Callable[[Callable[..., Masks]], Callable[..., Masks]]:
     """Decorator: register a mask function as a weight method; its docstring's first line is its help."""
 
     def decorate(select: Callable[..., Masks]) -> Callable[..., Masks]:
         doc = (select.__doc__ or "").strip().splitlines()[0] if select.__doc__ else ""
-        extra = {"score": score} if score is not None else {}
+        extra: dict[str, Callable] = {"score": score} if score is not None else {}
+        if amount is not None:
+            extra["amount_to_level"] = amount
         WEIGHT_METHODS.add(name, WeightMethod(name, select, level, doc, scope, frozenset(needs), allocation, **extra),
                            doc)
         return select
@@ -107,11 +114,16 @@ def _q_from_strength(x: float) -> float:
     Han's q then moves on the same scale of pruning strength as the sparsity methods, so
     one search step means about the same cut for every method.
     """
-    sparsity = _sparsity_from_strength(x)
+    return _q_from_amount(_sparsity_from_strength(x))
+
+
+def _q_from_amount(sparsity: float) -> float:
+    """The q for which ``|w| < q * std`` holds for a fraction ``sparsity`` of a Gaussian layer."""
     return math.sqrt(2.0) * float(torch.erfinv(torch.tensor(sparsity, dtype=torch.float64)))
 
 
-@weight_method("han", level=_q_from_strength, needs=("reference_std",), allocation="magnitude")
+@weight_method("han", level=_q_from_strength, needs=("reference_std",), allocation="magnitude",
+               amount=_q_from_amount)
 def han_masks(weights: Mapping[str, torch.Tensor], level: Level, *,
               reference_std: Mapping[str, float] | None = None, **_: object) -> Masks:
     """Han et al. 2015: per layer, zero |w| < q x std of the layer's dense weights."""
