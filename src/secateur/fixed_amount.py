@@ -41,10 +41,9 @@ TAYLOR_BATCHES = 4  # training batches of 128 that gradient-based channel method
 
 def check_amount(amount: object) -> float:
     """``amount`` as a float in [0, 1); anything else is a one-line ConfigError."""
-    ok = isinstance(amount, numbers.Real) and not isinstance(amount, bool) and 0 <= float(amount) < 1
-    if not ok:
-        raise ConfigError(f"amount must be a fraction in [0, 1) of what survives (0.9 removes 90%), got {amount!r}")
-    return float(amount)
+    if isinstance(amount, numbers.Real) and not isinstance(amount, bool) and 0 <= float(amount) < 1:
+        return float(amount)
+    raise ConfigError(f"amount must be a fraction in [0, 1) of what survives (0.9 removes 90%), got {amount!r}")
 
 
 # --------------------------------------------------------------------------- single weights

@@ -268,8 +268,9 @@ def _rebuild_stem(model: nn.Module, channels: int, arch: str) -> None:
         raise ConfigError(f"in_channels must be a positive integer, got {channels!r}")
     for path, conv in model.named_modules():
         if isinstance(conv, nn.Conv2d) and conv.in_channels == TORCHVISION_CHANNELS and conv.groups == 1:
-            stem = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                             dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+            same: dict[str, Any] = {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
+                                    "dilation": conv.dilation, "padding_mode": conv.padding_mode}
+            stem = nn.Conv2d(channels, conv.out_channels, bias=conv.bias is not None, **same)
             parent, _, attr = path.rpartition(".")
             setattr(model.get_submodule(parent), attr, stem)
             return
