@@ -117,6 +117,26 @@ def test_bf16_retraining_in_a_prune_run_on_the_cpu(small, trained_lenet300, monk
     assert casts and all(kw == {"device_type": "cpu", "dtype": torch.bfloat16} for kw in casts)
 
 
+def test_cli_autocast_and_device_reach_the_retraining_of_a_run_from_a_trained_baseline(capsys, tmp_path,
+                                                                                       monkeypatch):
+    from secateur.app import pipeline
+
+    code, err = _cli(capsys, "train", "--model", "lenet300", "--dataset", "digits", "--epochs", "0",
+                     "--out", str(tmp_path / "base"), "--quiet")
+    assert code == 0, err
+    seen = []
+
+    def fake_prune(model, *, train_config, **_kwargs):
+        seen.append(train_config)
+        raise KeyboardInterrupt  # the search itself is tested elsewhere
+
+    monkeypatch.setattr(pipeline, "prune", fake_prune)
+    code, err = _cli(capsys, "prune", "--from", str(tmp_path / "base"), "--autocast", "bf16", "--device", "cpu",
+                     "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 130 and [(c.autocast, c.device) for c in seen] == [("bf16", "cpu")]
+    assert TrainConfig.from_dict(secateur.load_model(tmp_path / "base")[1]["train"]).autocast == "none"
+
+
 def test_autocast_is_a_registry_name_checked_everywhere(capsys, tmp_path):
     with pytest.raises(UnknownNameError, match="bf16"):
         TrainConfig(autocast="fp8").validate()

@@ -148,3 +148,19 @@ def test_cli_weights_mistakes_are_one_line(capsys, tmp_path):
     code, _, err = run_cli(capsys, "prune", "--from", str(base), "--weights", path, "--out", str(tmp_path / "run"))
     _one_line(code, err, "--weights", "--from")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_baseline_exists_takes_only_the_weights_it_started_from(tmp_path):
+    from secateur.app.pipeline import obtain_baseline
+
+    data = secateur.load_dataset("digits")
+    first = _state_file(build_model("lenet300", input_shape=(1, 8, 8)), tmp_path / "first.safetensors")
+    other = _state_file(build_model("lenet300", input_shape=(1, 8, 8)), tmp_path / "other.safetensors")
+    train_baseline("lenet300", data, out=rundir.baseline_dir(tmp_path / "run"), weights=first,
+                   config=TrainConfig(epochs=0))
+    again = obtain_baseline("lenet300", data, tmp_path / "run", from_dir=None, train_config=None, progress=False,
+                            weights=first)
+    assert again.meta["weights"]["file"] == "first.safetensors"
+    with pytest.raises(ConfigError, match="is not the file the baseline"):
+        obtain_baseline("lenet300", data, tmp_path / "run", from_dir=None, train_config=None, progress=False,
+                        weights=other)

@@ -30,7 +30,7 @@ from secateur.search.orchestrator import (
     retrain_config,
 )
 from secateur.train import TrainConfig, evaluate
-from secateur.zoo.baseline import default_config, train_baseline
+from secateur.zoo.baseline import default_config, train_baseline, weights_record
 from secateur.zoo.data import Dataset, load_dataset
 
 # training flags a resumed run checks against its baseline's recipe (--device may move a run, --seed is the search's)
@@ -63,7 +63,9 @@ def obtain_baseline(model: str | None, data: Dataset, out: Path, *, from_dir: st
     if from_dir is not None:
         return load_baseline(from_dir)
     if rundir.has_checkpoint(rundir.baseline_dir(out)):
-        return load_baseline(rundir.baseline_dir(out))
+        baseline = load_baseline(rundir.baseline_dir(out))
+        _check_started_from(weights, baseline.meta, out)
+        return baseline
     if model is None:
         raise ConfigError("give --model to train a baseline, or --from a trained baseline folder")
     trained = train_baseline(model, data, out=rundir.baseline_dir(out), config=train_config, progress=progress,
@@ -78,6 +80,16 @@ def check_weights(weights: str | Path | None, from_dir: str | Path | None) -> No
                           "drop one of them")
     if weights is not None and not Path(weights).is_file():
         raise ConfigError(f"--weights {weights}: no such file; give a local .safetensors state dict")
+
+
+def _check_started_from(weights: str | Path | None, meta: Mapping, out: Path) -> None:
+    """``--weights`` given again must be the file the baseline in ``out`` was trained from."""
+    if weights is None:
+        return
+    recorded = meta.get("weights")
+    if not isinstance(recorded, Mapping) or recorded.get("sha256") != weights_record(weights)["sha256"]:
+        raise ConfigError(f"--weights {weights} is not the file the baseline in {out} was trained from; drop it "
+                          "to use that baseline, or start a new run in another --out")
 
 
 def run_dataset(out: Path, from_dir: str | Path | None, dataset: str | None) -> str:

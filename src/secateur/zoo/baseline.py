@@ -58,6 +58,11 @@ def _version_of(package: str) -> str:
         return "unknown"
 
 
+def weights_record(path: str | Path) -> dict[str, str]:
+    """``{"file": name, "sha256": digest}`` of a weights file a baseline started from (in its header)."""
+    return {"file": Path(path).name, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def accuracy_metrics(model: nn.Module, data: Dataset, device: str = "cpu") -> dict:
     """``{"val": {"accuracy": a}, "test": {"accuracy": b}}`` as stored in model.json."""
     return {split: {"accuracy": evaluate(model, data, split, device=device)} for split in ("val", "test")}
@@ -93,7 +98,7 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
         "metrics": accuracy_metrics(net, data, config.device),
     }
     if weights is not None:
-        meta["weights"] = {"file": Path(weights).name, "sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest()}
+        meta["weights"] = weights_record(weights)
     if out_dir is not None:
         with rundir.claim(out_dir, "train", force=force):
             save_model(net, rundir.model_base(out_dir), meta)
