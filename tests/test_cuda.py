@@ -22,6 +22,13 @@ from secateur.zoo.models import build_model
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.fixture
+def ieee(monkeypatch):
+    """Full float32 on the GPU (no TF32), so GPU and CPU outputs compare closely."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 def _cli(capsys, *argv: str) -> tuple[int, str]:
     try:
         code = main(list(argv))
@@ -148,7 +155,7 @@ def test_autocast_is_a_registry_name_checked_everywhere(capsys, tmp_path):
 
 
 @CUDA
-def test_masks_apply_on_the_weights_device_and_match_the_cpu_masks():
+def test_masks_apply_on_the_weights_device_and_match_the_cpu_masks(ieee):
     torch.manual_seed(0)
     cpu = build_model("lenet300")
     gpu = copy.deepcopy(cpu).cuda()
@@ -162,7 +169,7 @@ def test_masks_apply_on_the_weights_device_and_match_the_cpu_masks():
 
 
 @CUDA
-def test_structured_surgery_keeps_the_model_on_the_gpu_and_matches_the_cpu_cut(tmp_path):
+def test_structured_surgery_keeps_the_model_on_the_gpu_and_matches_the_cpu_cut(tmp_path, ieee):
     torch.manual_seed(0)
     cpu = build_model("resnet-mnist")
     gpu = copy.deepcopy(cpu).cuda()
@@ -171,7 +178,7 @@ def test_structured_surgery_keeps_the_model_on_the_gpu_and_matches_the_cpu_cut(t
     assert cut_gpu.plan.keep_out == cut_cpu.plan.keep_out
     assert {p.device.type for p in gpu.parameters()} | {b.device.type for b in gpu.buffers()} == {"cuda"}
     x = torch.randn(2, 1, 28, 28)
-    assert torch.allclose(gpu.eval()(x.cuda()).cpu(), cpu.eval()(x), atol=1e-4)
+    assert torch.allclose(gpu.eval()(x.cuda()).cpu(), cpu.eval()(x), atol=1e-3, rtol=1e-3)
     secateur.save_model(gpu, tmp_path / "m")
     loaded, _ = secateur.load_model(tmp_path / "m")
     assert torch.allclose(loaded(x), cpu(x), atol=1e-4)
@@ -200,7 +207,7 @@ def test_latency_on_cuda_uses_cuda_events(monkeypatch):
 
 @CUDA
 @pytest.mark.parametrize("granularity, method", [("weight", "magnitude"), ("channel", "taylor")])
-def test_a_small_prune_run_on_cuda(small, tmp_path, granularity, method):
+def test_a_small_prune_run_on_cuda(small, tmp_path, granularity, method, ieee):
     torch.manual_seed(0)
     model = build_model("lenet5")
     fit(model, small, TrainConfig(epochs=2, device="cuda"), progress=False)
@@ -211,4 +218,4 @@ def test_a_small_prune_run_on_cuda(small, tmp_path, granularity, method):
     assert {p.device.type for p in result.model.parameters()} == {"cuda"}
     loaded, _ = secateur.load_model(tmp_path / "run")
     x = torch.randn(2, 1, 28, 28)
-    assert torch.allclose(loaded(x), result.model.eval()(x.cuda()).cpu(), atol=1e-4)
+    assert torch.allclose(loaded(x), result.model.eval()(x.cuda()).cpu(), atol=1e-3, rtol=1e-3)
