@@ -249,9 +249,9 @@ def _check_model_data(model: object, data: object) -> None:
     """One-line ConfigErrors for a model that is not an nn.Module or data that is not a Dataset / Loaders."""
     expect_module(model)
     if not isinstance(data, (Dataset, Loaders)):
-        hint = (" (load it with secateur.load_dataset)" if isinstance(data, str) else
-                " (wrap your own DataLoaders in secateur.Loaders(train=..., val=...))")
-        raise ConfigError(f"data must be a secateur Dataset or secateur.Loaders{hint}, got {shown(data)}")
+        hint = " (load it with secateur.load_dataset)" if isinstance(data, str) else ""
+        raise ConfigError(f"data must be a secateur Dataset{hint}, got {shown(data)}; for your own DataLoaders "
+                          "or torch Datasets pass secateur.Loaders(train=..., val=...)")
 
 
 def _check_fit(model: object, data: object, config: object, step: object, on_epoch: object) -> None:

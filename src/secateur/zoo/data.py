@@ -27,7 +27,6 @@ from typing import BinaryIO, NamedTuple, Protocol
 import numpy as np
 import torch
 from rich.console import Console
-from torch.utils.data import Dataset as TorchDataset
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -35,6 +34,7 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
+from torch.utils.data import Dataset as TorchDataset
 
 from secateur.errors import ConfigError, DataError
 from secateur.io.idx import read_idx
@@ -424,9 +424,10 @@ def _locate(spec: DatasetSpec, data_dir: str | Path | None, download: bool) -> d
 # --------------------------------------------------------------------------- validation and assembly
 
 def _check_pair(spec: DatasetSpec, part: str, images: np.ndarray, labels: np.ndarray,
-                sources: tuple[str, str], count: int | None, num_classes: int) -> None:
+                sources: tuple[str, str], count: int | None, num_classes: int | None = None) -> None:
     """Shapes, counts and label range of one official split (shape and count when the spec has them)."""
     img_src, lab_src = sources
+    num_classes = num_classes or spec.num_classes or 0
     if len(images) != len(labels):
         raise DataError(f"{spec.name} {part}: {img_src} has {len(images)} images but {lab_src} has "
                         f"{len(labels)} labels; re-download the files")
@@ -436,7 +437,7 @@ def _check_pair(spec: DatasetSpec, part: str, images: np.ndarray, labels: np.nda
     if count is not None and len(images) != count:
         raise DataError(f"{spec.name} {part}: {img_src} has {len(images)} items, the official "
                         f"{part} set has {count}; re-download the files")
-    if labels.size and int(labels.max()) >= num_classes:
+    if labels.size and num_classes and int(labels.max()) >= num_classes:
         raise DataError(f"{spec.name} {part}: {lab_src} has label {int(labels.max())}, outside "
                         f"0..{num_classes - 1}; re-download the file")
 
