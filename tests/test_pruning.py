@@ -274,6 +274,7 @@ def test_the_polish_is_judged_without_the_search_noise_margin(trained, small):
 
     def polish(model):
         polishing["now"] = True
+        nudge(model)
 
     def evaluate(model):
         return flipped if polishing["now"] else correctness(model, small, "val")

@@ -11,6 +11,7 @@ to a temporary file, verified against the official md5 and only then renamed int
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tarfile
@@ -70,11 +71,16 @@ class Split(TorchDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """``(normalised float image (C, H, W), int label)`` of example ``index``."""
-        image = self.images[index].float().div_(255.0)
-        if self.mean is not None and self.std is not None:
-            channels = (-1, 1, 1)
-            image = image.sub_(torch.tensor(self.mean).view(channels)).div_(torch.tensor(self.std).view(channels))
-        return image, int(self.labels[index])
+        scale, shift = self._affine
+        return self.images[index].float().mul_(scale).add_(shift), int(self.labels[index].item())
+
+    @functools.cached_property
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)`` per channel, ``(C, 1, 1)``: ``x * scale + shift`` is ``(x / 255 - mean) / std``."""
+        channels = self.images.shape[1]
+        mean = torch.tensor(self.mean or (0.0,) * channels, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std or (1.0,) * channels, dtype=torch.float32).view(-1, 1, 1)
+        return 1.0 / (255.0 * std), -mean / std
 
     def __repr__(self) -> str:
         shape = "x".join(str(d) for d in self.images.shape[1:])
