@@ -136,7 +136,8 @@ def rebuild_record(model: nn.Module, input_shape: Sequence[int] | None = None,
 def _rebuilds(record: dict, model: nn.Module) -> bool:
     """Whether ``build_model`` of ``record`` gives ``model``'s tensors (names and shapes)."""
     try:
-        rebuilt = build_model(record["name"], **record["args"])
+        with torch.random.fork_rng(devices=[]):  # the trial build leaves the caller's random state alone
+            rebuilt = build_model(record["name"], **record["args"])
     except Exception:  # any failure of the user's constructor means: not rebuildable this way
         return False
     want = {k: tuple(v.shape) for k, v in effective_state_dict(model).items()}
