@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -276,9 +277,11 @@ def test_an_image_folder_trains_and_prunes_end_to_end_in_the_cli(tmp_path, capsy
     dataset = "imagefolder:images"
     assert main(["train", "--model", "lenet5", "--dataset", dataset, "--epochs", "2", "--quiet",
                  "--out", "base"]) == 0
-    assert main(["prune", "--from", "base", "--out", "run", "--granularity", "channel", "--max-drop", "50",
+    (tmp_path / "recipe.yaml").write_text(f"dataset: {dataset}\ngranularity: channel\nmax_drop: 50\n")
+    assert main(["prune", "--from", "base", "--out", "run", "--config", "recipe.yaml",  # the recipe names it too
                  "--rounds", "1", "--retrain-epochs", "1", "--polish-epochs", "0", "--quiet"]) == 0
     assert (tmp_path / "run" / "report.md").read_text().startswith(f"# secateur report: lenet5 on {dataset}\n")
+    assert "channels" in json.loads((tmp_path / "run" / "results.json").read_text())
     assert main(["info", "run"]) == 0 and "MACs for one 3x32x32 input" in capsys.readouterr().out
     assert main(["train", "--model", "lenet5", "--dataset", "imagefolder:nowhere", "--out", "x"]) == 2
     err = capsys.readouterr().err

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from secateur.analysis.metrics import file_bytes
 from secateur.analysis.summary import round_stats, size_summary
@@ -576,7 +577,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     if polished and polished["kept"]:
         pruned_val, margin_points = polished["val_accuracy_after"], polished["margin"]
     results = {
-        "method": run.config.method, "model": type(baseline).__name__,  # a rebuild record in meta wins
+        "method": run.config.method, "model": _class_name(baseline),  # a rebuild record in meta wins
         "schedule": run.config.schedule, "granularity": run.config.granularity, "max_drop": run.config.max_drop,
         **meta,
         "baseline": {"val": {"accuracy": run.baseline_val.accuracy}, "test": {"accuracy": test_baseline}},
@@ -593,6 +594,12 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     if run.out is not None:
         _write_outputs(run, run.out, chosen, results, meta)
     return PruneResult(chosen, run.history, results, run.out)
+
+
+def _class_name(model: nn.Module) -> str:
+    """The model's class name (that of the class under torch's parametrization wrapper, if any)."""
+    cls = type(model)
+    return cls.__mro__[1].__name__ if parametrize.is_parametrized(model) else cls.__name__
 
 
 def _points(before: float | None, after: float | None) -> float | None:
