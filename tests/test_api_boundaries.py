@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from retraining import nudge
 from secateur import PruneConfig, TrainConfig, evaluate, fit, prune
 from secateur.errors import ConfigError
 from secateur.zoo.data import Dataset, Split
@@ -49,7 +50,7 @@ def one_line_error(match: str, call, *args, **kwargs) -> ConfigError:
 
 
 def run(**kwargs: object):
-    options = {"train": lambda m: None, "evaluate": Spy(0.9), "input_shape": SHAPE, "rounds": 2,
+    options = {"train": nudge, "evaluate": Spy(0.9), "input_shape": SHAPE, "rounds": 2,
                "method": "magnitude", **kwargs}
     return prune(tiny(), **options)
 
@@ -82,7 +83,8 @@ BAD_RETURNS = {
 @pytest.mark.parametrize("value", list(BAD_RETURNS.values()), ids=list(BAD_RETURNS))
 def test_a_bad_baseline_evaluation_is_refused_before_any_round(value):
     trained = []
-    error = one_line_error("^evaluate returned ", run, evaluate=Spy(value), train=lambda m: trained.append(m))
+    error = one_line_error("^evaluate returned ", run, evaluate=Spy(value),
+                           train=lambda m: (trained.append(m), nudge(m)))
     assert RETURNED in str(error) and not trained
 
 
@@ -110,7 +112,7 @@ def test_a_bad_evaluation_after_the_baseline_is_refused(value, call):
 
 def test_a_bad_evaluation_of_the_polished_model_is_refused():
     spy = Spy(0.9, 0.9, 0.9, 2.0)  # baseline, two rounds, then the polish
-    one_line_error("^evaluate returned 2.0", run, evaluate=spy, polish=lambda m: None)
+    one_line_error("^evaluate returned 2.0", run, evaluate=spy, polish=nudge)
     assert spy.calls == 4
 
 

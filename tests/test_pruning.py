@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import secateur.search.orchestrator as pruning_module
+from retraining import nudge
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import load_model
@@ -167,7 +168,7 @@ def test_a_round_within_the_plain_bound_but_not_its_margin_is_rejected():
     baseline[25:45] = False  # b = 25 images only the baseline gets right, c = 20 only the candidate
     candidate = torch.ones(5000, dtype=torch.bool)
     candidate[:25] = False  # drop 0.1 points exactly; paired SE 0.134 points
-    options = {"train": lambda m: None, "method": "magnitude", "max_drop": 0.1, "rounds": 2}
+    options = {"train": nudge, "method": "magnitude", "max_drop": 0.1, "rounds": 2}
     model = build_model("lenet300")
 
     strict = prune(copy.deepcopy(model), evaluate=_scripted(baseline, candidate, False), confidence=1.0, **options)
@@ -185,7 +186,7 @@ def test_a_float_evaluator_gets_the_plain_rule_whatever_the_confidence():
     baseline[25:45] = False
     candidate = torch.ones(5000, dtype=torch.bool)
     candidate[:25] = False
-    result = prune(build_model("lenet300"), train=lambda m: None, evaluate=_scripted(baseline, candidate, True),
+    result = prune(build_model("lenet300"), train=nudge, evaluate=_scripted(baseline, candidate, True),
                    method="magnitude", max_drop=0.1, rounds=2, confidence=3.0)
     assert all(row["feasible"] and row["margin"] == 0.0 for row in result.history)
     assert not result.results["acceptance"]["paired"]
@@ -273,6 +274,7 @@ def test_the_polish_is_judged_without_the_search_noise_margin(trained, small):
 
     def polish(model):
         polishing["now"] = True
+        nudge(model)
 
     def evaluate(model):
         return flipped if polishing["now"] else correctness(model, small, "val")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from retraining import nudge
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import load_model
@@ -140,6 +141,6 @@ def test_custom_callables_need_an_input_shape_for_tracing(trained, small):
     with pytest.raises(ConfigError, match="taylor"):
         prune(copy.deepcopy(trained), train=lambda m: None, evaluate=val, granularity="channel",
               method="taylor", input_shape=(1, 28, 28))
-    result = prune(copy.deepcopy(trained), train=lambda m: None, evaluate=val, granularity="neuron",
+    result = prune(copy.deepcopy(trained), train=nudge, evaluate=val, granularity="neuron",
                    input_shape=(1, 28, 28), max_drop=100.0, rounds=1, start=1.0)
     assert result.results["channels"]["fc1"]["after"] == 250

@@ -28,15 +28,39 @@ from secateur.errors import SecateurError
 from secateur.fixed_amount import ChannelCut, prune_channels, prune_weights
 from secateur.io.storage import load_model, save_model
 from secateur.search.orchestrator import PruneConfig, PruneResult, prune
-from secateur.train import TrainConfig, evaluate, fit
+from secateur.train import TrainConfig, correctness, evaluate, fit
 from secateur.unstructured.masks import apply_masks, make_permanent, masks_of
 from secateur.zoo.baseline import default_config, train_baseline
 from secateur.zoo.data import DATASETS, Dataset, load_dataset
+from secateur.zoo.loaders import Loaders
 from secateur.zoo.models import MODELS, build_model
 
 __all__ = [
-    "DATASETS", "MODELS", "ChannelCut", "Dataset", "PruneConfig", "PruneResult", "SecateurError", "TrainConfig",
-    "apply_masks", "build_model", "count_macs", "count_params", "default_config", "evaluate", "fit",
-    "load_dataset", "load_model", "make_permanent", "masks_of", "prune", "prune_channels", "prune_weights",
-    "save_model", "sparsity_report", "train_baseline",
+    "DATASETS",
+    "MODELS",
+    "ChannelCut",
+    "Dataset",
+    "Loaders",
+    "PruneConfig",
+    "PruneResult",
+    "SecateurError",
+    "TrainConfig",
+    "apply_masks",
+    "build_model",
+    "correctness",
+    "count_macs",
+    "count_params",
+    "default_config",
+    "evaluate",
+    "fit",
+    "load_dataset",
+    "load_model",
+    "make_permanent",
+    "masks_of",
+    "prune",
+    "prune_channels",
+    "prune_weights",
+    "save_model",
+    "sparsity_report",
+    "train_baseline",
 ]

@@ -54,11 +54,12 @@ class Registry(Generic[T]):
 
     def add_pattern(self, display: str, pattern: str, build: Callable[[re.Match[str]], T], *,
                     example: str, help: str = "") -> None:
-        """Resolve every name matching ``pattern`` (a regex) to ``build(match)``.
+        """Resolve every name matching ``pattern`` (a regex, case-insensitive) to ``build(match)``.
 
         The family is listed as ``display`` (e.g. ``n:m``), which itself resolves to ``example``.
+        The match is on the name as given, so a family may carry a case-sensitive part (a path).
         """
-        compiled = re.compile(pattern)
+        compiled = re.compile(pattern, re.IGNORECASE)
         if not compiled.fullmatch(example):
             raise ValueError(f"example {example!r} does not match {pattern!r}")
         self._patterns.append((display, compiled, build))
@@ -72,8 +73,9 @@ class Registry(Generic[T]):
         key = self._examples.get(key, key)
         if key in self._items:
             return self._items[key]
+        given = name.strip() if isinstance(name, str) and name.lower() == key else key  # display -> example
         for _display, pattern, build in self._patterns:
-            if isinstance(key, str) and (match := pattern.fullmatch(key)):
+            if isinstance(given, str) and (match := pattern.fullmatch(given)):
                 return build(match)
         raise UnknownNameError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
 

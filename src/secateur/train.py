@@ -1,6 +1,7 @@
 """The reusable training loop: baseline training and the retraining between pruning rounds.
 
-:func:`fit` trains any ``nn.Module`` on a :class:`~secateur.zoo.data.Dataset` with SGD (momentum,
+:func:`fit` trains any ``nn.Module`` on a :class:`~secateur.zoo.data.Dataset` (or your own
+PyTorch data, as :class:`~secateur.zoo.loaders.Loaders`) with SGD (momentum,
 L2 weight decay) or Adam/AdamW, a per-step learning-rate schedule, optional random-shift
 augmentation and a progress bar. Masked weights (``secateur.unstructured.masks``) stay zero through it
 because the mask is part of the forward pass.
@@ -32,7 +33,8 @@ from secateur.errors import ConfigError
 from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.progress import Advance, progress_bar
 from secateur.registry import Registry
-from secateur.zoo.data import Dataset, Split, batches
+from secateur.zoo.data import Dataset
+from secateur.zoo.loaders import Loaders, epoch_batches, split_batches, steps_per_epoch
 
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS: Registry[Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
@@ -271,11 +273,12 @@ def random_shift(x: torch.Tensor, pixels: int, background: torch.Tensor,
 
 
 def _check_model_data(model: object, data: object) -> None:
-    """One-line ConfigErrors for a model that is not an nn.Module or data that is not a Dataset."""
+    """One-line ConfigErrors for a model that is not an nn.Module or data that is not a Dataset / Loaders."""
     expect_module(model)
-    if not isinstance(data, Dataset):
+    if not isinstance(data, (Dataset, Loaders)):
         hint = " (load it with secateur.load_dataset)" if isinstance(data, str) else ""
-        raise ConfigError(f"data must be a secateur Dataset{hint}, got {shown(data)}")
+        raise ConfigError(f"data must be a secateur Dataset{hint}, got {shown(data)}; for your own DataLoaders "
+                          "or torch Datasets pass secateur.Loaders(train=..., val=...)")
 
 
 def _check_fit(model: object, data: object, config: object, step: object, on_epoch: object) -> None:
@@ -297,8 +300,13 @@ def _check_evaluate(model: object, data: object, split: object, batch_size: obje
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-def check_shift(pixels: int, data: Dataset) -> None:
+def check_shift(pixels: int, data: Dataset | Loaders) -> None:
     """ConfigError unless a random shift of ``pixels`` is smaller than the images of ``data``."""
+    if isinstance(data, Loaders):
+        if pixels:
+            raise ConfigError(f"augment={pixels} shifts secateur's own datasets only; with secateur.Loaders "
+                              "augment in your dataset's transforms and set augment=0")
+        return
     height, width = data.train.images.shape[-2:]
     if pixels >= min(height, width):
         raise ConfigError(f"augment (pixels of shift) must be smaller than the {height}x{width} images of "
@@ -306,7 +314,7 @@ def check_shift(pixels: int, data: Dataset) -> None:
 
 
 @torch.no_grad()
-def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+def correctness(model: nn.Module, data: Dataset | Loaders, split: str = "val", *, batch_size: int = 1000,
                 device: str | torch.device | None = None) -> torch.Tensor:
     """Whether ``model`` classifies each example of ``data.<split>`` right (bool, on the CPU).
 
@@ -314,7 +322,6 @@ def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_si
     pruning search's acceptance rule needs (:mod:`secateur.search.acceptance`).
     """
     _check_evaluate(model, data, split, batch_size)
-    part: Split = getattr(data, split)
     if isinstance(device, str):
         device = resolve_device(device)
     if device is None:
@@ -322,12 +329,12 @@ def correctness(model: nn.Module, data: Dataset, split: str = "val", *, batch_si
     was_training = model.training
     model.eval()
     hits = [(model(x).argmax(dim=1) == y).cpu()
-            for x, y in batches(part, batch_size, mean=data.mean, std=data.std, device=device)]
+            for x, y in split_batches(data, split, batch_size, device)]
     model.train(was_training)
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
 
 
-def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size: int = 1000,
+def evaluate(model: nn.Module, data: Dataset | Loaders, split: str = "val", *, batch_size: int = 1000,
              device: str | torch.device | None = None) -> float:
     """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``data.<split>``.
 
@@ -337,16 +344,18 @@ def evaluate(model: nn.Module, data: Dataset, split: str = "val", *, batch_size:
     return int(hits.sum()) / max(hits.numel(), 1)
 
 
-def _epoch_batches(data: Dataset, config: TrainConfig, generator: torch.Generator,
+def _epoch_batches(data: Dataset | Loaders, config: TrainConfig, generator: torch.Generator,
                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled, augmented pass over the training split."""
+    """One shuffled, augmented pass over the training split (your Loaders: as they come)."""
+    if isinstance(data, Loaders):
+        yield from epoch_batches(data, config.batch_size, generator, device)
+        return
     background = ((0.0 - torch.tensor(data.mean)) / torch.tensor(data.std)).to(device)
-    for x, y in batches(data.train, config.batch_size, mean=data.mean, std=data.std,
-                        shuffle=True, generator=generator, device=device):
+    for x, y in epoch_batches(data, config.batch_size, generator, device):
         yield random_shift(x, config.augment, background, generator), y
 
 
-def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: _FitState,
+def _train_epoch(model: nn.Module, data: Dataset | Loaders, config: TrainConfig, state: _FitState,
                  step: StepFn, advance: Advance) -> float:
     """Run one epoch of optimiser steps; returns the mean training loss."""
     model.train()
@@ -367,10 +376,13 @@ def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: _F
     return loss_sum / max(seen, 1)
 
 
-def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
+def fit(model: nn.Module, data: Dataset | Loaders, config: TrainConfig | None = None, *,
         step: StepFn | None = None, progress: bool = True,
         on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data.train``, validating on ``data.val`` after each epoch.
+
+    ``data`` is a secateur Dataset or :class:`~secateur.zoo.loaders.Loaders` (your DataLoaders
+    or torch Datasets; a train DataLoader keeps its own batch size and order).
 
     The same ``config.seed`` gives bitwise the same weights on CPU (shuffling, augmentation
     and dropout all draw from seeded generators). ``config.device`` says where (``"auto"``:
@@ -382,11 +394,11 @@ def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
     device = resolve_device(config.device)
     model.to(device)
     torch.manual_seed(config.seed)  # dropout and any other global-RNG use inside the model
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    steps = steps_per_epoch(data, config.batch_size)
     state: _FitState = {
         "generator": torch.Generator().manual_seed(config.seed), "device": device,
         "optimizer": make_optimizer(model, config), "step": 0,
-        "total": steps_per_epoch * config.epochs,
+        "total": steps * config.epochs,
     }
     if step is None and config.label_smoothing > 0:
         step = functools.partial(smoothed_step, smoothing=config.label_smoothing)

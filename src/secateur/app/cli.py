@@ -134,7 +134,8 @@ def device(text: str) -> str:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """--dataset / --data-dir, shared by every command that reads data."""
     parser.add_argument("--dataset", default=None,
-                        help="dataset name (see 'secateur list'); default: the baseline's, else mnist")
+                        help="dataset name (see 'secateur list'), or imagefolder:PATH for your own images (one "
+                             "subfolder per class; @SIZE resizes, default 32); default: the baseline's, else mnist")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder holding the dataset files (default: $SECATEUR_DATA/<name>, "
                              "~/.cache/secateur/<name>, else download)")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import itertools
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from secateur.analysis.metrics import file_bytes
 from secateur.analysis.summary import round_stats, size_summary
@@ -51,7 +51,9 @@ from secateur.search.schedules import SCHEDULES, Schedule
 from secateur.train import StepFn, TrainConfig, correctness, distill_step, fit, frozen_teacher, resolve_device
 from secateur.train import evaluate as evaluate_on
 from secateur.unstructured.masks import prunable_names
-from secateur.zoo.data import Dataset, batches, load_dataset
+from secateur.zoo.data import Dataset, load_dataset
+from secateur.zoo.loaders import Loaders, a_few_batches, dataset_name, has_split, steps_per_epoch
+from secateur.zoo.models import rebuild_record
 
 ROUND_CONFIG = "config"  # the key of the configuration in every round's checkpoint header
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
@@ -93,8 +95,8 @@ class _Run:
     pruner_state: PrunerState = field(default_factory=dict)  # the best model's pruner state
 
 
-def default_callables(data: Dataset, retrain: TrainConfig, step: StepFn | None = None
-                      ) -> tuple[MakeTrain, Evaluate, Evaluate]:
+def default_callables(data: Dataset | Loaders, retrain: TrainConfig, step: StepFn | None = None
+                      ) -> tuple[MakeTrain, Evaluate, Evaluate | None]:
     """Retraining with :func:`secateur.train.fit` (seed = base seed + round) and evaluators."""
 
     def make_train(round_index: int) -> Retrain:
@@ -105,7 +107,8 @@ def default_callables(data: Dataset, retrain: TrainConfig, step: StepFn | None =
 
         return train
 
-    return make_train, lambda m: correctness(m, data, "val"), lambda m: evaluate_on(m, data, "test")
+    test = (lambda m: evaluate_on(m, data, "test")) if has_split(data, "test") else None
+    return make_train, lambda m: correctness(m, data, "val"), test
 
 
 def retrain_config(config: PruneConfig, base: TrainConfig | None) -> TrainConfig:
@@ -271,7 +274,7 @@ def _save(model: nn.Module, path: Path, meta: Mapping, metrics: Mapping) -> None
     save_model(model, path, {**meta, "metrics": dict(metrics)})
 
 
-def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain | None = None,
+def prune(model: nn.Module, *, data: Dataset | Loaders | str | None = None, train: Retrain | None = None,
           evaluate: Evaluate | None = None, test_evaluate: Evaluate | None = None,
           config: PruneConfig | None = None, train_config: TrainConfig | None = None,
           out: str | Path | None = None, resume: bool = False, force: bool = False, progress: bool = False,
@@ -280,9 +283,21 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
           **options: object) -> PruneResult:
     """Prune ``model`` to the smallest size whose validation drop stays within ``max_drop``.
 
-    Give either ``data`` (a dataset or its name: retraining and evaluation then use
+    Give either ``data`` (a dataset, its name, or your own PyTorch data as
+    :class:`~secateur.zoo.loaders.Loaders`: retraining and evaluation then use
     :func:`secateur.train.fit` at a fraction of ``train_config``'s learning rate) or your own
-    ``train(model)`` and ``evaluate(model)`` callables. ``evaluate`` returns the validation
+    ``train(model)`` and ``evaluate(model)`` callables.
+
+    **The retraining contract.** ``train(model)`` (and ``polish(model)``) is handed the very
+    model to retrain: a pruned *copy*, never the ``model`` you passed. Build the optimizer
+    inside the callable from the model it is given (``torch.optim.SGD(model.parameters(), ...)``);
+    one kept across rounds on purpose must be re-pointed at it first
+    (``optimizer.param_groups[0]["params"] = list(model.parameters())``). An optimizer built once
+    from your original model would step that original and leave every copy untrained, so a call
+    that leaves every trainable parameter of its model unchanged stops the run with a one-line
+    ConfigError.
+
+    ``evaluate`` returns the validation
     accuracy (a fraction) or, better, a 1-D bool tensor saying which validation examples the
     model gets right: only then can a round's drop be judged with its paired standard error
     (``confidence``, see :mod:`secateur.search.acceptance`); with a bare accuracy the plain rule
@@ -296,7 +311,10 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     ``polish(model)`` replaces the final polish's training (default: :func:`secateur.train.fit`
     with the baseline's recipe for ``polish_epochs``, with ``data=`` only); ``on_round(row)``
     is called after every round with its history row, once the round is checkpointed.
-    The input ``model`` is not modified.
+    The input ``model`` is not modified. ``input_shape`` (one input, no batch dimension: MACs,
+    latency, tracing) defaults to the data's. The run's model and dataset names (the report's
+    title, ``model.json``) come from ``meta`` or, failing that, from the model and the data
+    (:func:`run_meta`).
     """
     _check_arguments(model, data, (config, train_config), out, input_shape, meta,
                      {"train": train, "evaluate": evaluate, "test_evaluate": test_evaluate, "polish": polish,
@@ -313,7 +331,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
         return run()
 
 
-def _prune(model: nn.Module, *, data: Dataset | str | None, train: Retrain | None,
+def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Retrain | None,
            evaluate: Evaluate | None, test_evaluate: Evaluate | None,
            config: PruneConfig | None, train_config: TrainConfig | None,
            out: str | Path | None, resume: bool, progress: bool,
@@ -328,26 +346,46 @@ def _prune(model: nn.Module, *, data: Dataset | str | None, train: Retrain | Non
     step = _distiller(model, config, train, train_config)
     make_train, evaluate, test_evaluate = _callables(data, train, evaluate, test_evaluate,
                                                      retrain_config(config, train_config), step)
-    polish = polish or _polisher(data, train, (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED),
-                                 config.polish_epochs, step)
+    polish_config = (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED)
+    polish = checked(polish, "polish") if polish else _polisher(data, train, polish_config, config.polish_epochs, step)
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
+    meta = run_meta(model, data, meta, input_shape)
     out_dir = Path(out) if out is not None else None
     started = time.perf_counter()
     batches = _taylor_batches(data) if data is not None else None
     run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches)
            if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
-           _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {}), batches))
+           _start(model, config, evaluate, make_train, input_shape, out_dir, meta, batches))
     _search(run, progress, on_round)
     polished = _polish(run, polish)
-    return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
+    return _finish(run, test_evaluate, meta, time.perf_counter() - started, polished)
+
+
+def run_meta(model: nn.Module, data: Dataset | Loaders | None, meta: Mapping | None,
+             input_shape: tuple[int, ...] | None) -> dict:
+    """``meta`` with the run's names filled in, so an API run is titled and its checkpoints rebuild.
+
+    ``dataset``: the data's name (``"custom"`` for your own Loaders without a name, or callables).
+    ``model``: what rebuilds it (:func:`secateur.zoo.models.rebuild_record`: the record
+    ``build_model`` left on it, or your importable class); without one the report shows the
+    class name and ``load_model`` needs ``model=``.
+    """
+    filled = dict(meta or {})
+    filled.setdefault("dataset", dataset_name(data) if data is not None else "custom")
+    if "model" not in filled:
+        num_classes = data.num_classes if data is not None else None
+        record = rebuild_record(model, input_shape, num_classes)
+        if record is not None:
+            filled["model"] = record
+    return filled
 
 
 def _check_arguments(model: object, data: object, configs: tuple[object, object], out: object,
                      input_shape: object, meta: object, callables: Mapping[str, object]) -> None:
     """One-line ConfigErrors for :func:`prune` arguments of the wrong kind, before any work starts."""
     expect_module(model)
-    expect_instance(data, (Dataset, str), "data", "a secateur Dataset or a dataset name such as 'mnist' "
-                    "(with your own data loader, pass train= and evaluate= callables instead)")
+    expect_instance(data, (Dataset, Loaders, str), "data", "a secateur Dataset, a dataset name such as 'mnist', "
+                    "or your DataLoaders as secateur.Loaders(train=..., val=...)")
     expect_instance(configs[0], PruneConfig, "config", "a PruneConfig")
     expect_instance(configs[1], TrainConfig, "train_config", "a TrainConfig")
     if configs[1] is not None:
@@ -408,13 +446,13 @@ def _plain(value: object) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _explicit(config: PruneConfig, data: Dataset | None, train: Retrain | None,
+def _explicit(config: PruneConfig, data: Dataset | Loaders | None, train: Retrain | None,
               train_config: TrainConfig | None) -> PruneConfig:
     """Fill the settings that depend on the data path, so config.yaml records what ran."""
     default_path = data is not None and train is None
     if default_path and data is not None and config.steps_per_round is None:
         retrain = retrain_config(config, train_config)
-        steps = retrain.epochs * math.ceil(len(data.train) / retrain.batch_size)
+        steps = retrain.epochs * steps_per_epoch(data, retrain.batch_size)
         config = dataclasses.replace(config, steps_per_round=steps)
     if config.polish_epochs is None:
         epochs = (train_config or TrainConfig()).epochs if default_path else 0
@@ -433,12 +471,12 @@ def _distiller(model: nn.Module, config: PruneConfig, train: Retrain | None,
     return functools.partial(distill_step, teacher=teacher, weight=config.distill, temperature=config.temperature)
 
 
-def _taylor_batches(data: Dataset) -> Callable[[], Iterable]:
+def _taylor_batches(data: Dataset | Loaders) -> Callable[[], Iterable]:
     """A few fixed training batches (for methods that need gradients, e.g. taylor)."""
-    return lambda: itertools.islice(batches(data.train, 128, mean=data.mean, std=data.std), 4)
+    return lambda: a_few_batches(data)
 
 
-def _callables(data: Dataset | None, train: Retrain | None, evaluate: Evaluate | None,
+def _callables(data: Dataset | Loaders | None, train: Retrain | None, evaluate: Evaluate | None,
                test_evaluate: Evaluate | None, retrain: TrainConfig, step: StepFn | None = None
                ) -> tuple[MakeTrain, Evaluate, Evaluate | None]:
     """Resolve user callables, falling back on the dataset's defaults."""
@@ -452,11 +490,35 @@ def _callables(data: Dataset | None, train: Retrain | None, evaluate: Evaluate |
 
 
 def _every_round(train: Retrain) -> MakeTrain:
-    """The same user ``train`` callable for every round."""
+    """The same user ``train`` callable for every round, checked after every call (:func:`checked`)."""
+    train = checked(train, "train")
     return lambda _round: train
 
 
-def _polisher(data: Dataset | None, train: Retrain | None, base: TrainConfig, epochs: int | None,
+def checked(train: Retrain, name: str) -> Retrain:
+    """``train``, raising a one-line ConfigError when a call leaves the model it was given unchanged.
+
+    secateur retrains *copies* (each round's candidate, the polish's), so a loop whose optimizer
+    was built once from the original model steps that original and never the copy: the search
+    would judge untrained rounds and say nothing. A snapshot of the trainable parameters before
+    the call, compared after it, catches that at the first round.
+    """
+
+    def run(model: nn.Module) -> None:
+        before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        train(model)
+        after = [p.detach() for p in model.parameters() if p.requires_grad]
+        if before and len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after)):
+            raise ConfigError(
+                f"{name}= left every trainable parameter of the model it was given unchanged: its optimizer was "
+                "probably built from another model (e.g. the original, before prune copied it); build the "
+                f"optimizer inside {name}(model) from that model's parameters, or re-point a kept one at them "
+                "(optimizer.param_groups[0]['params'] = list(model.parameters()))")
+
+    return run
+
+
+def _polisher(data: Dataset | Loaders | None, train: Retrain | None, base: TrainConfig, epochs: int | None,
               step: StepFn | None = None) -> Retrain | None:
     """The polish's training: the baseline's recipe and learning rate for ``epochs`` (dataset path only).
 
@@ -515,7 +577,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     if polished and polished["kept"]:
         pruned_val, margin_points = polished["val_accuracy_after"], polished["margin"]
     results = {
-        "method": run.config.method,
+        "method": run.config.method, "model": _class_name(baseline),  # a rebuild record in meta wins
         "schedule": run.config.schedule, "granularity": run.config.granularity, "max_drop": run.config.max_drop,
         **meta,
         "baseline": {"val": {"accuracy": run.baseline_val.accuracy}, "test": {"accuracy": test_baseline}},
@@ -532,6 +594,12 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     if run.out is not None:
         _write_outputs(run, run.out, chosen, results, meta)
     return PruneResult(chosen, run.history, results, run.out)
+
+
+def _class_name(model: nn.Module) -> str:
+    """The model's class name (that of the class under torch's parametrization wrapper, if any)."""
+    cls = type(model)
+    return cls.__mro__[1].__name__ if parametrize.is_parametrized(model) else cls.__name__
 
 
 def _points(before: float | None, after: float | None) -> float | None:

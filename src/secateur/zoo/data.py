@@ -11,6 +11,7 @@ to a temporary file, verified against the official md5 and only then renamed int
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tarfile
@@ -18,7 +19,7 @@ import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http.client import HTTPException
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,7 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
+from torch.utils.data import Dataset as TorchDataset
 
 from secateur.errors import ConfigError, DataError
 from secateur.io.idx import read_idx
@@ -41,12 +43,20 @@ from secateur.registry import Registry
 
 # --------------------------------------------------------------------------- splits and datasets
 
-@dataclass(frozen=True)
-class Split:
-    """One part of a dataset: uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``."""
+@dataclass(frozen=True, repr=False)
+class Split(TorchDataset):
+    """One part of a dataset: uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``.
+
+    It is also a map-style ``torch.utils.data.Dataset`` for your own loop: ``split[i]`` is the
+    normalised float image ``(C, H, W)`` (``(x / 255 - mean) / std``, the dataset's statistics,
+    which :class:`Dataset` attaches to its splits) and the int label, so it goes into a
+    ``DataLoader`` as it is. A split made on its own (no statistics) scales to [0, 1] only.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    mean: tuple[float, ...] | None = field(default=None, compare=False)
+    std: tuple[float, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -59,16 +69,41 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """``(normalised float image (C, H, W), int label)`` of example ``index``."""
+        scale, shift = self._affine
+        return self.images[index].float().mul_(scale).add_(shift), int(self.labels[index].item())
+
+    @functools.cached_property
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)`` per channel, ``(C, 1, 1)``: ``x * scale + shift`` is ``(x / 255 - mean) / std``."""
+        channels = self.images.shape[1]
+        mean = torch.tensor(self.mean or (0.0,) * channels, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std or (1.0,) * channels, dtype=torch.float32).view(-1, 1, 1)
+        return 1.0 / (255.0 * std), -mean / std
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(d) for d in self.images.shape[1:])
+        return f"Split({len(self)} images of {shape}, uint8; {len(self.labels.unique())} labels)"
+
     def subset(self, n: int) -> Split:
         """The first ``n`` items (a view, no copy); ``n`` larger than the split keeps it all."""
         if n < 0:
             raise ConfigError(f"subset size must be >= 0, got {n}")
-        return Split(self.images[:n], self.labels[:n])
+        return replace(self, images=self.images[:n], labels=self.labels[:n])
+
+    def normalised(self, mean: tuple[float, ...], std: tuple[float, ...]) -> Split:
+        """The same split, whose items are normalised with ``mean`` / ``std``."""
+        return self if (self.mean, self.std) == (mean, std) else replace(self, mean=mean, std=std)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Dataset:
-    """A loaded dataset: train / validation / test splits plus normalisation statistics."""
+    """A loaded dataset: train / validation / test splits plus normalisation statistics.
+
+    Its splits are torch datasets normalised with ``mean`` / ``std``: ``data.train[0]`` is a
+    float image and an int label, and ``DataLoader(data.train, batch_size=64)`` works.
+    """
 
     name: str
     train: Split
@@ -77,6 +112,15 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for part in ("train", "val", "test"):  # frozen: the splits get the statistics once, here
+            object.__setattr__(self, part, getattr(self, part).normalised(self.mean, self.std))
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{part}={len(getattr(self, part))}" for part in ("train", "val", "test"))
+        shape = "x".join(map(str, self.input_shape))
+        return f"Dataset({self.name!r}: {sizes}; {shape} images, {self.num_classes} classes)"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -98,31 +142,42 @@ def _maybe_subset(split: Split, n: int | None) -> Split:
 # --------------------------------------------------------------------------- registry entries
 
 class RawArrays(NamedTuple):
-    """What a loader returns: numpy arrays (images ``(N, C, H, W)`` uint8) and where each came from."""
+    """What a loader returns: numpy arrays (images ``(N, C, H, W)`` uint8) and where each came from.
+
+    A loader that finds its own validation split returns it too (then none is carved out of
+    train), and one whose spec leaves ``num_classes`` open says how many classes it found.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     sources: tuple[str, str, str, str]
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    num_classes: int | None = None
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything needed to find, download, parse and check one dataset."""
+    """Everything needed to find, download, parse and check one dataset.
+
+    ``num_classes``, ``shape`` and ``counts`` are None for a dataset whose files say them (an
+    image folder); ``val_size`` is a count, or a fraction of the training set.
+    """
 
     name: str
     description: str
     files: tuple[tuple[str, str], ...]  # (file name, official md5)
     mirrors: tuple[str, ...]  # base URLs, tried in order
-    num_classes: int
-    shape: tuple[int, int, int]
-    counts: tuple[int, int]  # official (train, test) sizes
-    val_size: int
+    num_classes: int | None
+    shape: tuple[int, int, int] | None
+    counts: tuple[int, int] | None  # official (train, test) sizes
+    val_size: int | float
     loader: Callable[[DatasetSpec, dict[str, Path]], RawArrays]
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DATASETS: Registry[DatasetSpec] = Registry("dataset", builtins=("secateur.zoo.imagefolder",))
 
 
 def _register(spec: DatasetSpec) -> None:
@@ -227,7 +282,7 @@ def _load_digits(spec: DatasetSpec, paths: dict[str, Path]) -> RawArrays:
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.uint8)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).numpy()
-    n_test = spec.counts[1]
+    n_test = spec.counts[1] if spec.counts is not None else len(labels) // 5
     test, train = order[:n_test], order[n_test:]
     return RawArrays(images[train], labels[train], images[test], labels[test],
                      sources=("sklearn.datasets.load_digits",) * 4)
@@ -375,21 +430,22 @@ def _locate(spec: DatasetSpec, data_dir: str | Path | None, download: bool) -> d
 # --------------------------------------------------------------------------- validation and assembly
 
 def _check_pair(spec: DatasetSpec, part: str, images: np.ndarray, labels: np.ndarray,
-                sources: tuple[str, str], count: int) -> None:
-    """Shapes, counts and label range of one official split."""
+                sources: tuple[str, str], count: int | None, num_classes: int | None = None) -> None:
+    """Shapes, counts and label range of one official split (shape and count when the spec has them)."""
     img_src, lab_src = sources
+    num_classes = num_classes or spec.num_classes or 0
     if len(images) != len(labels):
         raise DataError(f"{spec.name} {part}: {img_src} has {len(images)} images but {lab_src} has "
                         f"{len(labels)} labels; re-download the files")
-    if tuple(images.shape[1:]) != spec.shape:
+    if spec.shape is not None and tuple(images.shape[1:]) != spec.shape:
         raise DataError(f"{spec.name} {part}: {img_src} holds images of shape {tuple(images.shape[1:])}, "
                         f"expected {spec.shape}; is it the right file?")
-    if len(images) != count:
+    if count is not None and len(images) != count:
         raise DataError(f"{spec.name} {part}: {img_src} has {len(images)} items, the official "
                         f"{part} set has {count}; re-download the files")
-    if labels.size and int(labels.max()) >= spec.num_classes:
+    if labels.size and num_classes and int(labels.max()) >= num_classes:
         raise DataError(f"{spec.name} {part}: {lab_src} has label {int(labels.max())}, outside "
-                        f"0..{spec.num_classes - 1}; re-download the file")
+                        f"0..{num_classes - 1}; re-download the file")
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
@@ -421,22 +477,36 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(means), tuple(stds)
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int | None = None,
+def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int | float | None = None,
                  seed: int = 0, download: bool = True) -> Dataset:
     """Load dataset ``name`` (see :data:`DATASETS`), checked, with a seeded validation carve-out.
 
-    ``val`` is ``val_size`` items of the official training set chosen by ``seed``; ``train`` is
-    the rest; ``test`` is the official test set. ``mean``/``std`` are those of ``train``.
+    ``val`` is ``val_size`` items (or that fraction) of the official training set chosen by
+    ``seed`` (a dataset that brings its own validation split, an image folder's ``val/``, keeps
+    it unless ``val_size`` is given); ``train`` is the rest; ``test`` is the official test set.
+    ``mean``/``std`` are those of ``train``.
     """
     spec = DATASETS.get(name)
     raw = spec.loader(spec, _locate(spec, data_dir, download))
-    _check_pair(spec, "training", raw.train_images, raw.train_labels, raw.sources[:2], spec.counts[0])
-    _check_pair(spec, "test", raw.test_images, raw.test_labels, raw.sources[2:], spec.counts[1])
-    train, val = _carve_val(_to_split(raw.train_images, raw.train_labels),
-                            spec.val_size if val_size is None else val_size, seed)
+    classes = raw.num_classes or spec.num_classes or 0
+    counts: tuple[int | None, int | None] = spec.counts or (None, None)
+    _check_pair(spec, "training", raw.train_images, raw.train_labels, raw.sources[:2], counts[0], classes)
+    _check_pair(spec, "test", raw.test_images, raw.test_labels, raw.sources[2:], counts[1], classes)
+    full = _to_split(raw.train_images, raw.train_labels)
+    if raw.val_images is not None and raw.val_labels is not None and val_size is None:
+        train, val = full, _to_split(raw.val_images, raw.val_labels)
+    else:
+        train, val = _carve_val(full, _val_count(spec.val_size if val_size is None else val_size, len(full)), seed)
     mean, std = _channel_stats(train.images)
     return Dataset(name=spec.name, train=train, val=val, test=_to_split(raw.test_images, raw.test_labels),
-                   num_classes=spec.num_classes, mean=mean, std=std)
+                   num_classes=classes, mean=mean, std=std)
+
+
+def _val_count(size: int | float, n: int) -> int:
+    """A validation size as a count: ``size`` itself, or a fraction (0 < size < 1) of ``n``, at least 1."""
+    if isinstance(size, float) and 0 < size < 1:
+        return max(1, round(size * n))
+    return int(size)
 
 
 # --------------------------------------------------------------------------- batching

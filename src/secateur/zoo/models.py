@@ -39,8 +39,9 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError, UnknownNameError
-from secateur.provenance import Factory, record_model
+from secateur.provenance import Factory, record_model, recorded_model
 from secateur.registry import Registry
+from secateur.unstructured.masks import effective_state_dict
 
 MODELS: Registry[Factory] = Registry("model")
 
@@ -175,6 +176,46 @@ def model_record(name: str, input_shape: Sequence[int], num_classes: int, **kwar
         raise ConfigError(f"model arguments for {name!r} must be JSON values (numbers, strings, "
                           f"lists, dicts), got {kwargs!r}") from None
     return {"name": str(name).strip(), "args": args}
+
+
+def rebuild_record(model: nn.Module, input_shape: Sequence[int] | None = None,
+                   num_classes: int | None = None) -> dict | None:
+    """A model record that rebuilds ``model``'s architecture, or None if none is known to.
+
+    The record ``build_model`` left on the model, else, for your own ``nn.Module`` class,
+    ``{"name": "package.module:Class", "args": {...}}`` (the user-factory form ``build_model``
+    takes), kept only when the class is importable at module level and ``build_model`` of that
+    record gives the same tensors (names and shapes) as ``model``; so a record never rebuilds
+    another architecture. Classes of a script run as ``__main__`` are not importable elsewhere.
+    """
+    recorded = recorded_model(model)
+    if recorded is not None:
+        return recorded
+    cls = type(model)
+    if cls.__module__ in ("__main__", "builtins") or "<locals>" in cls.__qualname__:
+        return None
+    module = sys.modules.get(cls.__module__)
+    found: Any = module
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if found is not cls:
+        return None
+    args: dict[str, Any] = {"input_shape": list(input_shape)} if input_shape else {}
+    if num_classes is not None:
+        args["num_classes"] = num_classes
+    record = {"name": f"{cls.__module__}:{cls.__qualname__}", "args": args}
+    return record if _rebuilds(record, model) else None
+
+
+def _rebuilds(record: dict, model: nn.Module) -> bool:
+    """Whether ``build_model`` of ``record`` gives ``model``'s tensors (names and shapes)."""
+    try:
+        with torch.random.fork_rng(devices=[]):  # the trial build leaves the caller's random state alone
+            rebuilt = build_model(record["name"], **record["args"])
+    except Exception:  # any failure of the user's constructor means: not rebuildable this way
+        return False
+    want = {k: tuple(v.shape) for k, v in effective_state_dict(model).items()}
+    return want == {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
 
 
 # --------------------------------------------------------------------------- validation
