@@ -190,3 +190,9 @@ def test_a_model_not_built_by_secateur_needs_its_input_shape():
     with pytest.raises(ConfigError, match="pass input_shape="):
         secateur.prune_channels(model, amount=0.5)
     assert secateur.prune_channels(model, amount=0.5, input_shape=(1, 28, 28)).kept == {"1": 20}
+
+
+def test_a_model_that_is_not_a_module_is_one_line():
+    for call in (secateur.prune_weights, secateur.prune_channels):
+        with pytest.raises(ConfigError, match="^model must be a torch.nn.Module"):
+            call("lenet5", amount=0.5)
