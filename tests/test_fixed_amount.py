@@ -194,5 +194,5 @@ def test_a_model_not_built_by_secateur_needs_its_input_shape():
 
 def test_a_model_that_is_not_a_module_is_one_line():
     for call in (secateur.prune_weights, secateur.prune_channels):
-        with pytest.raises(ConfigError, match="^model must be a torch.nn.Module"):
+        with pytest.raises(ConfigError, match=r"^model must be a torch\.nn\.Module"):
             call("lenet5", amount=0.5)
