@@ -27,6 +27,7 @@ from secateur.analysis.metrics import count_macs, count_params, sparsity_report
 from secateur.errors import SecateurError
 from secateur.io.storage import load_model, save_model
 from secateur.search.orchestrator import PruneConfig, PruneResult, prune
+from secateur.search.session import PruningSession
 from secateur.train import TrainConfig, evaluate, fit
 from secateur.unstructured.masks import apply_masks, make_permanent, masks_of
 from secateur.zoo.baseline import default_config, train_baseline
@@ -34,7 +35,7 @@ from secateur.zoo.data import DATASETS, Dataset, load_dataset
 from secateur.zoo.models import MODELS, build_model
 
 __all__ = [
-    "DATASETS", "MODELS", "Dataset", "PruneConfig", "PruneResult", "SecateurError", "TrainConfig",
+    "DATASETS", "MODELS", "Dataset", "PruneConfig", "PruneResult", "PruningSession", "SecateurError", "TrainConfig",
     "apply_masks", "build_model", "count_macs", "count_params", "default_config", "evaluate", "fit",
     "load_dataset", "load_model", "make_permanent", "masks_of", "prune", "save_model",
     "sparsity_report", "train_baseline",

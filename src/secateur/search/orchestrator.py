@@ -552,4 +552,5 @@ def _write_outputs(run: _Run, out: Path, chosen: nn.Module, results: dict, meta:
 
 
 # The pieces secateur.search.session drives round by round from a loop it does not own.
-Run, start_run, prune_round, judge, finish_run = _Run, _start, _prune_and_retrain, _judge, _finish
+Run = _Run
+start_run, prune_round, judge, finish_run = _start, _prune_and_retrain, _judge, _finish
