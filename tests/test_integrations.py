@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import os
 
 import pytest
 import torch
@@ -192,19 +193,33 @@ def lightning_module(package: str, net: nn.Module, *, validation: bool = True) -
     return Classifier()
 
 
-def lightning_trainer(package: str, callback: object, max_epochs: int) -> object:
+def lightning_trainer(package: str, callback: object, max_epochs: int, strategy: str = "auto") -> object:
     logging.getLogger(package).setLevel(logging.ERROR)
     return importlib.import_module(package).Trainer(
-        max_epochs=max_epochs, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
+        max_epochs=max_epochs, callbacks=[callback], accelerator="cpu", devices=1, strategy=strategy, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
 
 
-@pytest.mark.parametrize("package", ["lightning", "pytorch_lightning"])
-def test_lightning_callback_prunes_a_user_cnn_within_the_bound(package, trained_cnn, digits) -> None:
+@pytest.fixture
+def own_process_group():
+    """Lightning's DDP launcher leaves a process group, environment and thread count behind: undo them."""
+    environment, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environment)
+
+
+@pytest.mark.parametrize(("package", "strategy"), [("lightning", "ddp"), ("pytorch_lightning", "auto")])
+def test_lightning_callback_prunes_a_user_cnn_within_the_bound(package, strategy, trained_cnn, digits,
+                                                              own_process_group) -> None:
+    """Under DDP too (one process): the masks go on before the strategy wraps the module."""
     callbacks = importlib.import_module(f"secateur.integrations.{package}")
     module = lightning_module(package, copy.deepcopy(trained_cnn))
     callback = callbacks.PruningCallback(max_drop=MAX_DROP, method="magnitude", rounds=4, retrain_epochs=1)
-    trainer = lightning_trainer(package, callback, max_epochs=20)
+    trainer = lightning_trainer(package, callback, max_epochs=20, strategy=strategy)
     train = DataLoader(tensors(digits, "train"), batch_size=64, shuffle=True)
     trainer.fit(module, train, DataLoader(tensors(digits, "val"), batch_size=500))  # type: ignore[attr-defined]
     result = callback.result

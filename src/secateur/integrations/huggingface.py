@@ -25,19 +25,21 @@ from secateur.integrations.rounds import EpochRounds
 from secateur.search.config import PruneConfig
 from secateur.search.orchestrator import PruneResult
 from secateur.search.pruner import Evaluate
-from secateur.search.session import PruningSession
+from secateur.search.session import PruningSession, mask_in_place
 
 
 class PruningCallback(TrainerCallback):
     """The drop-bound search inside ``Trainer.train``: a round every ``retrain_epochs`` epochs.
 
-    At ``on_train_begin`` the baseline is measured and ``trainer.model`` pruned (masks, in
-    place) to the first strength; at the end of every ``retrain_epochs``-th epoch the round is
-    judged (accepted, or rolled back) and the next strength pruned; when the search ends the
-    best model is restored and ``control.should_training_stop`` set. ``evaluate(model)``
-    defaults to per-example correctness on the trainer's ``eval_dataset`` (batches with
-    ``labels``, outputs with ``logits``), gathered across processes by its accelerator.
-    Options are :class:`~secateur.search.config.PruneConfig`'s (mask granularities only).
+    The model gets all-ones masks here, before ``train()`` wraps it (see
+    :func:`~secateur.search.session.mask_in_place`); at ``on_train_begin`` the baseline is
+    measured and ``trainer.model`` pruned (in place) to the first strength; at the end of
+    every ``retrain_epochs``-th epoch the round is judged (accepted, or rolled back) and the
+    next strength pruned; when the search ends the best model is restored and
+    ``control.should_training_stop`` set. ``evaluate(model)`` defaults to per-example
+    correctness on the trainer's ``eval_dataset`` (batches with ``labels``, outputs with
+    ``logits``), gathered across processes by its accelerator. Options are
+    :class:`~secateur.search.config.PruneConfig`'s (mask granularities only).
     """
 
     def __init__(self, trainer: Trainer, *, evaluate: Evaluate | None = None, config: PruneConfig | None = None,
@@ -47,6 +49,7 @@ class PruningCallback(TrainerCallback):
                               "; build the Trainer first, then trainer.add_callback(PruningCallback(trainer, ...))")
         self._trainer = trainer
         self._rounds = EpochRounds(evaluate, config, options)
+        mask_in_place(self._model(), self._rounds.config)  # before train() wraps the model and builds the optimizer
 
     @property
     def session(self) -> PruningSession | None:

@@ -20,19 +20,21 @@ from secateur.integrations.rounds import EpochRounds
 from secateur.search.config import PruneConfig
 from secateur.search.orchestrator import PruneResult
 from secateur.search.pruner import Evaluate
-from secateur.search.session import PruningSession
+from secateur.search.session import PruningSession, mask_in_place
 
 
 class LightningPruning:
     """The drop-bound search inside ``Trainer.fit``: a round every ``retrain_epochs`` training epochs.
 
-    At ``on_train_start`` the baseline is measured and the module pruned (masks, in place) to
-    the first strength; at the end of every ``retrain_epochs``-th epoch the round is judged
-    (accepted, or rolled back) and the next strength pruned; when the search ends the best
-    model is restored and ``trainer.should_stop`` set. ``evaluate(module)`` defaults to
-    per-example correctness on the trainer's validation dataloaders (batches ``(inputs,
-    labels, ...)``, ``module(inputs)`` returning logits), gathered across processes.
-    Options are :class:`~secateur.search.config.PruneConfig`'s (mask granularities only).
+    At ``setup`` the module gets all-ones masks, before the strategy wraps it (see
+    :func:`~secateur.search.session.mask_in_place`); at ``on_train_start`` the baseline is
+    measured and the module pruned (in place) to the first strength; at the end of every
+    ``retrain_epochs``-th epoch the round is judged (accepted, or rolled back) and the next
+    strength pruned; when the search ends the best model is restored and
+    ``trainer.should_stop`` set. ``evaluate(module)`` defaults to per-example correctness on
+    the trainer's validation dataloaders (batches ``(inputs, labels, ...)``, ``module(inputs)``
+    returning logits), gathered across processes. Options are
+    :class:`~secateur.search.config.PruneConfig`'s (mask granularities only).
     """
 
     def __init__(self, *, evaluate: Evaluate | None = None, config: PruneConfig | None = None,
@@ -49,6 +51,10 @@ class LightningPruning:
     def result(self) -> PruneResult | None:
         """The answer once the search has ended, as :func:`secateur.prune` returns it."""
         return self._rounds.result
+
+    def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        if stage == "fit":  # before the strategy wraps the module and the optimizers are built
+            mask_in_place(pl_module, self._rounds.config)
 
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
         evaluate = self._rounds.evaluate or validation_evaluator(trainer)
@@ -77,7 +83,8 @@ def validation_evaluator(trainer: Any) -> Evaluate:
     def evaluate(module: nn.Module) -> torch.Tensor:
         result = torch.cat([correctness(module, loader, _batch_correct) for loader in loaders])
         if trainer.world_size > 1:  # each process scored its shard: decide on all of them, identically
-            result = trainer.strategy.all_gather(result.to(device_of(module))).reshape(-1).cpu()
+            shard = result.to(device=device_of(module), dtype=torch.uint8)  # bool is not every backend's
+            result = trainer.strategy.all_gather(shard).reshape(-1).cpu().bool()
         return result
 
     return evaluate

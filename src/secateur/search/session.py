@@ -52,7 +52,7 @@ from secateur.search.orchestrator import (
 )
 from secateur.search.pruner import Evaluate, PrunerState, Retrain
 from secateur.search.schedules import SCHEDULES
-from secateur.unstructured.masks import apply_masks, masks_of
+from secateur.unstructured.masks import apply_masks, masks_of, prunable_names
 
 # PruneConfig options that only secateur's own retraining reads (secateur.prune with data=).
 OWN_TRAINING = ("retrain_epochs", "retrain_lr", "retrain_lr_factor", "polish_epochs", "distill", "temperature",
@@ -82,6 +82,18 @@ def session_config(config: PruneConfig | None, options: Mapping[str, object], *,
                           "running trainer cannot follow; use weight, kernel or n:m here, or drive "
                           "secateur.PruningSession from your own loop")
     return config
+
+
+def mask_in_place(model: nn.Module, config: PruneConfig) -> None:
+    """Put ``config``'s granularity's all-ones masks on ``model`` itself (a mask granularity).
+
+    A trainer calls this before it wraps the model (DDP) or builds its optimizer: registering a
+    parametrization re-seats each weight's storage, which a wrapper set up before cannot follow
+    (DDP reports the weights unused). Later pruning only writes into these masks and weights.
+    """
+    targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
+    if targets and not config.physical:
+        apply_masks(model, masks_of(config.spec.prepare(model, targets)))
 
 
 @dataclass
