@@ -204,6 +204,7 @@ def lightning_trainer(package: str, callback: object, max_epochs: int, strategy:
 def own_process_group():
     """Lightning's DDP launcher leaves a process group, environment and thread count behind: undo them."""
     environment, threads = dict(os.environ), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # else the launcher sets one thread per core (slow on shared cores)
     yield
     torch.set_num_threads(threads)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
