@@ -28,6 +28,7 @@ from secateur.errors import SecateurError
 from secateur.fixed_amount import ChannelCut, prune_channels, prune_weights
 from secateur.io.storage import load_model, save_model
 from secateur.search.orchestrator import PruneConfig, PruneResult, prune
+from secateur.search.session import PruningSession
 from secateur.train import TrainConfig, correctness, evaluate, fit
 from secateur.unstructured.masks import apply_masks, make_permanent, masks_of
 from secateur.zoo.baseline import default_config, train_baseline
@@ -43,6 +44,7 @@ __all__ = [
     "Loaders",
     "PruneConfig",
     "PruneResult",
+    "PruningSession",
     "SecateurError",
     "TrainConfig",
     "apply_masks",
