@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 from secateur.analysis.metrics import count_macs, count_params, sparsity_report
 from secateur.errors import SecateurError
+from secateur.inference import sparse_model
 from secateur.io.storage import load_model, save_model
 from secateur.search.orchestrator import PruneConfig, PruneResult, prune
 from secateur.train import TrainConfig, evaluate, fit
@@ -37,5 +38,5 @@ __all__ = [
     "DATASETS", "MODELS", "Dataset", "PruneConfig", "PruneResult", "SecateurError", "TrainConfig",
     "apply_masks", "build_model", "count_macs", "count_params", "default_config", "evaluate", "fit",
     "load_dataset", "load_model", "make_permanent", "masks_of", "prune", "save_model",
-    "sparsity_report", "train_baseline",
+    "sparse_model", "sparsity_report", "train_baseline",
 ]

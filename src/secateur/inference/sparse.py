@@ -64,7 +64,12 @@ class SparseMatrix(nn.Module):
         return build(self.indptr, self.indices, self.values, self.shape, check_invariants=False)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for ``x`` of shape (N, in_features): computed as ``(W @ x.T).T``."""
+        """``x @ W.T`` for ``x`` of shape (N, in_features): ``(W @ x.T).T``, a matrix-vector product for N = 1.
+
+        (For one row, ``W @ x[0]`` is several times faster than the matrix product on a (K, 1) view.)
+        """
+        if x.shape[0] == 1:
+            return (self.matrix() @ x[0]).unsqueeze(0)
         return torch.sparse.mm(self.matrix(), x.t()).t()
 
     def extra_repr(self) -> str:
