@@ -55,7 +55,9 @@ def parse_shape(value: object) -> tuple[int, ...] | None:
     if value is None:
         return None
     parts = value.split(",") if isinstance(value, str) else value
-    shape = tuple(int(p) for p in parts)  # type: ignore[union-attr]
+    if not isinstance(parts, Sequence):
+        raise ValueError("expected positive integers like 3,224,224")
+    shape = tuple(int(p) for p in parts)
     if not shape or any(d < 1 for d in shape):
         raise ValueError("expected positive integers like 3,224,224")
     return shape
@@ -195,8 +197,9 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, opset: int | Non
     """The legacy TorchScript exporter (``dynamo=False``) with a dynamic batch axis."""
     buffer = io.BytesIO()
     with _quiet():
-        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        torch.onnx.export(model, (example,), buffer, dynamo=False,  # type: ignore[arg-type]
+                          opset_version=opset, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     return buffer.getvalue()
 
 

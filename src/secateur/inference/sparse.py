@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -101,8 +102,11 @@ class SparseConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, layout: str, blocksize: int) -> None:
         super().__init__()
+        padding = conv.padding
+        if isinstance(padding, str):  # "same" / "valid": not what unfold takes (refused by _convertible)
+            raise ConfigError(f"SparseConv2d needs numeric padding, got {padding!r}")
         self.out_channels, self.kernel_size = conv.out_channels, conv.kernel_size
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.stride, self.padding, self.dilation = conv.stride, padding, conv.dilation
         self.weight = SparseMatrix(conv.weight.detach().reshape(conv.out_channels, -1), layout, blocksize)
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
 
@@ -118,7 +122,7 @@ class SparseConv2d(nn.Module):
 
 
 def _out_size(size: int, i: int, conv: SparseConv2d) -> int:
-    k, s, p, d = conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i]  # type: ignore[index]
+    k, s, p, d = conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i]
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
@@ -134,12 +138,18 @@ def sparse_model(model: nn.Module, *, layout: str = "csr", min_sparsity: float =
     copied = make_permanent(copy.deepcopy(model)).eval()
     kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d) if convs else (nn.Linear,)
     for name, module in list(copied.named_modules()):
-        if isinstance(module, kinds) and _convertible(module) and sparsity(module.weight) >= min_sparsity:
-            chosen = choose_layout(module.weight.detach().reshape(module.weight.shape[0], -1), layout, blocksize)
-            sparse = (SparseLinear if isinstance(module, nn.Linear) else SparseConv2d)(module, chosen, blocksize)
-            if not name:  # the model is itself one layer
-                return sparse
-            _replace(copied, name, sparse)
+        if not (isinstance(module, kinds) and _convertible(module)):
+            continue
+        layer = cast(nn.Linear | nn.Conv2d, module)
+        weight = layer.weight.detach()
+        if sparsity(weight) < min_sparsity:
+            continue
+        chosen = choose_layout(weight.reshape(weight.shape[0], -1), layout, blocksize)
+        sparse = (SparseLinear(layer, chosen, blocksize) if isinstance(layer, nn.Linear)
+                  else SparseConv2d(layer, chosen, blocksize))
+        if not name:  # the model is itself one layer
+            return sparse
+        _replace(copied, name, sparse)
     return copied
 
 
