@@ -119,7 +119,8 @@ def test_cli_exports_a_checkpoint_to_onnx(tmp_path, capsys):
     out = tmp_path / "f.onnx"
     args = ["export", str(tmp_path / "ckpt.safetensors"), "--format", "onnx", "--out", str(out)]
     assert main([*args, "--option", "latency_runs=0", "--option", "exporter=torchscript"]) == 0
-    assert out.stat().st_size > 0 and "onnx" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert out.stat().st_size > 0 and "onnx" in printed and '"exporter": "torchscript"' in printed
     assert main([*args, "--force", "--option", "verify=maybe"]) == 2
     assert "verify" in capsys.readouterr().err
     assert "onnx" in EXPORT_FORMATS.names()
