@@ -15,7 +15,8 @@ The machine is shared, so absolute numbers are noisy; the ratio within a row is 
 
     python bench/onnx_export.py [--models lenet5,torchvision:resnet18] [--runs 5]
 
-Writes bench/results/onnx_export.{json,md}, after every model (a partial run keeps its rows).
+Writes bench/results/onnx_export.{json,md}, after every model (a partial run keeps its rows); rows
+of models not named in ``--models`` are kept from the existing JSON, so the benchmark can run in parts.
 """
 
 from __future__ import annotations
@@ -150,6 +151,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_rows(path: Path, names: list[str]) -> list[dict]:
+    """Rows of an earlier run for models not run this time (a benchmark can be run in parts)."""
+    if not path.exists():
+        return []
+    return [row for row in json.loads(path.read_text()) if row["model"] not in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join([*MODELS.names(), *(f"torchvision:{m}" for m in TORCHVISION)]))
@@ -157,8 +165,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "onnx_export")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows: list[dict] = []
-    for name in args.models.split(","):
+    names = args.models.split(",")
+    rows = kept_rows(args.out.with_suffix(".json"), names)
+    for name in names:
         for variant, build in variants(name):
             rows.append(run_one(name, variant, build, args.runs))
             r = rows[-1]
