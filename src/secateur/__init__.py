@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 from secateur.analysis.metrics import count_macs, count_params, sparsity_report
 from secateur.errors import SecateurError
 from secateur.fixed_amount import ChannelCut, prune_channels, prune_weights
+from secateur.inference import sparse_model
 from secateur.io.storage import load_model, save_model
 from secateur.search.orchestrator import PruneConfig, PruneResult, prune
 from secateur.search.session import PruningSession
@@ -63,6 +64,7 @@ __all__ = [
     "prune_channels",
     "prune_weights",
     "save_model",
+    "sparse_model",
     "sparsity_report",
     "train_baseline",
 ]

@@ -32,3 +32,7 @@ class CheckpointError(SecateurError):
 
 class UnsupportedModelError(SecateurError):
     """A model (or one of its ops) that an analysis cannot handle; the model is left unchanged."""
+
+
+class ExportError(SecateurError):
+    """A model that an export format cannot write faithfully (its check against PyTorch failed)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -340,6 +341,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     options = dict(option.split("=", 1) for option in args.option)
     done = export_model(args.source, args.out, args.format, force=args.force, **options)
     Console().print(f"{done.format}: {done.path} ({done.bytes:,} bytes)")
+    if done.details:  # the format's own facts (onnx: exporter, max |diff| vs PyTorch, latency)
+        print(json.dumps(done.details))
     return 0
 
 
