@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secateur.arguments import check_field_types, expect_callable, expect_instance, expect_module, shown
+from secateur.distributed import data_parallel
 from secateur.errors import ConfigError
 from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.progress import Advance, progress_bar
@@ -341,21 +342,27 @@ def _train_epoch(model: nn.Module, data: Dataset, config: TrainConfig, state: _F
 
 def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
         step: StepFn | None = None, progress: bool = True,
-        on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+        on_epoch: Callable[[EpochLog], None] | None = None, distributed: bool | None = None) -> TrainResult:
     """Train ``model`` in place on ``data.train``, validating on ``data.val`` after each epoch.
 
     The same ``config.seed`` gives bitwise the same weights on CPU (shuffling, augmentation
-    and dropout all draw from seeded generators).
+    and dropout all draw from seeded generators). ``distributed`` (None: when a process group of
+    several ranks is initialised, as under ``torchrun``) trains data-parallel
+    (:class:`secateur.distributed.DataParallel`): each rank on its shard of ``data.train``, the
+    batch split over the ranks, gradients all-reduced; ``step`` then receives the DDP-wrapped model.
     """
     _check_fit(model, data, config, step, on_epoch)
     config = (config or TrainConfig()).validate()
     check_shift(config.augment, data)
     device = resolve_device(config.device)
     model.to(device)
-    torch.manual_seed(config.seed)  # dropout and any other global-RNG use inside the model
-    steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    parallel = data_parallel(distributed, model, device, config.seed)
+    seed = parallel.rank_seed(config.seed) if parallel else config.seed
+    torch.manual_seed(seed)  # dropout and any other global-RNG use inside the model
+    steps_per_epoch = (parallel.steps_per_epoch(len(data.train), config.batch_size) if parallel
+                       else math.ceil(len(data.train) / config.batch_size))
     state: _FitState = {
-        "generator": torch.Generator().manual_seed(config.seed), "device": device,
+        "generator": torch.Generator().manual_seed(seed), "device": device,
         "optimizer": make_optimizer(model, config), "step": 0,
         "total": steps_per_epoch * config.epochs,
     }
@@ -366,7 +373,12 @@ def fit(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *,
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             advance(0, description=f"epoch {epoch}/{config.epochs}")
-            loss = _train_epoch(model, data, config, state, step or default_step, advance)
+            if parallel is None:
+                loss = _train_epoch(model, data, config, state, step or default_step, advance)
+            else:  # this rank's shard and share of the batch; then rank 0's buffers and the mean loss
+                shard, share = parallel.epoch_data(data, epoch), parallel.share(config)
+                loss = parallel.end_epoch(_train_epoch(parallel.module, shard, share, state,
+                                                       step or default_step, advance))
             val_acc = evaluate(model, data, "val", device=device)
             log = EpochLog(epoch, loss, val_acc, state["optimizer"].param_groups[0]["lr"],
                            time.perf_counter() - epoch_start)

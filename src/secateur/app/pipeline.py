@@ -16,6 +16,7 @@ from torch import nn
 
 from secateur.analysis.sensitivity import sensitivity
 from secateur.analysis.sweep import DEFAULT_STRENGTHS, sweep
+from secateur.distributed import agree, is_writer, session, writer_context, writer_only
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import atomic_write_bytes, load_model, read_json
@@ -89,26 +90,50 @@ def prune_run(*, out: str | Path, model: str | None = None, dataset: str | None 
               from_dir: str | Path | None = None, config: PruneConfig | None = None,
               train_config: TrainConfig | None = None, data_dir: str | Path | None = None,
               resume: bool = False, force: bool = False, given: Mapping[str, object] | None = None,
-              progress: bool = True, device: str | None = None) -> PruneResult:
+              progress: bool = True, device: str | None = None, distributed: bool | None = None) -> PruneResult:
     """The whole ``secateur prune`` run: data, baseline, search, run folder and report.
 
     ``out`` follows :func:`secateur.io.rundir.check_out`. With ``resume``, ``given`` (the options
     given on the command line, by field name), ``model``, ``dataset`` and ``from_dir`` must agree
     with what the run started with. ``device`` overrides where retraining runs (default: where
-    the baseline was trained).
+    the baseline was trained). ``distributed`` as for :func:`secateur.prune` (under ``torchrun``, a
+    baseline to train is trained data-parallel too, and rank 0 alone writes).
     """
     out = Path(out)
-    rundir.check_out(out, "prune", resume=resume, force=force, source=from_dir)
-    if resume:
-        check_resumed(out, given or {}, model=model, dataset=dataset)
-    data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
-    with rundir.claim(out, "prune", resume=resume, force=force, source=from_dir) as claimed:
-        baseline = _run_baseline(claimed, model, data, from_dir, train_config, progress)
-        meta = {"model": baseline.meta["model"], "dataset": data.name}
-        if device is not None:
-            baseline.train_config = baseline.train_config.replace(device=device).validate()
-        return prune(copy.deepcopy(baseline.model), data=data, config=config, train_config=baseline.train_config,
-                     out=out, resume=resume, force=force, progress=progress, meta=meta)
+    with session(distributed):
+        writer_only(lambda: rundir.check_out(out, "prune", resume=resume, force=force, source=from_dir))
+        if resume:
+            check_resumed(out, given or {}, model=model, dataset=dataset)
+        data = _load_data(run_dataset(out, from_dir, dataset), data_dir)
+        progress = progress and is_writer()
+        with writer_context(lambda: rundir.claim(out, "prune", resume=resume, force=force, source=from_dir)) as taken:
+            baseline = _run_baseline(_shared_claim(taken, out), model, data, from_dir, train_config, progress)
+            meta = {"model": baseline.meta["model"], "dataset": data.name}
+            if device is not None:
+                baseline.train_config = baseline.train_config.replace(device=device).validate()
+            return prune(copy.deepcopy(baseline.model), data=data, config=config, train_config=baseline.train_config,
+                         out=out, resume=resume, force=force, progress=progress, meta=meta, distributed=distributed)
+
+
+def _load_data(name: str, data_dir: str | Path | None) -> Dataset:
+    """The dataset, loaded by rank 0 first under torchrun (a download then happens once)."""
+    data = writer_only(lambda: load_dataset(name, data_dir))
+    return data if data is not None else load_dataset(name, data_dir)
+
+
+class _ReadOnlyClaim(rundir.Claim):
+    """Rank 0's claim as the other ranks see it: what it records, without writing the marker."""
+
+    def note(self, **fields: object) -> None:
+        self.record.update(fields)
+
+
+def _shared_claim(taken: rundir.Claim | None, out: Path) -> rundir.Claim:
+    """Rank 0's claim of ``out`` (whether it resumes, what its marker records) on every rank."""
+    facts = agree({"resumed": taken.resumed, "record": taken.record} if taken is not None else None)
+    if taken is not None:
+        return taken
+    return _ReadOnlyClaim(out, "prune", dict(facts["record"]), bool(facts["resumed"]), [], False)
 
 
 def _run_baseline(claimed: rundir.Claim, model: str | None, data: Dataset, from_dir: str | Path | None,

@@ -16,13 +16,14 @@ is within the bound is decided by :mod:`secateur.search.acceptance` (the observe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from secateur.arguments import (
     expect_path,
     expect_shape,
 )
+from secateur.distributed import agree, is_writer, prune_hooks, session, sync_module, synced_pruner, world_size
+from secateur.distributed import writer_context
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import save_model
@@ -171,9 +174,10 @@ def _run_round(run: _Run, strength: float) -> dict:
            "recovery_passes": passes}
     row.update(round_stats(candidate, run.baseline, run.pruner.targets, run.input_shape))
     row["seconds"] = time.perf_counter() - start
-    if feasible:
+    row = agree(row)  # under torchrun: rank 0's row, and so its decision, on every rank
+    if row["feasible"]:
         run.best, run.pruner_state = candidate, pruner_state
-    run.state = record(run.state, strength, feasible, run.config.search_settings())
+    run.state = record(run.state, strength, row["feasible"], run.config.search_settings())
     return row
 
 
@@ -218,6 +222,7 @@ def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train
     baseline = spec.prepare(model, targets)
     context = Context(targets, input_shape, evaluate, batches, out)
     pruner, config = spec.build(baseline, config, context)
+    pruner = synced_pruner(pruner)  # under torchrun: every cut rank 0's
     baseline_val = measure(evaluate, baseline)  # per-example results kept for paired comparisons
     if out is not None:
         rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val.accuracy, **meta})
@@ -277,7 +282,7 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
           out: str | Path | None = None, resume: bool = False, force: bool = False, progress: bool = False,
           input_shape: tuple[int, ...] | None = None, meta: Mapping | None = None,
           polish: Retrain | None = None, on_round: Callable[[dict], None] | None = None,
-          **options: object) -> PruneResult:
+          distributed: bool | None = None, **options: object) -> PruneResult:
     """Prune ``model`` to the smallest size whose validation drop stays within ``max_drop``.
 
     Give either ``data`` (a dataset or its name: retraining and evaluation then use
@@ -297,6 +302,9 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     with the baseline's recipe for ``polish_epochs``, with ``data=`` only); ``on_round(row)``
     is called after every round with its history row, once the round is checkpointed.
     The input ``model`` is not modified.
+    ``distributed`` (None: when launched by ``torchrun``, or a process group is initialised) runs the
+    search on every rank: retraining data-parallel, each cut, decision and evaluation rank 0's,
+    files written by rank 0 alone (:mod:`secateur.distributed`); False: this process alone.
     """
     _check_arguments(model, data, (config, train_config), out, input_shape, meta,
                      {"train": train, "evaluate": evaluate, "test_evaluate": test_evaluate, "polish": polish,
@@ -304,13 +312,21 @@ def prune(model: nn.Module, *, data: Dataset | str | None = None, train: Retrain
     run = functools.partial(_prune, model, data=data, train=train, evaluate=evaluate, test_evaluate=test_evaluate,
                             config=config, train_config=train_config, out=out, resume=resume, progress=progress,
                             input_shape=input_shape, meta=meta, polish=polish, on_round=on_round, **options)
-    if out is None:
-        if resume:
-            raise ConfigError("resume needs the run folder (out=...)")
-        return run()
+    if out is None and resume:
+        raise ConfigError("resume needs the run folder (out=...)")
+    with session(distributed):
+        if out is None:
+            return run()
+        with writer_context(functools.partial(_claimed, Path(out), model, resume, force)):
+            return run()
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, model: nn.Module, resume: bool, force: bool) -> Iterator[rundir.Claim]:
+    """The run folder claimed, and the baseline checked against a resumed run's."""
     with rundir.claim(out, "prune", resume=resume, force=force) as claimed:
         check_baseline(claimed, model)
-        return run()
+        yield claimed
 
 
 def _prune(model: nn.Module, *, data: Dataset | str | None, train: Retrain | None,
@@ -330,16 +346,22 @@ def _prune(model: nn.Module, *, data: Dataset | str | None, train: Retrain | Non
                                                      retrain_config(config, train_config), step)
     polish = polish or _polisher(data, train, (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED),
                                  config.polish_epochs, step)
+    make_train, evaluate, test_evaluate, polish = prune_hooks(make_train, evaluate, test_evaluate, polish)
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
     out_dir = Path(out) if out is not None else None
     started = time.perf_counter()
     batches = _taylor_batches(data) if data is not None else None
     run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches)
            if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
-           _start(model, config, evaluate, make_train, input_shape, out_dir, dict(meta or {}), batches))
-    _search(run, progress, on_round)
+           _start(model, config, evaluate, make_train, input_shape, out_dir if is_writer() else None,
+                  dict(meta or {}), batches))
+    run.out = run.out if is_writer() else None  # under torchrun only rank 0 writes the run folder
+    sync_module(run.best, "resumed model")  # every rank loaded the same round: now bitwise rank 0's
+    _search(run, progress and is_writer(), on_round)
     polished = _polish(run, polish)
-    return _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
+    result = _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
+    result.results, result.out = agree(result.results), out_dir  # rank 0's results (its file sizes) everywhere
+    return result
 
 
 def _check_arguments(model: object, data: object, configs: tuple[object, object], out: object,
@@ -528,6 +550,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.physical),
         "seconds": seconds + run.prior_seconds,
         "rounds": len(run.history), "chosen_round": run.state.best_round, "saturated": saturated(run.history),
+        "processes": world_size(),
     }
     if run.out is not None:
         _write_outputs(run, run.out, chosen, results, meta)
