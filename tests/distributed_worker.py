@@ -2,13 +2,16 @@
 --nproc-per-node 2 tests/distributed_worker.py ROOT``.
 
 Each rank trains a LeNet-300 data-parallel, runs a whole pruning search, an interrupted one and
-its resume, and writes what it saw to ``ROOT/rank-N.json``: digests of its models and masks, its
+its resume (the API, on an MNIST subset), then ``secateur prune`` and its ``--resume`` (the command
+line, on the offline digits), and writes what it saw to ``ROOT/rank-N.json``: digests of its models and masks, its
 results, and every path under the run folders it opened for writing, renamed or made (an audit
 hook; rank 0 alone may write there).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -18,14 +21,17 @@ import torch
 
 import secateur
 from secateur import distributed
+from secateur.app.cli import main as cli_main
 from secateur.unstructured.masks import masks_of
 
-OPTIONS = {"method": "han", "max_drop": 2.0, "rounds": 3, "retrain_epochs": 1, "polish_epochs": 1}
+OPTIONS = {"method": "han", "max_drop": 2.0, "rounds": 2, "retrain_epochs": 1, "polish_epochs": 1}
+CLI = ["prune", "--model", "lenet300", "--dataset", "digits", "--epochs", "1", "--rounds", "1", "--retrain-epochs", "1",
+       "--polish-epochs", "0", "--max-drop", "5", "--quiet"]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
 class Stop(Exception):
-    """Raised from on_round: the run is killed once round 2 is checkpointed."""
+    """Raised from on_round: the run is killed once round 1 is checkpointed."""
 
 
 def watch_writes(root: Path, seen: list[str]) -> None:
@@ -56,6 +62,14 @@ def digest(model: torch.nn.Module) -> dict:
                  for name, mask in sorted(masks.items())}))}
 
 
+def command_line(argv: list[str]) -> dict:
+    """``secateur ARGV`` as this rank runs it under the launch: exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(argv)
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
 def main(root: Path) -> None:
     torch.set_num_threads(1)
     seen: list[str] = []
@@ -73,7 +87,7 @@ def main(root: Path) -> None:
         report["whole"] = {**digest(whole.model), "results": whole.results, "history": whole.history}
 
         def dying(row: dict) -> None:
-            if row["round"] == 2:
+            if row["round"] == 1:
                 raise Stop
 
         try:
@@ -82,6 +96,8 @@ def main(root: Path) -> None:
             report["killed"] = True
         resumed = secateur.prune(model, data=data, out=root / "runs" / "killed", resume=True, **OPTIONS)
         report["resumed"] = {**digest(resumed.model), "results": resumed.results}
+        report["cli"] = [command_line([*CLI, "--out", str(root / "runs" / "cli")]),
+                         command_line(["prune", "--out", str(root / "runs" / "cli"), "--resume", "--quiet"])]
     report["writes"] = seen
     (root / f"rank-{rank}.json").write_text(json.dumps(report, default=str))
 

@@ -163,7 +163,7 @@ def agree(value: T) -> T:
     if not active():
         return value
     payload = json.dumps(value).encode() if is_writer() else b""
-    return json.loads(_broadcast_bytes(payload))  # type: ignore[no-any-return]
+    return json.loads(_broadcast_bytes(payload))
 
 
 def all_agree(ok: bool) -> bool:
@@ -212,15 +212,16 @@ def writer_only(work: Callable[[], T]) -> T | None:
 def writer_context(enter: Callable[[], AbstractContextManager[T]]) -> Iterator[T | None]:
     """Enter ``enter()`` on rank 0 alone (e.g. claiming the run folder), once every rank has
     finished reading what it may change; yields its value there and None elsewhere. A
-    SecateurError on entering is raised on every rank."""
+    SecateurError on entering is raised on every rank. The block ends on every rank once rank 0
+    has left the context (a claimed folder is marked finished before any rank reads it again)."""
     if not active():
         with enter() as value:
             yield value
         return
     dist.barrier()
     with contextlib.ExitStack() as stack:
-        value = writer_only(lambda: stack.enter_context(enter()))
-        yield value
+        yield writer_only(lambda: stack.enter_context(enter()))
+    dist.barrier()  # not reached by a failing block: it raises on every rank without waiting
 
 
 # ----------------------------------------------------------------------------- identical models
@@ -252,7 +253,7 @@ def sync_module(model: nn.Module, what: str = "model", buffers_only: bool = Fals
     if not all_agree(agree(mine) == mine):
         raise DistributedError(f"the {what} differs between ranks (tensor shapes or structured plan); "
                                "every rank must prune and train the same model deterministically")
-    tensors = [b for b in model.buffers()] if buffers_only else list(model.state_dict().values())
+    tensors = list(model.buffers()) if buffers_only else list(model.state_dict().values())
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for tensor in {id(t): t for t in tensors}.values():
         groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
@@ -280,7 +281,7 @@ def writer_outcome(evaluate: Evaluate, source: str = "evaluate") -> Evaluate:
 
     def on_rank0(model: nn.Module) -> float | torch.Tensor:
         value = writer_only(lambda: _normalised(evaluate(model), source))
-        header = agree(None if value is None else _header(value))
+        header = agree({} if value is None else _header(value))  # rank 0's header; others send none
         if header["kind"] == "accuracy":
             return float(header["accuracy"])
         out = value if isinstance(value, torch.Tensor) else torch.zeros(header["shape"], dtype=_DTYPES[header["dtype"]])

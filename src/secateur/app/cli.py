@@ -352,7 +352,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
                       methods=methods, strengths=args.strengths, retrain_epochs=args.retrain_epochs,
-                      data_dir=args.data_dir, progress=not args.quiet, force=args.force)
+                      data_dir=args.data_dir, progress=not args.quiet, force=args.force,
+                      workers=args.workers, worker_threads=args.worker_threads)
     print("\n".join(str(path) for path in paths.values()))
     return 0
 
@@ -450,6 +451,10 @@ def _add_sweep(sub: SubParsers) -> None:
                        help="pruning strengths (about log2 of compression), default "
                             f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS)}")
     sweep.add_argument("--retrain-epochs", type=epochs, default=2)
+    sweep.add_argument("--workers", type=positive_int, default=1,
+                       help="processes computing the curves (one per method) in parallel; same points as 1")
+    sweep.add_argument("--worker-threads", type=positive_int, default=1,
+                       help="torch threads of each worker process (default 1)")
     sweep.add_argument("--out", type=Path, required=True)
     add_force_arg(sweep, "a sweep")
     sweep.add_argument("--quiet", action="store_true")

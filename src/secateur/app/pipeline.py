@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from secateur.analysis.sensitivity import sensitivity
-from secateur.analysis.sweep import DEFAULT_STRENGTHS, sweep
-from secateur.distributed import agree, is_writer, session, writer_context, writer_only
+from secateur.analysis.sweep import DEFAULT_STRENGTHS, check_sweep, sweep, sweep_result
+from secateur.app.sweep_workers import SWEEP_SCHEDULE, SweepTask, sweep_curve
+from secateur.distributed import agree, is_writer, parallel_map, session, writer_context, writer_only
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import atomic_write_bytes, load_model, read_json
@@ -130,7 +133,7 @@ class _ReadOnlyClaim(rundir.Claim):
 
 def _shared_claim(taken: rundir.Claim | None, out: Path) -> rundir.Claim:
     """Rank 0's claim of ``out`` (whether it resumes, what its marker records) on every rank."""
-    facts = agree({"resumed": taken.resumed, "record": taken.record} if taken is not None else None)
+    facts: dict[str, Any] = agree({"resumed": taken.resumed, "record": taken.record} if taken is not None else {})
     if taken is not None:
         return taken
     return _ReadOnlyClaim(out, "prune", dict(facts["record"]), bool(facts["resumed"]), [], False)
@@ -247,16 +250,32 @@ def sensitivity_run(*, from_dir: str | Path, out: str | Path, method: str = "han
 def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
               from_dir: str | Path | None = None, dataset: str | None = None,
               strengths: Sequence[float] = DEFAULT_STRENGTHS, retrain_epochs: int = 2,
-              data_dir: str | Path | None = None, progress: bool = True, force: bool = False) -> dict:
-    """``secateur sweep``: every method's trade-off curve, saved and plotted together."""
+              data_dir: str | Path | None = None, progress: bool = True, force: bool = False,
+              workers: int = 1, worker_threads: int = 1) -> dict:
+    """``secateur sweep``: every method's trade-off curve, saved and plotted together.
+
+    ``workers`` > 1 computes the curves (one per method; a curve's points continue each other) in
+    that many spawned processes of ``worker_threads`` torch threads each, with the seeds of the
+    sequential sweep: the same points as ``workers=1`` at the same thread count.
+    """
     out = Path(out)
     rundir.check_out(out, "sweep", force=force, source=from_dir)
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     with rundir.claim(out, "sweep", force=force, source=from_dir):
         baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress)
         retrain = retrain_config(PruneConfig(retrain_epochs=retrain_epochs), baseline.train_config)
-        make_train, _, _ = default_callables(data, retrain)
-        result = sweep(baseline.model, methods, make_train=make_train, evaluate=lambda m: evaluate(m, data, "val"),
-                       strengths=strengths, progress=progress)
+        val = functools.partial(evaluate, data=data, split="val")
+        if workers > 1:
+            check_sweep(methods, strengths)
+            source = from_dir if from_dir is not None else rundir.baseline_dir(out)
+            tasks = [SweepTask(data.name, None if data_dir is None else str(data_dir), str(source),
+                               retrain.to_dict(), method, tuple(strengths)) for method in methods]
+            curves = dict(zip(methods, parallel_map(sweep_curve, tasks, workers, worker_threads)))
+            result = sweep_result(baseline.model, val, curves, strengths, SWEEP_SCHEDULE)
+        else:
+            make_train, _, _ = default_callables(data, retrain)
+            result = sweep(baseline.model, methods, make_train=make_train, evaluate=val,
+                           strengths=strengths, schedule=SWEEP_SCHEDULE, progress=progress)
         result.update(model=baseline.meta["model"], dataset=data.name)
         return sweep_report(rundir.write_sweep(out, result), out)
+

@@ -40,8 +40,16 @@ from secateur.arguments import (
     expect_path,
     expect_shape,
 )
-from secateur.distributed import agree, is_writer, prune_hooks, session, sync_module, synced_pruner, world_size
-from secateur.distributed import writer_context
+from secateur.distributed import (
+    agree,
+    is_writer,
+    prune_hooks,
+    session,
+    sync_module,
+    synced_pruner,
+    world_size,
+    writer_context,
+)
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import save_model
@@ -177,7 +185,7 @@ def _run_round(run: _Run, strength: float) -> dict:
     row = agree(row)  # under torchrun: rank 0's row, and so its decision, on every rank
     if row["feasible"]:
         run.best, run.pruner_state = candidate, pruner_state
-    run.state = record(run.state, strength, row["feasible"], run.config.search_settings())
+    run.state = record(run.state, strength, bool(row["feasible"]), run.config.search_settings())
     return row
 
 
