@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import secateur
 from secateur import distributed
 from secateur.app.cli import main
 from secateur.app.pipeline import sweep_run
@@ -124,6 +125,18 @@ def test_sweep_workers_give_the_points_of_the_sequential_sweep(tmp_path):
     one, two = (json.loads((tmp_path / name / rundir.SWEEP).read_text()) for name in ("one", "two"))
     assert one["methods"] == two["methods"] and one == two
     assert [p["strength"] for p in two["methods"]["random"]] == [1.0, 3.0]
+
+
+def test_a_distributed_option_of_the_wrong_kind_is_one_line(monkeypatch):
+    data = load_dataset("digits").subset(train=50, val=20, test=20)
+    model = build_model("lenet300", input_shape=(1, 8, 8))
+    with pytest.raises(distributed.ConfigError, match="distributed= must be True or False"):
+        fit(model, data, TrainConfig(epochs=1), progress=False, distributed="yes")  # type: ignore[arg-type]
+    with pytest.raises(distributed.ConfigError, match="distributed= must be True or False"):
+        secateur.prune(model, data=data, distributed=1)  # type: ignore[arg-type]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # launched by torchrun, but no process group joined
+    with pytest.raises(distributed.ConfigError, match="needs the process group"):
+        fit(model, data, TrainConfig(epochs=1), progress=False, distributed=True)
 
 
 def test_parallel_map_refuses_nonsense():

@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from secateur import errors
+from secateur.arguments import expect_instance
 from secateur.errors import ConfigError, SecateurError
 from secateur.provenance import recorded_plan
 from secateur.search.acceptance import Outcome
@@ -113,6 +114,7 @@ def session(enabled: bool | None = None, backend: str | None = None) -> Iterator
     torchrun's environment when ``WORLD_SIZE`` > 1 (and destroy it afterwards); without that
     environment the process works alone (a world of one). False: always alone.
     """
+    expect_instance(enabled, bool, "distributed", "True or False")
     if enabled is False or not dist.is_available():
         yield False
         return
@@ -425,8 +427,15 @@ class DataParallel:
 
 
 def data_parallel(enabled: bool | None, model: nn.Module, device: torch.device, seed: int) -> DataParallel | None:
-    """A :class:`DataParallel` when ``enabled`` (None: when a process group of several is initialised)."""
-    if enabled is False or not active():
+    """A :class:`DataParallel` when a process group of several ranks is initialised, unless ``enabled``
+    is False. True insists: launched by torchrun without a process group is a one-line ConfigError."""
+    expect_instance(enabled, bool, "distributed", "True or False")
+    if enabled is False:
+        return None
+    if not active():
+        if enabled and launched():
+            raise ConfigError("distributed=True under torchrun needs the process group: run inside "
+                              "'with secateur.distributed.session():' (secateur.prune makes its own)")
         return None
     return DataParallel(model, device, seed)
 
