@@ -2,10 +2,10 @@
 --nproc-per-node 2 tests/distributed_worker.py ROOT``.
 
 Each rank trains a LeNet-300 data-parallel, runs a whole pruning search, an interrupted one and
-its resume (the API, on an MNIST subset), then ``secateur prune`` and its ``--resume`` (the command
-line, on the offline digits), and writes what it saw to ``ROOT/rank-N.json``: digests of its models and masks, its
-results, and every path under the run folders it opened for writing, renamed or made (an audit
-hook; rank 0 alone may write there).
+its resume (the API, on an MNIST subset), then ``secateur prune --granularity neuron`` and its
+``--resume`` (the command line, on the offline digits), and writes what it saw to
+``ROOT/rank-N.json``: digests of its models and masks, its results, and every path under the run
+folders it opened for writing, renamed or made (an audit hook; rank 0 alone may write there).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from secateur.app.cli import main as cli_main
 from secateur.unstructured.masks import masks_of
 
 OPTIONS = {"method": "han", "max_drop": 2.0, "rounds": 2, "retrain_epochs": 1, "polish_epochs": 1}
-CLI = ["prune", "--model", "lenet300", "--dataset", "digits", "--epochs", "1", "--rounds", "1", "--retrain-epochs", "1",
-       "--polish-epochs", "0", "--max-drop", "5", "--quiet"]
+CLI = ["prune", "--model", "lenet300", "--dataset", "digits", "--granularity", "neuron", "--epochs", "1",
+       "--rounds", "1", "--retrain-epochs", "1", "--polish-epochs", "0", "--max-drop", "5", "--quiet"]  # plans checked
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 

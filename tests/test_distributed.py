@@ -3,7 +3,7 @@
 The torchrun tests launch ``python -m torch.distributed.run --nproc-per-node 2`` with one torch
 thread per rank: the API on an MNIST subset (tests/distributed_worker.py: identical models and
 masks on both ranks, a run within its bound, an interrupted run resumed to the same model, and
-no write by rank 1), then the command line on the offline digits.
+no write by rank 1), then the command line on the offline digits (neurons removed: structured plans).
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def test_torchrun_command_line_prunes_once_and_resumes(launch):
     run = root / "runs" / "cli"
     results = json.loads((run / rundir.RESULTS).read_text())
     assert results["processes"] == 2 and results["drop"]["val"] <= 5
+    assert results["granularity"] == "neuron" and results["channels"]["fc1"]["after"] < 300  # one plan, both ranks
     meta = json.loads((rundir.baseline_dir(run) / rundir.MODEL_META).read_text())
     assert meta["train"]["epochs"] == 1  # the baseline was trained (data-parallel) and saved once
     assert "already finished" in resume["stderr"] and not resume_1["stderr"]

@@ -257,7 +257,7 @@ def sync_module(model: nn.Module, what: str = "model", buffers_only: bool = Fals
                                "every rank must prune and train the same model deterministically")
     tensors = list(model.buffers()) if buffers_only else list(model.state_dict().values())
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for tensor in {id(t): t for t in tensors}.values():
+    for tensor in tensors:  # state_dict tensors share their parameters' and buffers' storage
         groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
     for group in groups.values():
         _broadcast_group(group)

@@ -364,7 +364,7 @@ def _prune(model: nn.Module, *, data: Dataset | str | None, train: Retrain | Non
            _start(model, config, evaluate, make_train, input_shape, out_dir if is_writer() else None,
                   dict(meta or {}), batches))
     run.out = run.out if is_writer() else None  # under torchrun only rank 0 writes the run folder
-    sync_module(run.best, "resumed model")  # every rank loaded the same round: now bitwise rank 0's
+    sync_module(run.best, "starting model")  # e.g. every rank loaded the same round: now bitwise rank 0's
     _search(run, progress and is_writer(), on_round)
     polished = _polish(run, polish)
     result = _finish(run, test_evaluate, dict(meta or {}), time.perf_counter() - started, polished)
