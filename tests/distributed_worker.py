@@ -98,6 +98,10 @@ def main(root: Path) -> None:
         report["resumed"] = {**digest(resumed.model), "results": resumed.results}
         report["cli"] = [command_line([*CLI, "--out", str(root / "runs" / "cli")]),
                          command_line(["prune", "--out", str(root / "runs" / "cli"), "--resume", "--quiet"])]
+    digits = secateur.load_dataset("digits")  # two calls that each join and leave the group; the process still exits
+    small = secateur.build_model("lenet300", input_shape=(1, 8, 8))
+    report["own_groups"] = [secateur.prune(small, data=digits, max_drop=5, rounds=1, retrain_epochs=1, polish_epochs=0,
+                                           distributed=True).results["processes"] for _ in range(2)]
     report["writes"] = seen
     (root / f"rank-{rank}.json").write_text(json.dumps(report, default=str))
 

@@ -64,6 +64,7 @@ def test_two_ranks_prune_identically_resume_and_only_rank_0_writes(launch):
     assert zero["killed"] and one["killed"]
     assert zero["resumed"]["state"] == zero["whole"]["state"]  # the resumed run ends where the whole run did
     assert zero["writes"] and not one["writes"], one["writes"][:5]  # the hook sees rank 0's writes, none of 1's
+    assert zero["own_groups"] == one["own_groups"] == [2, 2]  # prune made its own group twice, and the ranks exited
 
 
 def test_torchrun_command_line_prunes_once_and_resumes(launch):

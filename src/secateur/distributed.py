@@ -4,9 +4,10 @@ Launched by ``torchrun --nproc-per-node N -m secateur prune ...``, every process
 the same search; this module is all the rest of secateur knows of that:
 
 * the process group: :func:`session` initialises it from torchrun's environment (``RANK``,
-  ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and destroys it again if it
-  made it. Backend: gloo on a CPU-only machine; with a GPU, ``cpu:gloo,cuda:nccl`` (nccl for CUDA
-  tensors, gloo for the small CPU messages), one GPU per rank (``cuda:LOCAL_RANK``);
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) once, keeps it for the rest of
+  the process and leaves it at exit. Backend: gloo on a CPU-only machine; with a GPU,
+  ``cpu:gloo,cuda:nccl`` (nccl for CUDA tensors, gloo for the small CPU messages), one GPU per rank
+  (``cuda:LOCAL_RANK``);
 * who is who: :func:`rank`, :func:`world_size`, :func:`active`, :func:`is_writer` (rank 0, the
   only rank that writes files);
 * agreement, always rank 0's: :func:`agree` (a JSON value), :func:`writer_outcome` (an evaluator
@@ -24,8 +25,10 @@ Messages between ranks are JSON and plain tensors, never pickles.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -111,8 +114,9 @@ def session(enabled: bool | None = None, backend: str | None = None) -> Iterator
     """Run the block as one rank of several when launched so; yields whether it is.
 
     ``enabled`` None (auto) or True: use the initialised process group, else initialise one from
-    torchrun's environment when ``WORLD_SIZE`` > 1 (and destroy it afterwards); without that
-    environment the process works alone (a world of one). False: always alone.
+    torchrun's environment when ``WORLD_SIZE`` > 1 (kept for the rest of the process, which torchrun
+    started for this run, and left at exit); without that environment the process works alone (a
+    world of one). False: always alone.
     """
     expect_instance(enabled, bool, "distributed", "True or False")
     if enabled is False or not dist.is_available():
@@ -131,9 +135,14 @@ def session(enabled: bool | None = None, backend: str | None = None) -> Iterator
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend or default_backend())
-    try:
-        yield active()
-    finally:
+    atexit.register(_leave)  # the group serves every later call: joining a torchrun group twice could hang
+    yield active()
+
+
+def _leave() -> None:
+    """Leave the process group at exit, once any DDP wrapper in a reference cycle is gone."""
+    if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
