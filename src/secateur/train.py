@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secateur.arguments import check_field_types, expect_callable, expect_instance, expect_module, shown
+from secateur.distributed import DataParallel, data_parallel
 from secateur.errors import ConfigError
 from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.progress import Advance, progress_bar
@@ -376,9 +377,29 @@ def _train_epoch(model: nn.Module, data: Dataset | Loaders, config: TrainConfig,
     return loss_sum / max(seen, 1)
 
 
+def _data_parallel(distributed: bool | None, model: nn.Module, device: torch.device, seed: int,
+                   data: Dataset | Loaders) -> DataParallel | None:
+    """The data-parallel wrapper of :func:`fit` (None: this process alone); it shards secateur Datasets only."""
+    parallel = data_parallel(distributed, model, device, seed)
+    if parallel is not None and not isinstance(data, Dataset):
+        raise ConfigError("data-parallel training (torchrun, distributed=) takes a secateur Dataset; your own "
+                          "Loaders would need a DistributedSampler: pass distributed=False, or a secateur Dataset")
+    return parallel
+
+
+def _fit_epoch(model: nn.Module, data: Dataset | Loaders, config: TrainConfig, state: _FitState, step: StepFn,
+               advance: Advance, parallel: DataParallel | None, epoch: int) -> float:
+    """One epoch of :func:`fit`; data-parallel: this rank's shard and share of the batch, then rank
+    0's buffers and the mean loss."""
+    if parallel is None or not isinstance(data, Dataset):
+        return _train_epoch(model, data, config, state, step, advance)
+    shard, share = parallel.epoch_data(data, epoch), parallel.share(config)
+    return parallel.end_epoch(_train_epoch(parallel.module, shard, share, state, step, advance))
+
+
 def fit(model: nn.Module, data: Dataset | Loaders, config: TrainConfig | None = None, *,
         step: StepFn | None = None, progress: bool = True,
-        on_epoch: Callable[[EpochLog], None] | None = None) -> TrainResult:
+        on_epoch: Callable[[EpochLog], None] | None = None, distributed: bool | None = None) -> TrainResult:
     """Train ``model`` in place on ``data.train``, validating on ``data.val`` after each epoch.
 
     ``data`` is a secateur Dataset or :class:`~secateur.zoo.loaders.Loaders` (your DataLoaders
@@ -386,17 +407,24 @@ def fit(model: nn.Module, data: Dataset | Loaders, config: TrainConfig | None = 
 
     The same ``config.seed`` gives bitwise the same weights on CPU (shuffling, augmentation
     and dropout all draw from seeded generators). ``config.device`` says where (``"auto"``:
-    CUDA when present); the model is moved there and stays there.
+    CUDA when present); the model is moved there and stays there. ``distributed`` (None: when a
+    process group of several ranks is initialised, as under ``torchrun``) trains data-parallel
+    (:class:`secateur.distributed.DataParallel`): each rank on its shard of ``data.train``, the
+    batch split over the ranks, gradients all-reduced; ``step`` then receives the DDP-wrapped model.
+    Data-parallel training takes a secateur Dataset (your Loaders would need a DistributedSampler).
     """
     _check_fit(model, data, config, step, on_epoch)
     config = (config or TrainConfig()).validate()
     check_shift(config.augment, data)
     device = resolve_device(config.device)
     model.to(device)
-    torch.manual_seed(config.seed)  # dropout and any other global-RNG use inside the model
-    steps = steps_per_epoch(data, config.batch_size)
+    parallel = _data_parallel(distributed, model, device, config.seed, data)
+    seed = parallel.rank_seed(config.seed) if parallel else config.seed
+    torch.manual_seed(seed)  # dropout and any other global-RNG use inside the model
+    steps = (parallel.steps_per_epoch(len(data.train), config.batch_size)
+             if parallel and isinstance(data, Dataset) else steps_per_epoch(data, config.batch_size))
     state: _FitState = {
-        "generator": torch.Generator().manual_seed(config.seed), "device": device,
+        "generator": torch.Generator().manual_seed(seed), "device": device,
         "optimizer": make_optimizer(model, config), "step": 0,
         "total": steps * config.epochs,
     }
@@ -407,7 +435,7 @@ def fit(model: nn.Module, data: Dataset | Loaders, config: TrainConfig | None = 
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             advance(0, description=f"epoch {epoch}/{config.epochs}")
-            loss = _train_epoch(model, data, config, state, step or default_step, advance)
+            loss = _fit_epoch(model, data, config, state, step or default_step, advance, parallel, epoch)
             val_acc = evaluate(model, data, "val", device=device)
             log = EpochLog(epoch, loss, val_acc, state["optimizer"].param_groups[0]["lr"],
                            time.perf_counter() - epoch_start)

@@ -65,12 +65,23 @@ def sweep(model: nn.Module, methods: Sequence[str], *, make_train: Callable[[int
           evaluate: Callable[[nn.Module], float], strengths: Sequence[float] = DEFAULT_STRENGTHS,
           schedule: str = "iterative", seed: int = 0, progress: bool = False) -> dict:
     """Every method's curve, in the form saved as ``sweep.json``."""
-    check_strengths(strengths)
-    for method in methods:
-        WEIGHT_METHODS.get(method)
+    check_sweep(methods, strengths)
     with progress_bar(progress, len(methods) * len(strengths), "sweep") as advance:
         curves = {m: method_curve(model, m, strengths=strengths, make_train=make_train, evaluate=evaluate,
                                   schedule=schedule, seed=seed, advance=advance) for m in methods}
+    return sweep_result(model, evaluate, curves, strengths, schedule)
+
+
+def check_sweep(methods: Sequence[str], strengths: Sequence[float]) -> None:
+    """One-line ConfigErrors for unknown weight methods or bad strengths, before any work starts."""
+    check_strengths(strengths)
+    for method in methods:
+        WEIGHT_METHODS.get(method)
+
+
+def sweep_result(model: nn.Module, evaluate: Callable[[nn.Module], float], curves: dict[str, list[dict]],
+                 strengths: Sequence[float], schedule: str) -> dict:
+    """``sweep.json``'s content from the curves, however they were computed (here, or in workers)."""
     with torch.no_grad():
         baseline_val = evaluate(model)
     return {"baseline": {"val": {"accuracy": baseline_val}}, "schedule": schedule,

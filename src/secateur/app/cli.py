@@ -8,6 +8,7 @@ line ``secateur: error: ...`` and exit with code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,6 +27,7 @@ from secateur.analysis.metrics import count_macs, count_params, format_layer_tab
 from secateur.analysis.sweep import DEFAULT_METHODS as DEFAULT_SWEEP_METHODS
 from secateur.analysis.sweep import DEFAULT_STRENGTHS
 from secateur.app.recipe import Recipe, read_recipe
+from secateur.distributed import is_writer, launched, session
 from secateur.errors import ConfigError, SecateurError
 from secateur.io import rundir
 from secateur.io.schemas import FLOAT32_MAX, INT64_MAX, MAX_EPOCHS, MAX_STRENGTH
@@ -185,8 +187,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = train_config_from(args, args.model)
     dataset = args.dataset or "mnist"
     result = train_baseline(args.model, dataset, out=args.out, config=config, data_dir=args.data_dir,
-                            progress=not args.quiet, force=args.force, weights=args.weights)
+                            progress=not args.quiet and is_writer(), force=args.force, weights=args.weights)
     metrics = result.meta["metrics"]
+    if not is_writer():
+        return 0
     print(f"{args.model} on {dataset}: val accuracy {100 * metrics['val']['accuracy']:.2f}%, "
           f"test accuracy {100 * metrics['test']['accuracy']:.2f}% "
           f"(test error {100 * (1 - metrics['test']['accuracy']):.2f}%) "
@@ -304,8 +308,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     dataset, given = args.dataset or recipe.dataset, given_settings(args, recipe)
     if args.resume and not args.force and (done := finished_run(args.out, given, model=model, dataset=dataset,
                                              from_dir=args.from_dir)) is not None:
-        print(f"secateur: the run in {args.out} has already finished; nothing to resume", file=sys.stderr)
-        print(summary_line(done, args.out))
+        if is_writer():
+            print(f"secateur: the run in {args.out} has already finished; nothing to resume", file=sys.stderr)
+            print(summary_line(done, args.out))
         return 0
     if model is None and args.from_dir is None and not args.resume:
         raise ConfigError("give --model (a baseline is trained first) or --from a trained baseline folder")
@@ -315,7 +320,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        data_dir=args.data_dir, resume=args.resume, force=args.force,
                        given=given, progress=not args.quiet, device=args.device, autocast=args.autocast,
                        weights=args.weights)
-    print(summary_line(result.results, args.out))
+    if is_writer():
+        print(summary_line(result.results, args.out))
     return 0
 
 
@@ -381,7 +387,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
                       methods=methods, strengths=args.strengths, retrain_epochs=args.retrain_epochs,
-                      data_dir=args.data_dir, progress=not args.quiet, force=args.force, weights=args.weights)
+                      data_dir=args.data_dir, progress=not args.quiet, force=args.force, weights=args.weights,
+                      workers=args.workers, worker_threads=args.worker_threads)
     print("\n".join(str(path) for path in paths.values()))
     return 0
 
@@ -425,6 +432,13 @@ def _method_registries() -> list[tuple[str, Registry[Any]]]:
     return [(f"methods (--granularity {'|'.join(names)})", registry) for registry, names in users.values()]
 
 
+def add_distributed_arg(parser: argparse.ArgumentParser) -> None:
+    """--distributed: one rank of a torchrun launch (the default whenever torchrun's WORLD_SIZE > 1)."""
+    parser.add_argument("--distributed", action="store_true", default=None,
+                        help="train data-parallel as one rank of 'torchrun --nproc-per-node N -m secateur ...' "
+                             "(on by itself when torchrun's WORLD_SIZE > 1; alone it is a world of one)")
+
+
 def _add_train(sub: SubParsers) -> None:
     train = sub.add_parser("train", help="train a dense baseline model")
     train.add_argument("--model", required=True, help="zoo name, torchvision:<name> or package.module:factory")
@@ -433,6 +447,7 @@ def _add_train(sub: SubParsers) -> None:
     train.add_argument("--out", type=Path, required=True, help="run folder for model.safetensors + model.json")
     add_force_arg(train, "a baseline")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distributed_arg(train)
     add_train_args(train)
     train.set_defaults(func=cmd_train)
 
@@ -459,6 +474,7 @@ def _add_prune(sub: SubParsers) -> None:
                        help="continue the interrupted run in --out, with its saved settings")
     add_force_arg(prune, "a run")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_distributed_arg(prune)
     add_search_args(prune)
     add_train_args(prune)
     prune.set_defaults(func=cmd_prune)
@@ -476,6 +492,10 @@ def _add_sweep(sub: SubParsers) -> None:
                        help="pruning strengths (about log2 of compression), default "
                             f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS)}")
     sweep.add_argument("--retrain-epochs", type=epochs, default=2)
+    sweep.add_argument("--workers", type=positive_int, default=1,
+                       help="processes computing the curves (one per method) in parallel; same points as 1")
+    sweep.add_argument("--worker-threads", type=positive_int, default=1,
+                       help="torch threads of each worker process (default 1)")
     sweep.add_argument("--out", type=Path, required=True)
     add_force_arg(sweep, "a sweep")
     sweep.add_argument("--quiet", action="store_true")
@@ -528,6 +548,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED_COMMANDS = ("train", "prune")  # the commands that run as ranks of a torchrun launch
+
+
+def _processes(args: argparse.Namespace) -> contextlib.AbstractContextManager[bool]:
+    """The process group of a torchrun launch for train and prune; other commands refuse one."""
+    if args.command in DISTRIBUTED_COMMANDS:
+        return session(args.distributed)
+    if launched():
+        raise ConfigError(f"secateur {args.command} runs in one process; launch it without torchrun "
+                          f"(only {' and '.join(DISTRIBUTED_COMMANDS)} run as ranks; sweep has --workers)")
+    return contextlib.nullcontext(False)
+
+
+def _speaker() -> str:
+    """``secateur``, or ``secateur[rank N]`` on the other ranks of a torchrun launch."""
+    rank = os.environ.get("RANK", "0") if launched() else "0"
+    return "secateur" if rank in ("", "0") else f"secateur[rank {rank}]"
+
+
 def _version() -> str:
     return f"secateur {__version__}"
 
@@ -536,9 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``secateur`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _processes(args):
+            return args.func(args)
     except SecateurError as error:
-        print(f"secateur: error: {error}", file=sys.stderr)
+        print(f"{_speaker()}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("secateur: interrupted", file=sys.stderr)

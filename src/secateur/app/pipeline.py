@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from secateur.analysis.sensitivity import sensitivity
-from secateur.analysis.sweep import DEFAULT_STRENGTHS, sweep
+from secateur.analysis.sweep import DEFAULT_STRENGTHS, check_sweep, sweep, sweep_result
+from secateur.app.sweep_workers import SWEEP_SCHEDULE, SweepTask, sweep_curve
+from secateur.distributed import agree, is_writer, parallel_map, session, writer_context, writer_only
 from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.io.storage import atomic_write_bytes, load_model, read_json
@@ -115,7 +119,7 @@ def prune_run(*, out: str | Path, model: str | None = None, dataset: str | None 
               train_config: TrainConfig | None = None, data_dir: str | Path | None = None,
               resume: bool = False, force: bool = False, given: Mapping[str, object] | None = None,
               progress: bool = True, device: str | None = None, autocast: str | None = None,
-              weights: str | Path | None = None) -> PruneResult:
+              weights: str | Path | None = None, distributed: bool | None = None) -> PruneResult:
     """The whole ``secateur prune`` run: data, baseline, search, run folder and report.
 
     ``out`` follows :func:`secateur.io.rundir.check_out`. With ``resume``, ``given`` (the options
@@ -123,22 +127,46 @@ def prune_run(*, out: str | Path, model: str | None = None, dataset: str | None 
     with what the run started with. ``device`` overrides where retraining runs (default: where
     the baseline was trained) and ``autocast`` its precision (default: the baseline's); both may
     change on a resume. ``weights`` (a local safetensors state dict) initialises the baseline
-    built from ``model`` before it is trained.
+    built from ``model`` before it is trained. ``distributed`` as for :func:`secateur.prune` (under
+    ``torchrun``, a baseline to train is trained data-parallel too, and rank 0 alone writes).
     """
     out = Path(out)
     check_weights(weights, from_dir)
-    rundir.check_out(out, "prune", resume=resume, force=force, source=from_dir)
-    if resume:
-        check_resumed(out, given or {}, model=model, dataset=dataset)
-    data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
-    with rundir.claim(out, "prune", resume=resume, force=force, source=from_dir) as claimed:
-        baseline = _run_baseline(claimed, model, data, from_dir, train_config, progress, weights)
-        meta = {"model": baseline.meta["model"], "dataset": data.name}
-        overrides = {key: value for key, value in (("device", device), ("autocast", autocast)) if value is not None}
-        if overrides:
-            baseline.train_config = baseline.train_config.replace(**overrides).validate()
-        return prune(copy.deepcopy(baseline.model), data=data, config=config, train_config=baseline.train_config,
-                     out=out, resume=resume, force=force, progress=progress, meta=meta)
+    with session(distributed):
+        writer_only(lambda: rundir.check_out(out, "prune", resume=resume, force=force, source=from_dir))
+        if resume:
+            check_resumed(out, given or {}, model=model, dataset=dataset)
+        data = _load_data(run_dataset(out, from_dir, dataset), data_dir)
+        progress = progress and is_writer()
+        with writer_context(lambda: rundir.claim(out, "prune", resume=resume, force=force, source=from_dir)) as taken:
+            baseline = _run_baseline(_shared_claim(taken, out), model, data, from_dir, train_config, progress, weights)
+            meta = {"model": baseline.meta["model"], "dataset": data.name}
+            overrides = {key: value for key, value in (("device", device), ("autocast", autocast)) if value is not None}
+            if overrides:
+                baseline.train_config = baseline.train_config.replace(**overrides).validate()
+            return prune(copy.deepcopy(baseline.model), data=data, config=config, train_config=baseline.train_config,
+                         out=out, resume=resume, force=force, progress=progress, meta=meta, distributed=distributed)
+
+
+def _load_data(name: str, data_dir: str | Path | None) -> Dataset:
+    """The dataset, loaded by rank 0 first under torchrun (a download then happens once)."""
+    data = writer_only(lambda: load_dataset(name, data_dir))
+    return data if data is not None else load_dataset(name, data_dir)
+
+
+class _ReadOnlyClaim(rundir.Claim):
+    """Rank 0's claim as the other ranks see it: what it records, without writing the marker."""
+
+    def note(self, **fields: object) -> None:
+        self.record.update(fields)
+
+
+def _shared_claim(taken: rundir.Claim | None, out: Path) -> rundir.Claim:
+    """Rank 0's claim of ``out`` (whether it resumes, what its marker records) on every rank."""
+    facts: dict[str, Any] = agree({"resumed": taken.resumed, "record": taken.record} if taken is not None else {})
+    if taken is not None:
+        return taken
+    return _ReadOnlyClaim(out, "prune", dict(facts["record"]), bool(facts["resumed"]), [], False)
 
 
 def _run_baseline(claimed: rundir.Claim, model: str | None, data: Dataset, from_dir: str | Path | None,
@@ -254,9 +282,14 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
               from_dir: str | Path | None = None, dataset: str | None = None,
               strengths: Sequence[float] = DEFAULT_STRENGTHS, retrain_epochs: int = 2,
               data_dir: str | Path | None = None, progress: bool = True, force: bool = False,
-              weights: str | Path | None = None) -> dict:
+              weights: str | Path | None = None, workers: int = 1, worker_threads: int = 1) -> dict:
     """``secateur sweep``: every method's trade-off curve, saved and plotted together (a baseline
-    built from ``model`` starts from ``weights``, a local safetensors state dict, when given)."""
+    built from ``model`` starts from ``weights``, a local safetensors state dict, when given).
+
+    ``workers`` > 1 computes the curves (one per method; a curve's points continue each other) in
+    that many spawned processes of ``worker_threads`` torch threads each, with the seeds of the
+    sequential sweep: the same points as ``workers=1`` at the same thread count.
+    """
     out = Path(out)
     check_weights(weights, from_dir)
     rundir.check_out(out, "sweep", force=force, source=from_dir)
@@ -265,8 +298,18 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
         baseline = obtain_baseline(model, data, out, from_dir=from_dir, train_config=None, progress=progress,
                                    weights=weights)
         retrain = retrain_config(PruneConfig(retrain_epochs=retrain_epochs), baseline.train_config)
-        make_train, _, _ = default_callables(data, retrain)
-        result = sweep(baseline.model, methods, make_train=make_train, evaluate=lambda m: evaluate(m, data, "val"),
-                       strengths=strengths, progress=progress)
+        val = functools.partial(evaluate, data=data, split="val")
+        if workers > 1:
+            check_sweep(methods, strengths)
+            source = from_dir if from_dir is not None else rundir.baseline_dir(out)
+            tasks = [SweepTask(data.name, None if data_dir is None else str(data_dir), str(source),
+                               retrain.to_dict(), method, tuple(strengths)) for method in methods]
+            curves = dict(zip(methods, parallel_map(sweep_curve, tasks, workers, worker_threads)))
+            result = sweep_result(baseline.model, val, curves, strengths, SWEEP_SCHEDULE)
+        else:
+            make_train, _, _ = default_callables(data, retrain)
+            result = sweep(baseline.model, methods, make_train=make_train, evaluate=val,
+                           strengths=strengths, schedule=SWEEP_SCHEDULE, progress=progress)
         result.update(model=baseline.meta["model"], dataset=data.name)
         return sweep_report(rundir.write_sweep(out, result), out)
+

@@ -16,11 +16,12 @@ is within the bound is decided by :mod:`secateur.search.acceptance` (the observe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,16 @@ from secateur.arguments import (
     expect_module,
     expect_path,
     expect_shape,
+)
+from secateur.distributed import (
+    agree,
+    is_writer,
+    prune_hooks,
+    session,
+    sync_module,
+    synced_pruner,
+    world_size,
+    writer_context,
 )
 from secateur.errors import ConfigError
 from secateur.io import rundir
@@ -174,9 +185,10 @@ def _run_round(run: _Run, strength: float) -> dict:
            "recovery_passes": passes}
     row.update(round_stats(candidate, run.baseline, run.pruner.targets, run.input_shape))
     row["seconds"] = time.perf_counter() - start
-    if feasible:
+    row = agree(row)  # under torchrun: rank 0's row, and so its decision, on every rank
+    if row["feasible"]:
         run.best, run.pruner_state = candidate, pruner_state
-    run.state = record(run.state, strength, feasible, run.config.search_settings())
+    run.state = record(run.state, strength, bool(row["feasible"]), run.config.search_settings())
     return row
 
 
@@ -221,6 +233,7 @@ def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train
     baseline = spec.prepare(model, targets)
     context = Context(targets, input_shape, evaluate, batches, out)
     pruner, config = spec.build(baseline, config, context)
+    pruner = synced_pruner(pruner)  # under torchrun: every cut rank 0's
     baseline_val = measure(evaluate, baseline)  # per-example results kept for paired comparisons
     if out is not None:
         rundir.write_config(out, {"prune": config.to_dict(), "baseline_val": baseline_val.accuracy, **meta})
@@ -280,7 +293,7 @@ def prune(model: nn.Module, *, data: Dataset | Loaders | str | None = None, trai
           out: str | Path | None = None, resume: bool = False, force: bool = False, progress: bool = False,
           input_shape: tuple[int, ...] | None = None, meta: Mapping | None = None,
           polish: Retrain | None = None, on_round: Callable[[dict], None] | None = None,
-          **options: object) -> PruneResult:
+          distributed: bool | None = None, **options: object) -> PruneResult:
     """Prune ``model`` to the smallest size whose validation drop stays within ``max_drop``.
 
     Give either ``data`` (a dataset, its name, or your own PyTorch data as
@@ -315,6 +328,9 @@ def prune(model: nn.Module, *, data: Dataset | Loaders | str | None = None, trai
     latency, tracing) defaults to the data's. The run's model and dataset names (the report's
     title, ``model.json``) come from ``meta`` or, failing that, from the model and the data
     (:func:`run_meta`).
+    ``distributed`` (None: when launched by ``torchrun``, or a process group is initialised) runs the
+    search on every rank: retraining data-parallel, each cut, decision and evaluation rank 0's,
+    files written by rank 0 alone (:mod:`secateur.distributed`); False: this process alone.
     """
     _check_arguments(model, data, (config, train_config), out, input_shape, meta,
                      {"train": train, "evaluate": evaluate, "test_evaluate": test_evaluate, "polish": polish,
@@ -322,13 +338,21 @@ def prune(model: nn.Module, *, data: Dataset | Loaders | str | None = None, trai
     run = functools.partial(_prune, model, data=data, train=train, evaluate=evaluate, test_evaluate=test_evaluate,
                             config=config, train_config=train_config, out=out, resume=resume, progress=progress,
                             input_shape=input_shape, meta=meta, polish=polish, on_round=on_round, **options)
-    if out is None:
-        if resume:
-            raise ConfigError("resume needs the run folder (out=...)")
-        return run()
+    if out is None and resume:
+        raise ConfigError("resume needs the run folder (out=...)")
+    with session(distributed):
+        if out is None:
+            return run()
+        with writer_context(functools.partial(_claimed, Path(out), model, resume, force)):
+            return run()
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, model: nn.Module, resume: bool, force: bool) -> Iterator[rundir.Claim]:
+    """The run folder claimed, and the baseline checked against a resumed run's."""
     with rundir.claim(out, "prune", resume=resume, force=force) as claimed:
         check_baseline(claimed, model)
-        return run()
+        yield claimed
 
 
 def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Retrain | None,
@@ -348,6 +372,7 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
                                                      retrain_config(config, train_config), step)
     polish_config = (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED)
     polish = checked(polish, "polish") if polish else _polisher(data, train, polish_config, config.polish_epochs, step)
+    make_train, evaluate, test_evaluate, polish = prune_hooks(make_train, evaluate, test_evaluate, polish)
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
     meta = run_meta(model, data, meta, input_shape)
     out_dir = Path(out) if out is not None else None
@@ -355,10 +380,15 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
     batches = _taylor_batches(data) if data is not None else None
     run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches)
            if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
-           _start(model, config, evaluate, make_train, input_shape, out_dir, meta, batches))
-    _search(run, progress, on_round)
+           _start(model, config, evaluate, make_train, input_shape, out_dir if is_writer() else None,
+                  meta, batches))
+    run.out = run.out if is_writer() else None  # under torchrun only rank 0 writes the run folder
+    sync_module(run.best, "starting model")  # e.g. every rank loaded the same round: now bitwise rank 0's
+    _search(run, progress and is_writer(), on_round)
     polished = _polish(run, polish)
-    return _finish(run, test_evaluate, meta, time.perf_counter() - started, polished)
+    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished)
+    result.results, result.out = agree(result.results), out_dir  # rank 0's results (its file sizes) everywhere
+    return result
 
 
 def run_meta(model: nn.Module, data: Dataset | Loaders | None, meta: Mapping | None,
@@ -590,6 +620,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.physical),
         "seconds": seconds + run.prior_seconds,
         "rounds": len(run.history), "chosen_round": run.state.best_round, "saturated": saturated(run.history),
+        "processes": world_size(),
     }
     if run.out is not None:
         _write_outputs(run, run.out, chosen, results, meta)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from secateur import __version__
+from secateur.distributed import is_writer, writer_only
 from secateur.io import rundir
 from secateur.io.storage import save_model
 from secateur.train import TrainConfig, evaluate, fit
@@ -84,7 +85,7 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
     config = (config or default_config(model)).validate()
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        rundir.check_out(out_dir, "train", force=force)
+        writer_only(lambda: rundir.check_out(out_dir, "train", force=force))
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_dir)
     torch.manual_seed(config.seed)
     record = model_record(model, input_shape=data.input_shape, num_classes=data.num_classes)
@@ -99,7 +100,7 @@ def train_baseline(model: str, dataset: str | Dataset = "mnist", *, out: str | P
     }
     if weights is not None:
         meta["weights"] = weights_record(weights)
-    if out_dir is not None:
+    if out_dir is not None and is_writer():  # under torchrun, trained data-parallel; rank 0 saves
         with rundir.claim(out_dir, "train", force=force):
             save_model(net, rundir.model_base(out_dir), meta)
     return Baseline(net, meta)
