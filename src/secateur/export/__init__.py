@@ -73,7 +73,8 @@ class Exported:
     details: Mapping[str, object] = field(default_factory=dict)
 
 
-EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format", builtins=("secateur.export.dense", "secateur.export.compact"))
+EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format",
+                                                  builtins=("secateur.export.dense", "secateur.export.compact"))
 
 
 def register_format(spec: ExportFormat) -> ExportFormat:

@@ -34,7 +34,8 @@ from secateur.unstructured.masks import PRUNABLE_TYPES, mask_of
 from secateur.zoo.data import Dataset, batches
 
 BITS = range(2, 9)
-KINDS = {"fc": (nn.Linear,), "conv": tuple(t for t in PRUNABLE_TYPES if t is not nn.Linear)}
+KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "fc": (nn.Linear,), "conv": tuple(t for t in PRUNABLE_TYPES if t is not nn.Linear)}
 KMEANS_ITERATIONS = 50
 
 
@@ -263,6 +264,14 @@ def share_for_export(model: nn.Module, options: Mapping[str, object]) -> tuple[n
                          baseline=baseline if isinstance(baseline, nn.Module) else None, confidence=confidence)
 
 
+def _whole(value: object) -> object:
+    return int(str(value))
+
+
+def _real(value: object) -> object:
+    return float(str(value))
+
+
 def _dataset(value: object) -> object:
     if not isinstance(value, Dataset):
         raise TypeError("data must be a secateur Dataset (the API only; the CLI uses run=FOLDER)")
@@ -279,9 +288,9 @@ SHARING_OPTIONS = {
     "bits": ExportOption(parse_bits, "share weights: codebook width per weight, e.g. 5 or conv:8,fc:5 (2..8)"),
     "run": ExportOption(str, "a prune run folder: fine-tune the centroids on its data, accept only within its "
                              "drop bound"),
-    "epochs": ExportOption(int, "epochs of centroid fine-tuning (with data or run)", 1),
-    "lr": ExportOption(float, "Adam learning rate of the centroids", 1e-4),
+    "epochs": ExportOption(_whole, "epochs of centroid fine-tuning (with data or run)", 1),
+    "lr": ExportOption(_real, "Adam learning rate of the centroids", 1e-4),
     "data": ExportOption(_dataset, "API: a Dataset to fine-tune on and judge with"),
     "baseline": ExportOption(_module, "API: the baseline the drop is measured against"),
-    "max_drop": ExportOption(float, "API: the drop bound in points"),
+    "max_drop": ExportOption(_real, "API: the drop bound in points"),
 }

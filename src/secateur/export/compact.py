@@ -287,7 +287,7 @@ def read_compact(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, t
                 masks[entry["name"]] = mask
     except CheckpointError:
         raise
-    except Exception as error:  # noqa: BLE001 - codecs and numpy raise their own types; all mean "corrupt"
+    except Exception as error:
         raise _corrupt(path, str(error).splitlines()[0] if str(error) else type(error).__name__) from None
     meta = {**header["meta"], "format": FORMAT, "format_version": header["format_version"], "masks": sorted(masks)}
     return plain, masks, meta

@@ -20,7 +20,12 @@ from secateur.errors import ConfigError
 from secateur.registry import Registry
 
 AUTO = "auto"  # not a codec: the smallest available codec, chosen per section
-LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+
+
+def _lzma_filters(size: int) -> list[dict]:
+    """Raw LZMA2 at preset 9e with a dictionary no larger than the data (a 64 MiB one is slow to set up)."""
+    return [{"id": lzma.FILTER_LZMA2, "preset": LZMA_PRESET, "dict_size": max(size, 4096)}]
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,11 @@ def _sized(data: bytes, size: int) -> bytes:
 
 
 def _lzma_compress(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data)))
 
 
 def _lzma_decompress(data: bytes, size: int) -> bytes:
-    return _sized(lzma.decompress(data, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS), size)
+    return _sized(lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(size)), size)
 
 
 def _zlib_compress(data: bytes) -> bytes:

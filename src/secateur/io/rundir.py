@@ -46,6 +46,7 @@ from secateur.io.storage import (
     atomic_write_text,
     check_header,
     checkpoint_paths,
+    is_other_format,
     load_model,
     read_json,
     save_model,
@@ -586,6 +587,8 @@ def checkpoint_in(path: str | Path) -> Path:
         raise CheckpointError(f"no checkpoint in {path}{held}{base}; give a checkpoint or a folder holding one")
     if path.suffix in (".safetensors", ".json"):
         return path.with_suffix("")
+    if is_other_format(path):
+        return path  # a one-file model (a compact export): load_model reads it as it is
     if path.exists():
         raise CheckpointError(f"{path} is not a checkpoint (a .safetensors or .json file); "
                               "give a checkpoint or a folder holding one")

@@ -94,6 +94,11 @@ FILE_FORMATS: Registry[FileFormat] = Registry("model file format", builtins=("se
 """One-file model formats :func:`load_model` also reads, recognised by their content (never unpickled)."""
 
 
+def is_other_format(path: Path | str) -> bool:
+    """Whether ``path`` is a model file of a registered :data:`FILE_FORMATS` format (e.g. compact)."""
+    return _other_format(path) is not None
+
+
 def _other_format(path: Path | str) -> FileFormat | None:
     """The registered format of a file that is not a safetensors / JSON checkpoint, if any."""
     target = Path(path)
