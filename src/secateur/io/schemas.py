@@ -420,7 +420,8 @@ class Counts(BaseModel):
     dense: int | None = None
     nonzero: int | None = None
     pruned: int | None = None
-    sparse_csr: int | None = None
+    compact: int | None = None
+    sparse_csr: int | None = None  # older runs: an estimate, replaced by the real ``compact`` file's bytes
 
 
 class Acceptance(BaseModel):
