@@ -13,7 +13,8 @@ stages, and each file is decoded back and evaluated on the test split:
 Sizes are bytes on disk against the dense fp32 file: the run's baseline exported with
 ``secateur export --format dense`` (a plain safetensors ``state_dict``; the run's own
 ``baseline/model.safetensors`` is larger, as it also holds the all-true masks of the search).
-Prints the table beside the paper's rows, writes ``bench/results/deep_compression.{json,md}`` and the plot ``bytes_vs_drop.png``.
+Prints the table beside the paper's rows, writes ``bench/results/deep_compression.{json,md}``
+and the plot ``bytes_vs_drop.png``.
 
     python bench/deep_compression.py [--runs lenet300=runs/bench/lenet300/prune,lenet5=...]
                                      [--epochs 1] [--work DIR]
