@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from secateur.app.cli import main
 from secateur.errors import CheckpointError, ConfigError
-from secateur.export import export_model
+from secateur.export import export_model, huffman
 from secateur.export.codebook import cluster, kmeans_1d, parse_bits, share_weights, weight_bits
 from secateur.export.compact import MAGIC, encode_model, read_compact
 from secateur.export.entropy import CODECS, available_codecs
@@ -137,6 +137,16 @@ def test_every_available_codec_round_trips(codec):
     data = bytes(np.random.default_rng(0).integers(0, 4, 5000, dtype=np.uint8))
     spec = CODECS.get(codec)
     assert spec.decompress(spec.compress(data), len(data)) == data
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=3000), skew=st.integers(1, 8))
+def test_huffman_round_trips_and_codes_a_skewed_stream_in_fewer_bits(data, skew):
+    skewed = bytes(b >> skew for b in data)  # few distinct values: fewer bits than a byte each
+    for stream in (data, skewed):
+        assert huffman.decompress(huffman.compress(stream), len(stream)) == stream
+    if len(skewed) > 1000 and skew >= 4:
+        assert len(huffman.compress(skewed)) < 0.8 * len(skewed)
 
 
 # ------------------------------------------------------------------------------------------------ the container

@@ -2,7 +2,8 @@
 
 A :class:`Codec` compresses one section and restores it given its original length. Built in:
 ``none``; ``zlib`` (raw deflate) and ``lzma`` (raw LZMA2, no container overhead) from the
-standard library; ``zstd`` (the ``zstandard`` package) and ``brotli`` when installed
+standard library; ``huffman`` (canonical Huffman over bytes, :mod:`secateur.export.huffman`, the
+paper's coder); ``zstd`` (the ``zstandard`` package) and ``brotli`` when installed
 (``pip install secateur[compact]``). Each section is coded on its own, so indices, codebook
 codes and values each get a model of their own statistics, and a codec that does not help a
 section can be skipped for it (``auto`` picks the smallest available codec per section).
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from secateur.errors import ConfigError
+from secateur.export import huffman
 from secateur.registry import Registry
 
 AUTO = "auto"  # not a codec: the smallest available codec, chosen per section
@@ -103,6 +105,10 @@ def _zlib_decompress(data: bytes, size: int) -> bytes:
     return _sized(zlib.decompress(data, -15), size)
 
 
+def _huffman_decompress(data: bytes, size: int) -> bytes:
+    return _sized(huffman.decompress(data, size), size)
+
+
 def _zstd_compress(data: bytes) -> bytes:
     import zstandard
 
@@ -130,6 +136,8 @@ def _brotli_decompress(data: bytes, size: int) -> bytes:
 NONE = register_codec(Codec("none", bytes, _sized, "stored as is"))
 ZLIB = register_codec(Codec("zlib", _zlib_compress, _zlib_decompress, "raw deflate, level 9 (standard library)"))
 LZMA = register_codec(Codec("lzma", _lzma_compress, _lzma_decompress, "raw LZMA2, preset 9e (standard library)"))
+HUFFMAN = register_codec(Codec("huffman", huffman.compress, _huffman_decompress,
+                               "canonical Huffman over bytes, as in Deep Compression (numpy)"))
 ZSTD = register_codec(Codec("zstd", _zstd_compress, _zstd_decompress, "Zstandard level 22 (zstandard package)",
                             "zstandard"))
 BROTLI = register_codec(Codec("brotli", _brotli_compress, _brotli_decompress, "Brotli quality 11 (brotli package)",
