@@ -41,7 +41,7 @@ from secateur.io import rundir
 from secateur.io.storage import load_model
 from secateur.report.figures import png_bytes
 from secateur.train import correctness
-from secateur.unstructured.masks import masks_of
+from secateur.unstructured.masks import effective_state_dict, masks_of
 from secateur.zoo.data import Dataset, load_dataset
 
 PAPER = {  # Deep Compression, Table 1: dense -> compressed storage, ratio, top-1 error after
@@ -85,6 +85,19 @@ def pruning_points(model: nn.Module, data: Dataset, work: Path, base_error: floa
         size, path = stored(model, work, "pruned", values=values)
         out.append(point("pruning", values, size, path, data, base_error, dense, values=values))
     return out
+
+
+def lossless(model: nn.Module, work: Path, nonzero: int) -> dict:
+    """The fp32 file with the default codec (lzma): its bytes against ``4 * nonzero``, and bit-exactness."""
+    size, path = stored(model, work, "pruned", codec="lzma")
+    decoded, _ = load_model(path)
+    ours, theirs = effective_state_dict(model), effective_state_dict(decoded)
+    exact = ours.keys() == theirs.keys() and all(
+        torch.equal(v.view(torch.uint8) if v.is_floating_point() else v,
+                    theirs[k].view(torch.uint8) if v.is_floating_point() else theirs[k]) for k, v in ours.items())
+    masks = masks_of(decoded)
+    exact = exact and all(torch.equal(masks[k], v) for k, v in masks_of(model).items())
+    return {"bytes": size, "codec": "lzma", "vs_nonzero_fp32_bytes": size / (4 * nonzero), "bit_exact": exact}
 
 
 def widths_for(model: nn.Module, conv: int, fc: int) -> str:
@@ -153,7 +166,7 @@ def bench_run(name: str, folder: Path, epochs: int, work: Path) -> dict:
             "compression_params": results["compression"], "max_drop": bound["max_drop"],
             "confidence": bound["confidence"], "baseline_test_error": base_error, "epochs": epochs,
             "trials": [{k: v for k, v in t.items() if k != "model"} for t in trials], "points": points, "best": best,
-            "fp32_vs_nonzero_bytes": points[0]["bytes"] / (4 * nonzero)}
+            "fp32_vs_nonzero_bytes": points[0]["bytes"] / (4 * nonzero), "lossless": lossless(model, work, nonzero)}
 
 
 def table(runs: list[dict]) -> str:
@@ -188,6 +201,31 @@ def codec_table(runs: list[dict]) -> str:
         bits = run["best"]["bits"]
         sizes = {p["codec"]: p["bytes"] for p in run["points"] if p.get("bits") == bits}
         lines.append(f"| {run['network']} | {bits} | " + " | ".join(f"{sizes.get(c, 0):,}" for c in codecs()) + " |")
+    return "\n".join(lines)
+
+
+def notes(runs: list[dict]) -> str:
+    """Per network: the drop bound, the chosen width's drops, the targets, the lossless file."""
+    lines = []
+    for r in runs:
+        best, lossless = r["best"], r["lossless"]
+        lines.append(f"- {r['network']}: drop bound {r['max_drop']} points (confidence {r['confidence']}), "
+                     f"dense fp32 file {r['dense_bytes']:,} bytes ({DENSE_FILE}); {r['nonzero_weights']:,} nonzero "
+                     f"weights ({r['compression_params']:.1f}x fewer parameters).")
+        lines.append(f"  - lossless (fp32, lzma): {lossless['bytes']:,} bytes = {lossless['vs_nonzero_fp32_bytes']:.3f}"
+                     f" x (nonzeros x 4 bytes), bit-exact: {lossless['bit_exact']}.")
+        if best is None:
+            lines.append("  - no width was accepted within the bound.")
+            continue
+        target = TARGET.get(r["network"], 40)
+        lines.append(f"  - chosen: {best['bits']} + {best['codec']}: {best['bytes']:,} bytes, {best['ratio']:.1f}x "
+                     f"(target {target}x: {'met' if best['ratio'] >= target else 'MISSED'}); val drop "
+                     f"{best['val_drop']:+.2f} + margin {best['val_margin']:.2f} points; test error "
+                     f"{r['baseline_test_error']:.2f}% -> {best['test_error']:.2f}% ({best['test_drop']:+.2f} points, "
+                     f"{'within' if best['test_drop'] <= r['max_drop'] + 1e-9 else 'OVER'} the bound on test).")
+        refused = [t["bits"] for t in r["trials"] if not t["accepted"]]
+        lines.append(f"  - widths tried: {', '.join(t['bits'] for t in r['trials'])}; refused on validation: "
+                     f"{', '.join(refused) or 'none'}; centroid fine-tuning {r['epochs']} epoch(s) per width.")
     return "\n".join(lines)
 
 
@@ -247,7 +285,8 @@ def main() -> None:
             run["seconds"] = time.perf_counter() - start
             runs.append(run)
             print(f"{name}: done in {run['seconds']:.0f} s", flush=True)
-    text = "\n\n".join([table(runs), "Bytes of the chosen width under each codec:", codec_table(runs)])
+    text = "\n\n".join([table(runs), "Bytes of the chosen width under each codec:", codec_table(runs),
+                         notes(runs)])
     print(text)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(runs, indent=2) + "\n")
