@@ -91,6 +91,20 @@ def test_special_values_keep_their_bits(tmp_path):
         assert _same_bits(model, loaded)
 
 
+def test_a_codebook_never_merges_minus_zero_into_zero(tmp_path):
+    shared, _ = share_weights(_masked("lenet300", density=0.2), "fc:3")
+    with torch.no_grad():
+        row, col = masks_of(shared)["fc1.weight"].nonzero()[0].tolist()
+        shared.fc1.parametrizations.weight.original[row, col] = -0.0
+        row, col = masks_of(shared)["fc1.weight"].nonzero()[1].tolist()
+        shared.fc1.parametrizations.weight.original[row, col] = 0.0
+    data, header = encode_model(shared, codec_name="none")
+    (tmp_path / "z").write_bytes(data)
+    assert _same_bits(shared, load_model(tmp_path / "z")[0])
+    kinds = {t["name"]: t["values"]["kind"] for t in header["tensors"]}
+    assert kinds["fc2.weight"] == kinds["fc1.weight"] == "codebook"
+
+
 # ------------------------------------------------------------------------------------------------ encodings
 
 

@@ -10,7 +10,7 @@ sha256 closes it. Per masked tensor the pattern takes the smallest of the regist
 entropy coding and recorded; unmasked tensors (biases, batch norm) are stored whole.
 
 Values are stored in the tensor's dtype (fp32: bit-exact), or as ``values=fp16`` / ``bf16``.
-A tensor with at most 256 distinct (kept) values is stored, when smaller, as a codebook of
+A tensor with at most 256 distinct (kept) bit patterns is stored, when smaller, as a codebook of
 those values plus a ``ceil(log2 k)``-bit code per entry: lossless, so a model whose weights
 were shared (:mod:`secateur.export.codebook`, the ``bits`` option) costs only its codes.
 Loading never unpickles or runs code, and a damaged or truncated file is one CheckpointError line.
@@ -52,6 +52,7 @@ DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
     torch.int8, torch.uint8, torch.bool)}
 MAX_CODEBOOK = 256
+INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # distinct values = distinct bit patterns
 
 
 # --------------------------------------------------------------------------------------------- bytes
@@ -122,7 +123,8 @@ def _value_candidates(values: torch.Tensor, packed: bool) -> list[tuple[dict, di
     raw = tensor_bytes(values)
     out = [({"kind": "raw", "shuffle": not packed}, {"values": raw if packed else shuffle(raw, size)})]
     if values.is_floating_point() and values.numel():
-        centroids, codes = torch.unique(values, return_inverse=True)
+        patterns, codes = torch.unique(values.view(INT_OF_SIZE[size]), return_inverse=True)  # -0.0 != 0.0
+        centroids = patterns.view(values.dtype)
         if centroids.numel() <= MAX_CODEBOOK:
             bits = max(1, math.ceil(math.log2(centroids.numel())))
             out.append(({"kind": "codebook", "bits": bits, "centroids": int(centroids.numel())},
