@@ -17,7 +17,7 @@ Prints the table beside the paper's rows, writes ``bench/results/deep_compressio
 and the plot ``bytes_vs_drop.png``.
 
     python bench/deep_compression.py [--runs lenet300=runs/bench/lenet300/prune,lenet5=...]
-                                     [--epochs 1] [--work DIR]
+                                     [--epochs 1] [--tune-images N] [--work DIR]
 """
 
 from __future__ import annotations
@@ -105,8 +105,12 @@ def widths_for(model: nn.Module, conv: int, fc: int) -> str:
     return f"conv:{conv},fc:{fc}" if has_conv else f"fc:{fc}"
 
 
-def sharing_trials(model: nn.Module, baseline: nn.Module, data: Dataset, bound: dict, epochs: int) -> list[dict]:
-    """Every width tried, accepted or refused by the run's drop bound on validation."""
+def sharing_trials(model: nn.Module, baseline: nn.Module, data: Dataset, bound: dict, epochs: int,
+                   tune_images: int | None) -> list[dict]:
+    """Widths from Han's down, each accepted or refused by the run's drop bound on validation, to the first refusal.
+
+    The centroids are fine-tuned on the first ``tune_images`` training images (all if None)."""
+    tune = data if tune_images is None else data.subset(train=tune_images)
     trials, seen = [], set()
     for conv, fc in WIDTHS:
         bits = widths_for(model, conv, fc)
@@ -115,12 +119,12 @@ def sharing_trials(model: nn.Module, baseline: nn.Module, data: Dataset, bound: 
         seen.add(bits)
         start = time.perf_counter()
         try:
-            shared, facts = share_weights(model, bits, data=data, epochs=epochs, max_drop=bound["max_drop"],
+            shared, facts = share_weights(model, bits, data=tune, epochs=epochs, max_drop=bound["max_drop"],
                                           baseline=baseline, confidence=bound["confidence"])
         except ConfigError as refused:
             trials.append({"bits": bits, "accepted": False, "why": str(refused),
                            "seconds": time.perf_counter() - start})
-            continue
+            break  # narrower widths than a refused one are not tried
         trials.append({"bits": bits, "accepted": True, "model": shared, "val_drop": facts["drop"],
                        "val_margin": facts["margin"], "seconds": time.perf_counter() - start})
     return trials
@@ -145,7 +149,7 @@ def sharing_points(trials: list[dict], data: Dataset, work: Path, base_error: fl
     return out
 
 
-def bench_run(name: str, folder: Path, epochs: int, work: Path) -> dict:
+def bench_run(name: str, folder: Path, epochs: int, work: Path, tune_images: int | None = None) -> dict:
     """All stages for one pruned run folder."""
     config, results = rundir.read_config(folder), rundir.read_results(folder)
     bound = {"max_drop": float(config["prune"]["max_drop"]), "confidence": float(config["prune"]["confidence"])}
@@ -157,7 +161,7 @@ def bench_run(name: str, folder: Path, epochs: int, work: Path) -> dict:
     base_error = error_of(baseline, data)
     nonzero = sum(int(m.sum()) for m in masks_of(model).values())
     points = pruning_points(model, data, work, base_error, dense)
-    trials = sharing_trials(model, baseline, data, bound, epochs)
+    trials = sharing_trials(model, baseline, data, bound, epochs, tune_images)
     points += sharing_points(trials, data, work, base_error, dense)
     best = min((p for p in points if p["stage"] == "+ entropy coding"), key=lambda p: p["bytes"], default=None)
     return {"network": name, "run": str(folder), "dense_file": DENSE_FILE, "dense_bytes": dense,
@@ -165,6 +169,7 @@ def bench_run(name: str, folder: Path, epochs: int, work: Path) -> dict:
             "masked_checkpoint_bytes": (folder / rundir.WEIGHTS).stat().st_size, "nonzero_weights": nonzero,
             "compression_params": results["compression"], "max_drop": bound["max_drop"],
             "confidence": bound["confidence"], "baseline_test_error": base_error, "epochs": epochs,
+            "tune_images": tune_images or len(data.train.labels),
             "trials": [{k: v for k, v in t.items() if k != "model"} for t in trials], "points": points, "best": best,
             "fp32_vs_nonzero_bytes": points[0]["bytes"] / (4 * nonzero), "lossless": lossless(model, work, nonzero)}
 
@@ -225,7 +230,8 @@ def notes(runs: list[dict]) -> str:
                      f"{'within' if best['test_drop'] <= r['max_drop'] + 1e-9 else 'OVER'} the bound on test).")
         refused = [t["bits"] for t in r["trials"] if not t["accepted"]]
         lines.append(f"  - widths tried: {', '.join(t['bits'] for t in r['trials'])}; refused on validation: "
-                     f"{', '.join(refused) or 'none'}; centroid fine-tuning {r['epochs']} epoch(s) per width.")
+                     f"{', '.join(refused) or 'none'}; centroid fine-tuning {r['epochs']} epoch(s) "
+                     f"over {r['tune_images']:,} training images per width.")
     return "\n".join(lines)
 
 
@@ -267,6 +273,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="name=run folder, comma separated")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of centroid fine-tuning per width")
+    parser.add_argument("--tune-images", type=int, default=None,
+                        help="fine-tune the centroids on the first N training images (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None, help="where the compact files go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=RESULTS / "deep_compression.json")
@@ -281,7 +289,7 @@ def main() -> None:
         for pair in args.runs.split(","):
             name, folder = pair.split("=", 1)
             start = time.perf_counter()
-            run = bench_run(name, Path(folder), args.epochs, work)
+            run = bench_run(name, Path(folder), args.epochs, work, args.tune_images)
             run["seconds"] = time.perf_counter() - start
             runs.append(run)
             print(f"{name}: done in {run['seconds']:.0f} s", flush=True)
