@@ -110,28 +110,44 @@ def widths_for(model: nn.Module, conv: int, fc: int) -> str:
     return f"conv:{conv},fc:{fc}" if has_conv else f"fc:{fc}"
 
 
+def trial(model: nn.Module, bits: str, baseline: nn.Module, tune: Dataset, bound: dict, epochs: int) -> dict:
+    """One width, fine-tuned and judged by the run's drop bound on validation."""
+    start = time.perf_counter()
+    try:
+        shared, facts = share_weights(model, bits, data=tune, epochs=epochs, max_drop=bound["max_drop"],
+                                      baseline=baseline, confidence=bound["confidence"])
+    except ConfigError as refused:
+        return {"bits": bits, "accepted": False, "why": str(refused), "seconds": time.perf_counter() - start}
+    return {"bits": bits, "accepted": True, "model": shared, "val_drop": facts["drop"], "val_margin": facts["margin"],
+            "seconds": time.perf_counter() - start}
+
+
+def largest_weight(model: nn.Module) -> str:
+    """The masked tensor with the most kept weights (fc1 of an MLP): where a bit saves the most."""
+    return max(masks_of(model).items(), key=lambda item: int(item[1].sum()))[0]
+
+
 def sharing_trials(model: nn.Module, baseline: nn.Module, data: Dataset, bound: dict, epochs: int,
                    tune_images: int | None) -> list[dict]:
-    """Widths from Han's down, each accepted or refused by the run's drop bound on validation, to the first refusal.
-
-    The centroids are fine-tuned on the first ``tune_images`` training images (all if None)."""
+    """Widths from Han's down to the first refused; then the last accepted with its largest layer
+    one bit narrower, then two. Centroids fine-tuned on the first ``tune_images`` training images."""
     tune = data if tune_images is None else data.subset(train=tune_images)
-    trials, seen = [], set()
-    for conv, fc in WIDTHS:
-        bits = widths_for(model, conv, fc)
-        if bits in seen:
-            continue
-        seen.add(bits)
-        start = time.perf_counter()
-        try:
-            shared, facts = share_weights(model, bits, data=tune, epochs=epochs, max_drop=bound["max_drop"],
-                                          baseline=baseline, confidence=bound["confidence"])
-        except ConfigError as refused:
-            trials.append({"bits": bits, "accepted": False, "why": str(refused),
-                           "seconds": time.perf_counter() - start})
-            break  # narrower widths than a refused one are not tried
-        trials.append({"bits": bits, "accepted": True, "model": shared, "val_drop": facts["drop"],
-                       "val_margin": facts["margin"], "seconds": time.perf_counter() - start})
+    trials: list[dict] = []
+    accepted = None
+    for bits in dict.fromkeys(widths_for(model, conv, fc) for conv, fc in WIDTHS):
+        trials.append(trial(model, bits, baseline, tune, bound, epochs))
+        if not trials[-1]["accepted"]:
+            break
+        accepted = bits
+    if accepted is not None:
+        largest = largest_weight(model)
+        fc = int(accepted.rsplit(":", 1)[1])
+        for narrower in (fc - 1, fc - 2):
+            if narrower < 2:
+                break
+            trials.append(trial(model, f"{accepted},{largest}:{narrower}", baseline, tune, bound, epochs))
+            if not trials[-1]["accepted"]:
+                break
     return trials
 
 
@@ -143,14 +159,14 @@ def codecs() -> list[str]:
 def sharing_points(trials: list[dict], data: Dataset, work: Path, base_error: float, dense: int) -> list[dict]:
     """Stages 2 and 3 for every accepted width: no coding, then each codec."""
     out = []
-    for trial in (t for t in trials if t["accepted"]):
-        tag = trial["bits"].replace(":", "").replace(",", "-")
+    for done in (t for t in trials if t["accepted"]):
+        tag = done["bits"].replace(":", "").replace(",", "-")
         for codec in codecs():
-            size, path = stored(trial["model"], work, tag, codec=codec)
+            size, path = stored(done["model"], work, tag, codec=codec)
             stage = "pruning + weight sharing" if codec == "none" else "+ entropy coding"
-            out.append(point(stage, f"{trial['bits']} {codec}", size, path, data, base_error, dense,
-                             bits=trial["bits"], codec=codec, val_drop=trial["val_drop"],
-                             val_margin=trial["val_margin"]))
+            out.append(point(stage, f"{done['bits']} {codec}", size, path, data, base_error, dense,
+                             bits=done["bits"], codec=codec, val_drop=done["val_drop"],
+                             val_margin=done["val_margin"]))
     return out
 
 
