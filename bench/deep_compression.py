@@ -74,11 +74,24 @@ def stored(model: nn.Module, work: Path, label: str, *, values: str = "fp32", co
     return path.stat().st_size, path
 
 
+def same_bits(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold the same tensors and masks, bit for bit."""
+    ours, theirs = effective_state_dict(a), effective_state_dict(b)
+    exact = ours.keys() == theirs.keys() and all(
+        torch.equal(v.view(torch.uint8) if v.is_floating_point() else v,
+                    theirs[k].view(torch.uint8) if v.is_floating_point() else theirs[k]) for k, v in ours.items())
+    masks = masks_of(b)
+    return exact and masks.keys() == masks_of(a).keys() and all(torch.equal(masks[k], v)
+                                                                for k, v in masks_of(a).items())
+
+
 def point(stage: str, label: str, size: int, path: Path, data: Dataset, base_error: float, dense: int,
-          **extra: object) -> dict:
-    """One stored file, decoded from disk and evaluated on the test split."""
+          same_as: tuple[nn.Module, float] | None = None, **extra: object) -> dict:
+    """One stored file, decoded from disk and evaluated on the test split (a file that decodes bit
+    for bit to ``same_as``'s model takes its measured error)."""
     decoded, _ = load_model(path)
-    error = error_of(decoded, data)
+    known = same_as is not None and same_bits(decoded, same_as[0])
+    error = same_as[1] if same_as is not None and known else error_of(decoded, data)
     return {"stage": stage, "label": label, "bytes": size, "ratio": dense / size, "test_error": error,
             "test_drop": error - base_error, **extra}
 
@@ -96,12 +109,7 @@ def lossless(model: nn.Module, work: Path, nonzero: int) -> dict:
     """The fp32 file with the default codec (lzma): its bytes against ``4 * nonzero``, and bit-exactness."""
     size, path = stored(model, work, "pruned", codec="lzma")
     decoded, _ = load_model(path)
-    ours, theirs = effective_state_dict(model), effective_state_dict(decoded)
-    exact = ours.keys() == theirs.keys() and all(
-        torch.equal(v.view(torch.uint8) if v.is_floating_point() else v,
-                    theirs[k].view(torch.uint8) if v.is_floating_point() else theirs[k]) for k, v in ours.items())
-    masks = masks_of(decoded)
-    exact = exact and all(torch.equal(masks[k], v) for k, v in masks_of(model).items())
+    exact = same_bits(model, decoded)
     return {"bytes": size, "codec": "lzma", "vs_nonzero_fp32_bytes": size / (4 * nonzero), "bit_exact": exact}
 
 
@@ -161,12 +169,15 @@ def sharing_points(trials: list[dict], data: Dataset, work: Path, base_error: fl
     out = []
     for done in (t for t in trials if t["accepted"]):
         tag = done["bits"].replace(":", "").replace(",", "-")
+        measured: tuple[nn.Module, float] | None = None
         for codec in codecs():
             size, path = stored(done["model"], work, tag, codec=codec)
             stage = "pruning + weight sharing" if codec == "none" else "+ entropy coding"
-            out.append(point(stage, f"{done['bits']} {codec}", size, path, data, base_error, dense,
+            out.append(point(stage, f"{done['bits']} {codec}", size, path, data, base_error, dense, measured,
                              bits=done["bits"], codec=codec, val_drop=done["val_drop"],
                              val_margin=done["val_margin"]))
+            if measured is None:
+                measured = (load_model(path)[0], out[-1]["test_error"])
     return out
 
 
