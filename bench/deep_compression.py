@@ -13,6 +13,7 @@ stages, and each file is decoded back and evaluated on the test split:
 Sizes are bytes on disk against the dense fp32 file: the run's baseline exported with
 ``secateur export --format dense`` (a plain safetensors ``state_dict``; the run's own
 ``baseline/model.safetensors`` is larger, as it also holds the all-true masks of the search).
+Rows of networks not run this time are kept from the existing JSON.
 Prints the table beside the paper's rows, writes ``bench/results/deep_compression.{json,md}``
 and the plot ``bytes_vs_drop.png``.
 
@@ -326,6 +327,9 @@ def main() -> None:
             run["seconds"] = time.perf_counter() - start
             runs.append(run)
             print(f"{name}: done in {run['seconds']:.0f} s", flush=True)
+    if args.json.exists():  # rows of networks not run this time are kept, as bench/han_table.py does
+        ran = {r["network"] for r in runs}
+        runs = [r for r in json.loads(args.json.read_text()) if r["network"] not in ran] + runs
     text = "\n\n".join([table(runs), "Bytes of the chosen width under each codec:", codec_table(runs),
                          notes(runs)])
     print(text)
