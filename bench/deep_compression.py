@@ -293,7 +293,9 @@ def plot(runs: list[dict], path: Path) -> None:
                 ax.annotate(p.get("bits") or p["label"], (p["bytes"] / 1000, p["test_drop"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("file size on disk (KB, log)")
         ax.set_ylabel("test accuracy drop (points)")
         ax.set_title(f"{run['network']}: dense fp32 file {run['dense_bytes'] / 1000:,.0f} KB")
