@@ -309,6 +309,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="name=run folder, comma separated")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of centroid fine-tuning per width")
+    parser.add_argument("--drop", default="", help="networks to remove from the existing JSON, comma separated")
     parser.add_argument("--tune-images", type=int, default=None,
                         help="fine-tune the centroids on the first N training images (default: all)")
     parser.add_argument("--threads", type=int, default=1)
@@ -322,7 +323,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        for pair in args.runs.split(","):
+        for pair in filter(None, args.runs.split(",")):  # --runs "": re-render the tables and plot from the JSON
             name, folder = pair.split("=", 1)
             start = time.perf_counter()
             run = bench_run(name, Path(folder), args.epochs, work, args.tune_images)
@@ -331,7 +332,8 @@ def main() -> None:
             print(f"{name}: done in {run['seconds']:.0f} s", flush=True)
     if args.json.exists():  # rows of networks not run this time are kept, as bench/han_table.py does
         ran = {r["network"] for r in runs}
-        runs = [r for r in json.loads(args.json.read_text()) if r["network"] not in ran] + runs
+        kept = [r for r in json.loads(args.json.read_text()) if r["network"] not in ran | set(args.drop.split(","))]
+        runs = kept + runs
     text = "\n\n".join([table(runs), "Bytes of the chosen width under each codec:", codec_table(runs),
                          notes(runs)])
     print(text)
