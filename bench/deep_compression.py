@@ -211,10 +211,12 @@ def table(runs: list[dict]) -> str:
     """The storage table, the paper's rows beside ours."""
     lines = ["| network | source | stage | top-1 error (test) | dense fp32 file | compressed file | ratio |",
              "|---|---|---|---|---|---|---|"]
+    shown: set[str] = set()
     for run in runs:
         name, paper = run["network"], PAPER.get(paper_key(run["network"]))
-        if paper:
-            lines.append(f"| {name} | Deep Compression (Han et al. 2016) | prune + share + Huffman | "
+        if paper and paper_key(name) not in shown:
+            shown.add(paper_key(name))
+            lines.append(f"| {paper_key(name)} | Deep Compression (Han et al. 2016) | prune + share + Huffman | "
                          f"{paper['error_before']:.2f}% -> {paper['error']:.2f}% | {paper['dense_kb']} KB | "
                          f"{paper['compressed_kb']} KB | {paper['ratio']}x |")
         rows = [run["points"][0]]
@@ -224,7 +226,8 @@ def table(runs: list[dict]) -> str:
         for p in rows:
             what = {"pruning": "pruning (fp32, bit-exact)", "pruning + weight sharing": f"+ sharing ({p.get('bits')})",
                     "+ entropy coding": f"+ entropy ({p.get('bits')}, {p.get('codec')})"}[p["stage"]]
-            lines.append(f"| {name} | **secateur** | {what} | {run['baseline_test_error']:.2f}% -> "
+            lines.append(f"| {name} | **secateur** (max-drop {run['max_drop']}) | {what} | "
+                         f"{run['baseline_test_error']:.2f}% -> "
                          f"{p['test_error']:.2f}% | {run['dense_bytes'] / 1000:,.0f} KB | {p['bytes'] / 1000:,.1f} KB "
                          f"| **{p['ratio']:.1f}x** |")
     return "\n".join(lines)
