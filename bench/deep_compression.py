@@ -336,7 +336,7 @@ def main() -> None:
     if args.json.exists():  # rows of networks not run this time are kept, as bench/han_table.py does
         ran = {r["network"] for r in runs}
         kept = [r for r in json.loads(args.json.read_text()) if r["network"] not in ran | set(args.drop.split(","))]
-        runs = kept + runs
+        runs = sorted(kept + runs, key=lambda r: r["network"])
     text = "\n\n".join([table(runs), "Bytes of the chosen width under each codec:", codec_table(runs),
                          notes(runs)])
     print(text)
