@@ -53,6 +53,7 @@ DENSE_FILE = "the baseline as `secateur export --format dense` (plain fp32 safet
 TARGET = {"lenet300": 40, "lenet5": 39}
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_RUNS = "lenet300=runs/bench/lenet300/prune,lenet5=runs/bench/lenet5/prune"
+WIDER = (6, 7, 8)  # fc widths tried when Han's are refused
 WIDTHS = ((8, 5), (8, 4), (8, 3), (6, 3), (8, 2), (5, 2), (4, 2))  # (conv bits, fc bits), Han's first
 
 
@@ -148,6 +149,11 @@ def sharing_trials(model: nn.Module, baseline: nn.Module, data: Dataset, bound: 
         if not trials[-1]["accepted"]:
             break
         accepted = bits
+    for fc in WIDER if accepted is None else ():  # Han's widths refused: wider fc codebooks, to the first accepted
+        trials.append(trial(model, widths_for(model, 8, fc), baseline, tune, bound, epochs))
+        if trials[-1]["accepted"]:
+            accepted = trials[-1]["bits"]
+            break
     if accepted is not None:
         largest = largest_weight(model)
         fc = int(accepted.rsplit(":", 1)[1])
