@@ -102,6 +102,11 @@ def test_run_folder_and_results_keys(trained, small, tmp_path):
     reloaded, _ = load_model(rundir.model_base(out))
     x = torch.randn(5, 1, 28, 28)
     torch.testing.assert_close(reloaded(x), result.model(x), rtol=0, atol=0)
+    sizes = results["bytes"]  # real bytes on disk of each written file, the compact export among them
+    assert sizes["pruned"] == (out / rundir.WEIGHTS).stat().st_size
+    assert sizes["compact"] == (out / rundir.COMPACT).stat().st_size < sizes["pruned"]
+    compact, _ = load_model(out / rundir.COMPACT)
+    torch.testing.assert_close(compact(x), result.model(x), rtol=0, atol=0)
 
 
 def test_killed_run_resumes_to_the_same_masks(trained, small, tmp_path):

@@ -50,7 +50,7 @@ RESULTS = {
     "params": {"baseline": BASE_PARAMS, "total": BASE_PARAMS, "nonzero": 21_000},
     "compression": 12.7,
     "macs": {"baseline": 266_200, "dense": 266_200, "nonzero": 20_590},
-    "bytes": {"baseline": 1_066_440, "pruned": 1_066_440},
+    "bytes": {"baseline": 1_066_440, "pruned": 1_333_416, "compact": 80_000},
     "seconds": 123.4, "rounds": 4, "chosen_round": 4, "layers": LAYERS,
 }
 
@@ -82,6 +82,8 @@ def test_markdown_holds_before_after_and_per_layer_numbers(tmp_path: Path) -> No
     md = render_report(_write_run(tmp_path / "run"))["md"].read_text()
     lines = md.splitlines()
     assert "| compression | 1.0x | 12.7x | — |" in lines
+    compact = [line for line in lines if line.startswith("| model.compact (bytes on disk")]
+    assert len(compact) == 1 and "80,000" in compact[0] and "-92.50%" in compact[0]
     assert "| accuracy (val) | 98.40% | 98.38% | -0.02 pts |" in lines
     assert "| accuracy (test) | 98.57% | 98.51% | -0.06 pts |" in lines
     assert "| parameters (nonzero) | 266,610 | 21,000 | -92.12% |" in lines

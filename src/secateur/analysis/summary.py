@@ -76,17 +76,6 @@ def latency_pair(baseline: nn.Module, model: nn.Module, input_shape: tuple[int, 
     return result
 
 
-def sparse_bytes(model: nn.Module, targets: tuple[str, ...]) -> int:
-    """Bytes if pruned tensors were stored as CSR (fp32 values, int32 indices), the rest dense."""
-    total = 4 * count_params(model)
-    for name in targets:
-        tensor = effective(model, name)
-        rows = tensor.shape[0] if tensor.dim() else 1
-        nonzero = int(torch.count_nonzero(tensor))
-        total += 8 * nonzero + 4 * (rows + 1) - 4 * tensor.numel()
-    return total
-
-
 def size_summary(chosen: nn.Module, baseline: nn.Module, targets: tuple[str, ...],
                  shape: tuple[int, ...] | None, physical: bool) -> dict:
     """Parameters, compression, MACs, bytes, per-layer rows, latency (and channels when pruned physically)."""
@@ -103,6 +92,4 @@ def size_summary(chosen: nn.Module, baseline: nn.Module, targets: tuple[str, ...
     }
     if physical:
         summary["channels"] = channel_counts(chosen, baseline, targets)
-    else:
-        summary["bytes"]["sparse_csr"] = sparse_bytes(chosen, targets)
     return summary

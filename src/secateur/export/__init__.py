@@ -73,8 +73,8 @@ class Exported:
     details: Mapping[str, object] = field(default_factory=dict)
 
 
-EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format", builtins=("secateur.export.dense",
-                                                                                 "secateur.export.onnx"))
+EXPORT_FORMATS: Registry[ExportFormat] = Registry(
+    "export format", builtins=("secateur.export.dense", "secateur.export.compact", "secateur.export.onnx"))
 
 
 def register_format(spec: ExportFormat) -> ExportFormat:

@@ -46,6 +46,7 @@ from secateur.io.storage import (
     atomic_write_text,
     check_header,
     checkpoint_paths,
+    is_other_format,
     load_model,
     read_json,
     save_model,
@@ -60,6 +61,7 @@ STATE_DIR = "state"  # the checkpoints behind state.json: state/round-N.safetens
 BASELINE = "baseline"  # sub-folder holding the dense baseline's checkpoint
 MODEL = "model"  # checkpoint base name in a folder: model.safetensors + model.json
 WEIGHTS, MODEL_META = f"{MODEL}.safetensors", f"{MODEL}.json"
+COMPACT = f"{MODEL}.compact"  # the chosen model as a compact export (secateur.export.compact), real bytes
 SENSITIVITY, SENSITIVITY_PNG = "sensitivity.json", "sensitivity.png"
 SWEEP, SWEEP_PNG = "sweep.json", "sweep.png"
 TRADEOFF_PNG, LAYERS_PNG = "tradeoff.png", "layers.png"
@@ -240,7 +242,7 @@ _BASELINE_FILES = (f"{BASELINE}/{WEIGHTS}", f"{BASELINE}/{MODEL_META}", f"{BASEL
 OUTPUTS: dict[str, tuple[str, ...]] = {  # what each kind of command writes (glob patterns, relative)
     "train": (WEIGHTS, MODEL_META),
     "prune": (CONFIG, HISTORY, STATE, f"{STATE_DIR}/round-*.safetensors", f"{STATE_DIR}/round-*.json",
-              RESULTS, WEIGHTS, MODEL_META, SENSITIVITY, SENSITIVITY_PNG, f"{REPORT}.md", f"{REPORT}.html",
+              RESULTS, WEIGHTS, MODEL_META, COMPACT, SENSITIVITY, SENSITIVITY_PNG, f"{REPORT}.md", f"{REPORT}.html",
               TRADEOFF_PNG, LAYERS_PNG, *_BASELINE_FILES),
     "sweep": (SWEEP, SWEEP_PNG, f"{SWEEP_REPORT}.md", f"{SWEEP_REPORT}.html", *_BASELINE_FILES),
     "sensitivity": (SENSITIVITY, SENSITIVITY_PNG),
@@ -586,6 +588,8 @@ def checkpoint_in(path: str | Path) -> Path:
         raise CheckpointError(f"no checkpoint in {path}{held}{base}; give a checkpoint or a folder holding one")
     if path.suffix in (".safetensors", ".json"):
         return path.with_suffix("")
+    if is_other_format(path):
+        return path  # a one-file model (a compact export): load_model reads it as it is
     if path.exists():
         raise CheckpointError(f"{path} is not a checkpoint (a .safetensors or .json file); "
                               "give a checkpoint or a folder holding one")

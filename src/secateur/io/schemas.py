@@ -343,6 +343,60 @@ class CheckpointHeader(BaseModel):
     train: dict[str, Any] | None = None
 
 
+class CompactPattern(BaseModel):
+    """A compact file's sparsity pattern of one tensor: its encoding, parameters and sections."""
+
+    model_config = WRITTEN
+    encoding: str
+    kept: int = Field(ge=0)
+    sections: dict[str, int]
+    crc32: int
+
+
+class CompactValues(BaseModel):
+    """A compact file's values of one tensor: raw or codebook, how many, and where."""
+
+    model_config = WRITTEN
+    kind: str
+    count: int = Field(ge=0)
+    sections: dict[str, int]
+
+
+class CompactTensor(BaseModel):
+    """One tensor of a compact file."""
+
+    model_config = WRITTEN
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    dtype: str
+    stored: str
+    crc32: int
+    mask: CompactPattern | None
+    values: CompactValues
+
+
+class CompactMeta(BaseModel):
+    """What rebuilds a compact file's model (the checkpoint header's model record and plan)."""
+
+    model_config = WRITTEN
+    model: ModelRecord | None = None
+    plan: dict[str, Any] | None = None
+
+
+class CompactHeader(BaseModel):
+    """The header of a compact export (``secateur.export.compact``)."""
+
+    model_config = WRITTEN
+    format: str
+    format_version: int
+    packed: bool
+    values: str
+    meta: CompactMeta
+    tensors: list[CompactTensor]
+    sections: list[Annotated[list[Any], Field(min_length=3, max_length=3)]]
+    payload_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class LayerRow(BaseModel):
     """One entry of ``results.json``'s ``layers``."""
 
@@ -366,7 +420,8 @@ class Counts(BaseModel):
     dense: int | None = None
     nonzero: int | None = None
     pruned: int | None = None
-    sparse_csr: int | None = None
+    compact: int | None = None
+    sparse_csr: int | None = None  # older runs: an estimate, replaced by the real ``compact`` file's bytes
 
 
 class Acceptance(BaseModel):

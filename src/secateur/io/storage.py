@@ -37,6 +37,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,34 @@ PlanApplier = Callable[[nn.Module, Mapping[str, Any]], None]
 """Shrinks a model (original architecture, or pruned part of the way) to a plan's JSON."""
 
 PLAN_FORMATS: Registry[PlanApplier] = Registry("checkpoint plan format")
+
+CheckpointReader = Callable[[Path], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]]
+"""Reads a one-file model format: (plain tensors, bool masks, header with ``model`` / ``plan``)."""
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """Another file a model loads from (e.g. a compact export): ``recognise(path)`` and ``read(path)``."""
+
+    recognise: Callable[[Path], bool]
+    read: CheckpointReader
+
+
+FILE_FORMATS: Registry[FileFormat] = Registry("model file format", builtins=("secateur.export.compact",))
+"""One-file model formats :func:`load_model` also reads, recognised by their content (never unpickled)."""
+
+
+def is_other_format(path: Path | str) -> bool:
+    """Whether ``path`` is a model file of a registered :data:`FILE_FORMATS` format (e.g. compact)."""
+    return _other_format(path) is not None
+
+
+def _other_format(path: Path | str) -> FileFormat | None:
+    """The registered format of a file that is not a safetensors / JSON checkpoint, if any."""
+    target = Path(path)
+    if target.suffix in (".safetensors", ".json") or not target.is_file():
+        return None
+    return next((spec for spec in map(FILE_FORMATS.get, FILE_FORMATS.names()) if spec.recognise(target)), None)
 
 
 # --------------------------------------------------------------------------------------
@@ -335,7 +364,11 @@ def _split_masks(tensors: dict[str, torch.Tensor], meta: dict, st_path: Path) ->
 
 def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(plain tensors, bool masks by qualified name, header) of a checkpoint, fully validated;
-    no model is built (see :func:`load_model` for that)."""
+    no model is built (see :func:`load_model` for that). A file of another registered
+    :data:`FILE_FORMATS` format (a compact export) is read by that format."""
+    other = _other_format(path)
+    if other is not None:
+        return other.read(Path(path))
     st_path, js_path = checkpoint_paths(path)
     if not js_path.exists() and not st_path.exists():
         raise CheckpointError(f"no checkpoint at {st_path} / {js_path.name}; check the path (save with save_model)")

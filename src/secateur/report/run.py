@@ -101,11 +101,11 @@ def _before_after(results: Mapping[str, Any]) -> Table:
               fmt_ratio(macs.get("dense"), macs.get("baseline"))),
              ("MACs (nonzero)", fmt_count(macs.get("baseline")), fmt_count(macs.get("nonzero")),
               fmt_ratio(macs.get("nonzero"), macs.get("baseline"))),
-             ("dense file size (bytes)", fmt_bytes(size.get("baseline")), fmt_bytes(size.get("pruned")),
+             (f"{rundir.WEIGHTS} (bytes on disk)", fmt_bytes(size.get("baseline")), fmt_bytes(size.get("pruned")),
               fmt_ratio(size.get("pruned"), size.get("baseline")))]
-    if size.get("sparse_csr") is not None:
-        rows.append(("sparse CSR size (bytes, vs dense baseline)", fmt_bytes(size.get("baseline")),
-                     fmt_bytes(size["sparse_csr"]), fmt_ratio(size["sparse_csr"], size.get("baseline"))))
+    if size.get("compact") is not None:
+        rows.append((f"{rundir.COMPACT} (bytes on disk, vs dense baseline file)", fmt_bytes(size.get("baseline")),
+                     fmt_bytes(size["compact"]), fmt_ratio(size["compact"], size.get("baseline"))))
     latency = results.get("latency") or {}
     for batch in sorted({k.split("_")[0] for k in latency}, key=lambda b: int(b[1:]) if b[1:].isdigit() else 0):
         before, after = latency.get(f"{batch}_before"), latency.get(f"{batch}_after")

@@ -52,7 +52,7 @@ from secateur.distributed import (
 )
 from secateur.errors import ConfigError
 from secateur.io import rundir
-from secateur.io.storage import save_model
+from secateur.io.storage import atomic_write_bytes, save_model
 from secateur.progress import progress_bar
 from secateur.search.acceptance import Outcome, margin, within
 from secateur.search.bracket import SearchState, initial_state, next_strength, record
@@ -67,6 +67,7 @@ from secateur.zoo.loaders import Loaders, a_few_batches, dataset_name, has_split
 from secateur.zoo.models import rebuild_record
 
 ROUND_CONFIG = "config"  # the key of the configuration in every round's checkpoint header
+RUN_COMPACT_CODEC = "zlib"  # model.compact's coder: standard library, fast; `secateur export` offers smaller
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
 MakeTrain = Callable[[int], Retrain]  # round index -> that round's retraining
 
@@ -633,6 +634,16 @@ def _class_name(model: nn.Module) -> str:
     return cls.__mro__[1].__name__ if parametrize.is_parametrized(model) else cls.__name__
 
 
+def _write_compact(chosen: nn.Module, out: Path) -> int:
+    """Write the chosen model as ``model.compact`` (fp32, bit-exact; zlib: fast on any model size)
+    and return its real size in bytes."""
+    from secateur.export.compact import encode_model  # lazy: only runs that write a folder need it
+
+    data, _ = encode_model(chosen, codec_name=RUN_COMPACT_CODEC)
+    atomic_write_bytes(out / rundir.COMPACT, data)
+    return file_bytes(out / rundir.COMPACT)
+
+
 def _points(before: float | None, after: float | None) -> float | None:
     """An accuracy drop in percentage points; None without both accuracies (no test evaluator)."""
     return None if before is None or after is None else 100 * (before - after)
@@ -645,7 +656,7 @@ def _write_outputs(run: _Run, out: Path, chosen: nn.Module, results: dict, meta:
     _save(chosen, rundir.model_base(out), {**meta, **run.pruner_state},
           {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
     results["bytes"].update(baseline=file_bytes(rundir.baseline_dir(out) / rundir.WEIGHTS),
-                            pruned=file_bytes(out / rundir.WEIGHTS))
+                            pruned=file_bytes(out / rundir.WEIGHTS), compact=_write_compact(chosen, out))
     rundir.write_results(out, results)
     render_report(out)
 
