@@ -124,3 +124,30 @@ def test_cli_exports_a_checkpoint_to_onnx(tmp_path, capsys):
     assert main([*args, "--force", "--option", "verify=maybe"]) == 2
     assert "verify" in capsys.readouterr().err
     assert "onnx" in EXPORT_FORMATS.names()
+
+
+def test_a_prune_run_exports_onnx_into_its_folder_and_reports_the_runtime_latency(tmp_path, small):
+    from secateur.io import rundir
+    from secateur.search.orchestrator import prune
+
+    model = build_model("lenet300")
+    out = tmp_path / "run"
+    result = prune(model, data=small, max_drop=100.0, rounds=1, retrain_epochs=1, polish_epochs=0, out=out,
+                   exports=("onnx",))
+    done = result.results["exports"]["onnx"]
+    assert done["file"] == rundir.ONNX and done["bytes"] == (out / rundir.ONNX).stat().st_size
+    assert done["max_abs_diff"] <= 1e-5 and done["latency"]["b32"]["onnxruntime"] > 0
+    session = onnxruntime.InferenceSession(str(out / rundir.ONNX))
+    x = torch.randn(3, 1, 28, 28)
+    ours = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(ours - result.model.eval()(x).detach().numpy()).max() <= 1e-5
+    assert "model.onnx (onnx)" in (out / "report.md").read_text()
+
+
+def test_an_unknown_run_export_fails_before_any_round(tmp_path, small):
+    from secateur.errors import UnknownNameError
+    from secateur.search.orchestrator import prune
+
+    with pytest.raises(UnknownNameError, match="export format"):
+        prune(build_model("lenet300"), data=small, exports=("tflite",), out=tmp_path / "run")
+    assert not (tmp_path / "run" / "history.jsonl").exists()

@@ -62,6 +62,12 @@ BASELINE = "baseline"  # sub-folder holding the dense baseline's checkpoint
 MODEL = "model"  # checkpoint base name in a folder: model.safetensors + model.json
 WEIGHTS, MODEL_META = f"{MODEL}.safetensors", f"{MODEL}.json"
 COMPACT = f"{MODEL}.compact"  # the chosen model as a compact export (secateur.export.compact), real bytes
+ONNX = f"{MODEL}.onnx"  # the chosen model as an ONNX export, when the run's ``exports`` name onnx
+
+
+def export_file(out: Path, suffix: str) -> Path:
+    """Where a run writes its chosen model in an export format of this file ``suffix``."""
+    return out / f"{MODEL}{suffix}"
 SENSITIVITY, SENSITIVITY_PNG = "sensitivity.json", "sensitivity.png"
 SWEEP, SWEEP_PNG = "sweep.json", "sweep.png"
 TRADEOFF_PNG, LAYERS_PNG = "tradeoff.png", "layers.png"
@@ -242,8 +248,8 @@ _BASELINE_FILES = (f"{BASELINE}/{WEIGHTS}", f"{BASELINE}/{MODEL_META}", f"{BASEL
 OUTPUTS: dict[str, tuple[str, ...]] = {  # what each kind of command writes (glob patterns, relative)
     "train": (WEIGHTS, MODEL_META),
     "prune": (CONFIG, HISTORY, STATE, f"{STATE_DIR}/round-*.safetensors", f"{STATE_DIR}/round-*.json",
-              RESULTS, WEIGHTS, MODEL_META, COMPACT, SENSITIVITY, SENSITIVITY_PNG, f"{REPORT}.md", f"{REPORT}.html",
-              TRADEOFF_PNG, LAYERS_PNG, *_BASELINE_FILES),
+              RESULTS, WEIGHTS, MODEL_META, COMPACT, ONNX, SENSITIVITY, SENSITIVITY_PNG, f"{REPORT}.md",
+              f"{REPORT}.html", TRADEOFF_PNG, LAYERS_PNG, *_BASELINE_FILES),
     "sweep": (SWEEP, SWEEP_PNG, f"{SWEEP_REPORT}.md", f"{SWEEP_REPORT}.html", *_BASELINE_FILES),
     "sensitivity": (SENSITIVITY, SENSITIVITY_PNG),
 }

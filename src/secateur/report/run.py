@@ -113,6 +113,19 @@ def _before_after(results: Mapping[str, Any]) -> Table:
     return Table(("", "baseline", "pruned", "change"), tuple(rows), ("l", "r", "r", "r"))
 
 
+def _exports_table(exports: Mapping[str, Mapping[str, Any]]) -> Table:
+    """The run's exports: file, real bytes, and where measured, PyTorch vs the runtime's latency."""
+    rows = []
+    for name, done in exports.items():
+        latency = done.get("latency") or {}
+        times = [(latency.get(b) or {}) for b in ("b1", "b32")]
+        rows.append((f"{done.get('file', name)} ({name})", fmt_bytes(done.get("bytes")),
+                     *(value for t in times for value in (fmt_ms(t.get("torch")), fmt_ms(t.get("onnxruntime")))),
+                     DASH if done.get("max_abs_diff") is None else f"{done['max_abs_diff']:.1e}"))
+    return Table(("export", "bytes on disk", "PyTorch b1", "runtime b1", "PyTorch b32", "runtime b32", "max |diff|"),
+                 tuple(rows), ("l", "r", "r", "r", "r", "r", "r"))
+
+
 def _layers_table(layers: Sequence[Mapping[str, Any]]) -> Table:
     """Han et al. (2015) Table 2 form: weights, MACs, % weights kept, % MACs kept, plus Total."""
     rows = [(str(layer.get("name", DASH)), fmt_count(layer.get("weights")), fmt_count(layer.get("nonzero")),
@@ -160,6 +173,8 @@ def _report_blocks(results: Mapping[str, Any], history: Sequence[Mapping[str, An
                            _layers_table(results["layers"])]
     if results.get("channels"):
         blocks += [Heading("Kept channels"), _channels_table(results["channels"])]
+    if results.get("exports"):
+        blocks += [Heading("Exports (one thread each side)"), _exports_table(results["exports"])]
     blocks += [Heading("Rounds"), _rounds_table(history, results.get("chosen_round"))]
     if figures:
         blocks += [Heading("Plots")] + [Image(caption, name) for caption, name in figures]

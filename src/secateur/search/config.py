@@ -82,6 +82,8 @@ class PruneConfig:
     min_channels: int = option(1, "channels every layer keeps at least", "int>=1")
     round_to: int = option(1, "keep a multiple of this many channels", "int>=1")
     ignore: tuple[str, ...] | None = option(None, "layers kept whole (comma-separated fnmatch patterns)", "names")
+    exports: tuple[str, ...] | None = option(None, "export formats also written into the run folder as model.<suffix> "
+                                             "(e.g. onnx: checked by onnxruntime, its latency in the report)", "names")
 
     @property
     def spec(self) -> Granularity:

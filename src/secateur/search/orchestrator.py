@@ -20,6 +20,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from secateur.distributed import (
     writer_context,
 )
 from secateur.errors import ConfigError
+from secateur.export import EXPORT_FORMATS
 from secateur.io import rundir
 from secateur.io.storage import atomic_write_bytes, save_model
 from secateur.progress import progress_bar
@@ -365,6 +367,7 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
            **options: object) -> PruneResult:
     """:func:`prune`, once its run folder (if any) is claimed."""
     config = settings(config, options, out, resume)
+    check_exports(config.exports)
     if isinstance(data, str):
         data = load_dataset(data)
     config = _explicit(config, data, train, train_config)
@@ -649,6 +652,26 @@ def _points(before: float | None, after: float | None) -> float | None:
     return None if before is None or after is None else 100 * (before - after)
 
 
+def check_exports(names: tuple[str, ...] | None) -> None:
+    """Unknown export format names fail before any round runs, not after the search (one line)."""
+    for name in names or ():
+        EXPORT_FORMATS.get(name)
+
+
+def _write_export(chosen: nn.Module, out: Path, name: str, input_shape: tuple[int, ...] | None) -> dict:
+    """Write the chosen model in export format ``name`` into the run folder; its file, real bytes and details."""
+    spec = EXPORT_FORMATS.get(name)
+    given = {"input_shape": input_shape} if input_shape and "input_shape" in spec.options else {}
+    path = rundir.export_file(out, spec.suffix)
+    details = spec.write(chosen, path, spec.parse_options(given))
+    return {"file": path.name, "bytes": file_bytes(path), **json_safe(details)}
+
+
+def json_safe(details: Mapping[str, object]) -> dict:
+    """An export's details as JSON values (anything else as its string)."""
+    return json.loads(json.dumps(dict(details), default=str))
+
+
 def _write_outputs(run: _Run, out: Path, chosen: nn.Module, results: dict, meta: dict) -> None:
     """model.safetensors/.json, results.json and the report in the run folder."""
     from secateur.report import render_report  # lazy: matplotlib is slow to import, and only runs write reports
@@ -657,6 +680,8 @@ def _write_outputs(run: _Run, out: Path, chosen: nn.Module, results: dict, meta:
           {"val": results["pruned"]["val"], "test": results["pruned"]["test"]})
     results["bytes"].update(baseline=file_bytes(rundir.baseline_dir(out) / rundir.WEIGHTS),
                             pruned=file_bytes(out / rundir.WEIGHTS), compact=_write_compact(chosen, out))
+    if run.config.exports:
+        results["exports"] = {name: _write_export(chosen, out, name, run.input_shape) for name in run.config.exports}
     rundir.write_results(out, results)
     render_report(out)
 
