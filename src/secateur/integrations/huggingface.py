@@ -21,14 +21,13 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from secateur.errors import ConfigError
 from secateur.integrations.evaluation import correct, correctness
-from secateur.integrations.rounds import EpochRounds
+from secateur.integrations.rounds import EpochRounds, RoundsView
 from secateur.search.config import PruneConfig
-from secateur.search.orchestrator import PruneResult
 from secateur.search.pruner import Evaluate
-from secateur.search.session import PruningSession, mask_in_place
+from secateur.search.session import mask_in_place
 
 
-class PruningCallback(TrainerCallback):
+class PruningCallback(TrainerCallback, RoundsView):
     """The drop-bound search inside ``Trainer.train``: a round every ``retrain_epochs`` epochs.
 
     The model gets all-ones masks here, before ``train()`` wraps it (see
@@ -50,16 +49,6 @@ class PruningCallback(TrainerCallback):
         self._trainer = trainer
         self._rounds = EpochRounds(evaluate, config, options)
         mask_in_place(self._model(), self._rounds.config)  # before train() wraps the model and builds the optimizer
-
-    @property
-    def session(self) -> PruningSession | None:
-        """The running search (None before training starts)."""
-        return self._rounds.session
-
-    @property
-    def result(self) -> PruneResult | None:
-        """The answer once the search has ended, as :func:`secateur.prune` returns it."""
-        return self._rounds.result
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:

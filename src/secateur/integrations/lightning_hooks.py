@@ -16,14 +16,13 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.integrations.evaluation import correct, correctness, device_of
-from secateur.integrations.rounds import EpochRounds
+from secateur.integrations.rounds import EpochRounds, RoundsView
 from secateur.search.config import PruneConfig
-from secateur.search.orchestrator import PruneResult
 from secateur.search.pruner import Evaluate
-from secateur.search.session import PruningSession, mask_in_place
+from secateur.search.session import mask_in_place
 
 
-class LightningPruning:
+class LightningPruning(RoundsView):
     """The drop-bound search inside ``Trainer.fit``: a round every ``retrain_epochs`` training epochs.
 
     At ``setup`` the module gets all-ones masks, before the strategy wraps it (see
@@ -41,16 +40,6 @@ class LightningPruning:
                  **options: object) -> None:
         super().__init__()
         self._rounds = EpochRounds(evaluate, config, options)
-
-    @property
-    def session(self) -> PruningSession | None:
-        """The running search (None before training starts)."""
-        return self._rounds.session
-
-    @property
-    def result(self) -> PruneResult | None:
-        """The answer once the search has ended, as :func:`secateur.prune` returns it."""
-        return self._rounds.result
 
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
         if stage == "fit":  # before the strategy wraps the module and the optimizers are built

@@ -73,3 +73,19 @@ class EpochRounds:
             if optimizer is not None:
                 mask_optimizer_state_(optimizer, model)
         return False
+
+
+class RoundsView:
+    """What every trainer callback shows of its :class:`EpochRounds` (held as ``_rounds``)."""
+
+    _rounds: EpochRounds
+
+    @property
+    def session(self) -> PruningSession | None:
+        """The running search (None before training starts)."""
+        return self._rounds.session
+
+    @property
+    def result(self) -> PruneResult | None:
+        """The answer once the search has ended, as :func:`secateur.prune` returns it."""
+        return self._rounds.result
