@@ -16,6 +16,7 @@ import yaml
 from secateur.app.cli import build_parser, main
 from secateur.app.recipe import parse_recipe
 from secateur.errors import ConfigError
+from secateur.export import EXPORT_FORMATS
 from secateur.io import rundir
 from secateur.io.storage import load_model
 from secateur.search.config import PruneConfig
@@ -117,8 +118,10 @@ def test_options_of_other_granularities_are_refused(granularity):
 def test_every_registered_name_is_listed_and_accepted_by_the_cli(capsys):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
-    for name in [*GRANULARITIES.names(), *method_names(), *SCHEDULES.names()]:
+    for name in [*GRANULARITIES.names(), *method_names(), *SCHEDULES.names(), *EXPORT_FORMATS.names()]:
         assert f"  {name} " in listing
+    for name in EXPORT_FORMATS.names():
+        assert build_parser().parse_args(["export", ".", "--format", name, "--out", "x"]).format == name
     for method in method_names():
         args = build_parser().parse_args(["prune", "--model", "lenet5", "--out", "x", "--method", method])
         assert args.method == method

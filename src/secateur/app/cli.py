@@ -414,6 +414,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     _print_registry("models", MODELS)
     print("  torchvision:<name>  any torchvision classification model, e.g. torchvision:resnet18")
     print("  package.module:fn   your own model factory")
+    from secateur.export import EXPORT_FORMATS  # lazy: only this command and export list the formats
+
+    _print_registry("export formats (secateur export --format, prune --exports)", EXPORT_FORMATS)
     return 0
 
 
