@@ -58,3 +58,8 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
 
 def test_every_format_is_listed():
     assert "dense" in EXPORT_FORMATS.names()
+
+
+def test_an_out_that_is_not_a_path_is_one_line_naming_a_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^out= must be the path of the file to write"):
+        export_model(_masked_lenet(), 5)

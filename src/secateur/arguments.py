@@ -47,13 +47,13 @@ def expect_instance(value: object, kinds: type | tuple[type, ...], name: str, wh
         raise ConfigError(f"{name}= must be {what} (or None), got {shown(value)}")
 
 
-def expect_path(value: object, name: str = "out") -> Path | None:
-    """``value`` as a Path (None stays None); a str or os.PathLike."""
+def expect_path(value: object, name: str = "out", what: str = "a folder path") -> Path | None:
+    """``value`` as a Path (None stays None); a str or os.PathLike (``what`` names it in the error)."""
     if value is None:
         return None
     if isinstance(value, (str, os.PathLike)) and str(value):
         return Path(value)
-    raise ConfigError(f"{name}= must be a folder path (str or pathlib.Path), got {shown(value)}")
+    raise ConfigError(f"{name}= must be {what} (str or pathlib.Path), got {shown(value)}")
 
 
 def expect_shape(value: object, name: str = "input_shape") -> tuple[int, ...] | None:

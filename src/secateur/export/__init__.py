@@ -90,7 +90,7 @@ def source_model(source: nn.Module | str | Path) -> nn.Module:
     from secateur.io import rundir  # lazy: io imports the training stack, which an nn.Module source never needs
     from secateur.io.storage import load_model
 
-    expect_path(source, "source")
+    expect_path(source, "source", "a checkpoint or run folder path")
     model, _ = load_model(rundir.checkpoint_in(Path(source)))
     return model
 
@@ -100,7 +100,7 @@ def export_model(source: nn.Module | str | Path, out: str | Path, format: str = 
     """Write ``source`` (a model, checkpoint or run folder) to ``out`` in ``format``; see the module doc."""
     spec = EXPORT_FORMATS.get(format)
     parsed = spec.parse_options(options)
-    expect_path(out, "out")
+    expect_path(out, "out", "the path of the file to write")
     path = Path(out)
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; choose another --out or pass --force to replace it")
