@@ -104,8 +104,9 @@ def _before_after(results: Mapping[str, Any]) -> Table:
              (f"{rundir.WEIGHTS} (bytes on disk)", fmt_bytes(size.get("baseline")), fmt_bytes(size.get("pruned")),
               fmt_ratio(size.get("pruned"), size.get("baseline")))]
     if size.get("compact") is not None:
-        rows.append((f"{rundir.COMPACT} (bytes on disk, vs the baseline's {rundir.WEIGHTS})", fmt_bytes(size.get("baseline")),
-                     fmt_bytes(size["compact"]), fmt_ratio(size["compact"], size.get("baseline"))))
+        label = f"{rundir.COMPACT} (bytes on disk, vs the baseline's {rundir.WEIGHTS})"
+        rows.append((label, fmt_bytes(size.get("baseline")), fmt_bytes(size["compact"]),
+                     fmt_ratio(size["compact"], size.get("baseline"))))
     latency = results.get("latency") or {}
     for batch in sorted({k.split("_")[0] for k in latency}, key=lambda b: int(b[1:]) if b[1:].isdigit() else 0):
         before, after = latency.get(f"{batch}_before"), latency.get(f"{batch}_after")
