@@ -2,9 +2,9 @@
 
 :func:`fit` trains any ``nn.Module`` on a :class:`~secateur.zoo.data.Dataset` (or your own
 PyTorch data, as :class:`~secateur.zoo.loaders.Loaders`) with SGD (momentum,
-L2 weight decay) or Adam/AdamW, a per-step learning-rate schedule, optional random-shift
-augmentation and a progress bar. Masked weights (``secateur.unstructured.masks``) stay zero through it
-because the mask is part of the forward pass.
+L2 weight decay) or Adam/AdamW, an optional L1 penalty on the weights (``l1``), a per-step
+learning-rate schedule, optional random-shift augmentation and a progress bar. Masked weights
+(``secateur.unstructured.masks``) stay zero through it because the mask is part of the forward pass.
 
 A user's own training step plugs in through ``step``: a callable
 ``step(model, x, y) -> loss`` returning the scalar loss to minimise (the loop does the
@@ -34,6 +34,7 @@ from secateur.errors import ConfigError
 from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.progress import Advance, progress_bar
 from secateur.registry import Registry
+from secateur.unstructured.masks import prunable_names
 from secateur.zoo.data import Dataset
 from secateur.zoo.loaders import Loaders, epoch_batches, split_batches, steps_per_epoch
 
@@ -54,7 +55,8 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # the L2 penalty (in the optimiser, every trainable parameter)
+    l1: float = 0.0  # L1 penalty: l1 x sum |w| over Linear / Conv weights added to the loss (see l1_norm)
     lr_schedule: str = "cosine"  # see LR_SCHEDULES
     augment: int = 0  # largest random shift in pixels (0 = none)
     label_smoothing: float = 0.0
@@ -71,6 +73,7 @@ class TrainConfig:
             (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.l1 < math.inf, f"l1 (the L1 penalty) must be a finite number >= 0, got {self.l1}"),
             (self.augment >= 0, f"augment (pixels of shift) must be >= 0, got {self.augment}"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (0 <= self.seed <= INT64_MAX, f"seed must be in [0, 2**63), got {self.seed}"),
@@ -201,6 +204,19 @@ def distill_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, teacher:
         target = F.softmax(teacher(x) / temperature, dim=1)
     soft = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, reduction="batchmean")
     return (1.0 - weight) * F.cross_entropy(logits, y) + weight * temperature ** 2 * soft
+
+
+def l1_norm(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over the weights of ``model``'s Linear / Conv layers (masked: their surviving entries),
+    each tied weight once; biases and norm layers are left out. ``TrainConfig.l1`` scales it into the loss."""
+    terms = [getattr(model.get_submodule(prefix), attr).abs().sum()
+             for prefix, _, attr in (name.rpartition(".") for name in prunable_names(model))]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def l1_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: StepFn, l1: float) -> torch.Tensor:
+    """``step``'s loss plus ``l1`` x :func:`l1_norm` (Han et al.'s L1 regularisation)."""
+    return step(model, x, y) + l1 * l1_norm(model)
 
 
 def frozen_teacher(model: nn.Module) -> nn.Module:
@@ -430,6 +446,8 @@ def fit(model: nn.Module, data: Dataset | Loaders, config: TrainConfig | None = 
     }
     if step is None and config.label_smoothing > 0:
         step = functools.partial(smoothed_step, smoothing=config.label_smoothing)
+    if config.l1 > 0:
+        step = functools.partial(l1_step, step=step or default_step, l1=config.l1)
     result, start = TrainResult(), time.perf_counter()
     with progress_bar(progress, state["total"], "training") as advance:
         for epoch in range(1, config.epochs + 1):

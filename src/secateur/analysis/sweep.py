@@ -2,7 +2,10 @@
 
 Unlike :func:`secateur.prune`, a sweep has no bound: each method walks the same list of
 strengths with the same schedule and retraining budget, so the curves compare methods at
-equal cost. The points land in ``sweep.json`` and one plot (``secateur sweep``).
+equal cost. The points land in ``sweep.json`` and one plot (``secateur sweep``). The schedule is
+``iterative`` (each point continues the last) or ``oneshot`` (each point pruned from the dense
+baseline); with no retraining epochs either one maps pruning alone. A ``test`` evaluator adds each
+point's test accuracy, reported only: a sweep chooses nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from secateur.unstructured.pruner import WeightPruner, reference_stds
 
 DEFAULT_STRENGTHS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 DEFAULT_METHODS = ("han", "global-magnitude", "random")  # Han's, the strongest simple peer, the floor
+DEFAULT_SCHEDULE = "iterative"  # each point of a curve continues the last
 
 
 def check_strengths(strengths: Sequence[float]) -> None:
@@ -37,9 +41,11 @@ def check_strengths(strengths: Sequence[float]) -> None:
 
 def method_curve(model: nn.Module, method: str, *, strengths: Sequence[float],
                  make_train: Callable[[int], Callable[[nn.Module], None]],
-                 evaluate: Callable[[nn.Module], float], schedule: str = "iterative",
-                 seed: int = 0, advance: Callable[..., None] | None = None) -> list[dict]:
-    """One method's points along ``strengths`` (iterative: each point continues the last)."""
+                 evaluate: Callable[[nn.Module], float], schedule: str = DEFAULT_SCHEDULE,
+                 seed: int = 0, advance: Callable[..., None] | None = None,
+                 test: Callable[[nn.Module], float] | None = None) -> list[dict]:
+    """One method's points along ``strengths`` (iterative: each point continues the last; oneshot:
+    each starts from the baseline); ``test`` adds ``test_accuracy`` to every point."""
     targets = tuple(prunable_names(model))
     baseline = masked_copy(model, targets)
     pruner = WeightPruner(WEIGHT_METHODS.get(method), targets, {}, reference_stds(baseline, targets), seed)
@@ -54,6 +60,8 @@ def method_curve(model: nn.Module, method: str, *, strengths: Sequence[float],
         points.append({"strength": strength, "level": pruner.levels(strength), "val_accuracy": accuracy,
                        "drop": 100 * (base_val - accuracy), "compression": params / max(nonzero, 1),
                        "params_nonzero": nonzero})
+        if test is not None:
+            points[-1]["test_accuracy"] = test(candidate)
         current, previous = candidate, strength
         if advance is not None:
             advance(status=f"{method} x={strength:g}: {points[-1]['compression']:.1f}x, "
@@ -63,26 +71,38 @@ def method_curve(model: nn.Module, method: str, *, strengths: Sequence[float],
 
 def sweep(model: nn.Module, methods: Sequence[str], *, make_train: Callable[[int], Callable[[nn.Module], None]],
           evaluate: Callable[[nn.Module], float], strengths: Sequence[float] = DEFAULT_STRENGTHS,
-          schedule: str = "iterative", seed: int = 0, progress: bool = False) -> dict:
+          schedule: str = DEFAULT_SCHEDULE, seed: int = 0, progress: bool = False,
+          test: Callable[[nn.Module], float] | None = None) -> dict:
     """Every method's curve, in the form saved as ``sweep.json``."""
-    check_sweep(methods, strengths)
+    check_sweep(methods, strengths, schedule)
     with progress_bar(progress, len(methods) * len(strengths), "sweep") as advance:
         curves = {m: method_curve(model, m, strengths=strengths, make_train=make_train, evaluate=evaluate,
-                                  schedule=schedule, seed=seed, advance=advance) for m in methods}
-    return sweep_result(model, evaluate, curves, strengths, schedule)
+                                  schedule=schedule, seed=seed, advance=advance, test=test) for m in methods}
+    return sweep_result(model, evaluate, curves, strengths, schedule, test)
 
 
-def check_sweep(methods: Sequence[str], strengths: Sequence[float]) -> None:
-    """One-line ConfigErrors for unknown weight methods or bad strengths, before any work starts."""
+def sweep_schedules() -> list[str]:
+    """The schedules a sweep runs: those whose rounds are a cut then a retraining (not ``continuous``)."""
+    return [name for name in SCHEDULES.names() if not SCHEDULES.get(name).continuous]
+
+
+def check_sweep(methods: Sequence[str], strengths: Sequence[float], schedule: str = DEFAULT_SCHEDULE) -> None:
+    """One-line ConfigErrors for unknown weight methods, bad strengths or a schedule a sweep cannot run,
+    before any work starts."""
     check_strengths(strengths)
     for method in methods:
         WEIGHT_METHODS.get(method)
+    if SCHEDULES.get(schedule).continuous:
+        raise ConfigError(f"a sweep cannot run the {schedule!r} schedule (it prunes inside the training loop); "
+                          f"use one of {', '.join(sweep_schedules())}")
 
 
 def sweep_result(model: nn.Module, evaluate: Callable[[nn.Module], float], curves: dict[str, list[dict]],
-                 strengths: Sequence[float], schedule: str) -> dict:
+                 strengths: Sequence[float], schedule: str, test: Callable[[nn.Module], float] | None = None
+                 ) -> dict:
     """``sweep.json``'s content from the curves, however they were computed (here, or in workers)."""
     with torch.no_grad():
-        baseline_val = evaluate(model)
-    return {"baseline": {"val": {"accuracy": baseline_val}}, "schedule": schedule,
-            "strengths": list(strengths), "methods": curves}
+        baseline = {"val": {"accuracy": evaluate(model)}}
+        if test is not None:
+            baseline["test"] = {"accuracy": test(model)}
+    return {"baseline": baseline, "schedule": schedule, "strengths": list(strengths), "methods": curves}

@@ -25,7 +25,7 @@ from torch import nn
 from secateur import __version__
 from secateur.analysis.metrics import count_macs, count_params, format_layer_table, layer_stats
 from secateur.analysis.sweep import DEFAULT_METHODS as DEFAULT_SWEEP_METHODS
-from secateur.analysis.sweep import DEFAULT_STRENGTHS
+from secateur.analysis.sweep import DEFAULT_SCHEDULE, DEFAULT_STRENGTHS, sweep_schedules
 from secateur.app.recipe import Recipe, read_recipe
 from secateur.distributed import is_writer, launched, session
 from secateur.errors import ConfigError, SecateurError
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # argparse's sub-parser action is generic in typeshed only
 Number = TypeVar("Number", int, float)
 MAX_CLASSES = 100_000  # --num-classes of 'secateur info'
 MAX_INPUT = 2**24  # values in one --input-shape of 'secateur info' (one forward pass runs on it)
-TRAIN_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+TRAIN_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "l1",
                 "lr_schedule", "augment", "seed", "device", "autocast")  # the training flags (add_train_args)
 RUN_FLAGS = ("device", "autocast")  # where and in what precision a run trains: may change on a resume
 
@@ -166,6 +166,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--optimizer", choices=OPTIMIZERS.names())
     group.add_argument("--momentum", type=non_negative_float)
     group.add_argument("--weight-decay", type=non_negative_float, help="L2 weight decay")
+    group.add_argument("--l1", type=non_negative_float,
+                       help="L1 penalty: l1 x sum |w| of the Linear / Conv weights added to the loss (default 0)")
     group.add_argument("--lr-schedule", choices=LR_SCHEDULES.names(),
                        help="learning-rate schedule")
     group.add_argument("--augment", type=non_negative_int, help="random shift in pixels")
@@ -388,7 +390,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     paths = sweep_run(out=args.out, model=args.model, from_dir=args.from_dir, dataset=args.dataset,
                       methods=methods, strengths=args.strengths, retrain_epochs=args.retrain_epochs,
                       data_dir=args.data_dir, progress=not args.quiet, force=args.force, weights=args.weights,
-                      workers=args.workers, worker_threads=args.worker_threads)
+                      workers=args.workers, worker_threads=args.worker_threads, schedule=args.schedule,
+                      test=args.test)
     print("\n".join(str(path) for path in paths.values()))
     return 0
 
@@ -494,7 +497,12 @@ def _add_sweep(sub: SubParsers) -> None:
     sweep.add_argument("--strengths", type=strengths, default=DEFAULT_STRENGTHS,
                        help="pruning strengths (about log2 of compression), default "
                             f"{','.join(f'{s:g}' for s in DEFAULT_STRENGTHS)}")
-    sweep.add_argument("--retrain-epochs", type=epochs, default=2)
+    sweep.add_argument("--retrain-epochs", type=epochs, default=2, help="per point (0: pruning alone)")
+    sweep.add_argument("--schedule", choices=sweep_schedules(), default=DEFAULT_SCHEDULE,
+                       help="iterative: each point continues the last; oneshot: each point from the dense "
+                            f"baseline (default {DEFAULT_SCHEDULE})")
+    sweep.add_argument("--test", action="store_true",
+                       help="also measure each point's test accuracy (reported only: a sweep chooses nothing)")
     sweep.add_argument("--workers", type=positive_int, default=1,
                        help="processes computing the curves (one per method) in parallel; same points as 1")
     sweep.add_argument("--worker-threads", type=positive_int, default=1,

@@ -282,16 +282,20 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
               from_dir: str | Path | None = None, dataset: str | None = None,
               strengths: Sequence[float] = DEFAULT_STRENGTHS, retrain_epochs: int = 2,
               data_dir: str | Path | None = None, progress: bool = True, force: bool = False,
-              weights: str | Path | None = None, workers: int = 1, worker_threads: int = 1) -> dict:
+              weights: str | Path | None = None, workers: int = 1, worker_threads: int = 1,
+              schedule: str = SWEEP_SCHEDULE, test: bool = False) -> dict:
     """``secateur sweep``: every method's trade-off curve, saved and plotted together (a baseline
     built from ``model`` starts from ``weights``, a local safetensors state dict, when given).
 
-    ``workers`` > 1 computes the curves (one per method; a curve's points continue each other) in
-    that many spawned processes of ``worker_threads`` torch threads each, with the seeds of the
-    sequential sweep: the same points as ``workers=1`` at the same thread count.
+    ``schedule`` is ``iterative`` (each point continues the last) or ``oneshot`` (each point from the
+    dense baseline); ``retrain_epochs=0`` measures pruning alone. ``test`` also measures every point's
+    test accuracy (reported only: a sweep chooses nothing). ``workers`` > 1 computes the curves (one
+    per method) in that many spawned processes of ``worker_threads`` torch threads each, with the
+    seeds of the sequential sweep: the same points as ``workers=1`` at the same thread count.
     """
     out = Path(out)
     check_weights(weights, from_dir)
+    check_sweep(methods, strengths, schedule)
     rundir.check_out(out, "sweep", force=force, source=from_dir)
     data = load_dataset(run_dataset(out, from_dir, dataset), data_dir)
     with rundir.claim(out, "sweep", force=force, source=from_dir):
@@ -299,17 +303,17 @@ def sweep_run(*, out: str | Path, methods: list[str], model: str | None = None,
                                    weights=weights)
         retrain = retrain_config(PruneConfig(retrain_epochs=retrain_epochs), baseline.train_config)
         val = functools.partial(evaluate, data=data, split="val")
+        tester = functools.partial(evaluate, data=data, split="test") if test else None
         if workers > 1:
-            check_sweep(methods, strengths)
             source = from_dir if from_dir is not None else rundir.baseline_dir(out)
             tasks = [SweepTask(data.name, None if data_dir is None else str(data_dir), str(source),
-                               retrain.to_dict(), method, tuple(strengths)) for method in methods]
+                               retrain.to_dict(), method, tuple(strengths), schedule, test) for method in methods]
             curves = dict(zip(methods, parallel_map(sweep_curve, tasks, workers, worker_threads)))
-            result = sweep_result(baseline.model, val, curves, strengths, SWEEP_SCHEDULE)
+            result = sweep_result(baseline.model, val, curves, strengths, schedule, tester)
         else:
             make_train, _, _ = default_callables(data, retrain)
             result = sweep(baseline.model, methods, make_train=make_train, evaluate=val,
-                           strengths=strengths, schedule=SWEEP_SCHEDULE, progress=progress)
+                           strengths=strengths, schedule=schedule, progress=progress, test=tester)
         result.update(model=baseline.meta["model"], dataset=data.name)
         return sweep_report(rundir.write_sweep(out, result), out)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from secateur.analysis.sweep import method_curve
+from secateur.analysis.sweep import DEFAULT_SCHEDULE, method_curve
 from secateur.io import rundir
 from secateur.io.storage import load_model
 from secateur.search.orchestrator import default_callables
 from secateur.train import TrainConfig, evaluate
 from secateur.zoo.data import load_dataset
 
-SWEEP_SCHEDULE = "iterative"  # each point of a sweep's curve continues the last
+SWEEP_SCHEDULE = DEFAULT_SCHEDULE  # the default: each point of a sweep's curve continues the last
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class SweepTask:
     retrain: dict  # TrainConfig.to_dict() of the rounds' retraining
     method: str
     strengths: tuple[float, ...]
+    schedule: str = SWEEP_SCHEDULE
+    test: bool = False  # also measure each point's test accuracy
 
 
 def sweep_curve(task: SweepTask) -> list[dict]:
@@ -39,5 +41,7 @@ def sweep_curve(task: SweepTask) -> list[dict]:
     data = load_dataset(task.dataset, task.data_dir)
     model, _ = load_model(rundir.checkpoint_in(task.baseline))
     make_train, _, _ = default_callables(data, TrainConfig.from_dict(task.retrain))
+    test = functools.partial(evaluate, data=data, split="test") if task.test else None
     return method_curve(model, task.method, strengths=task.strengths, make_train=make_train,
-                        evaluate=functools.partial(evaluate, data=data, split="val"), schedule=SWEEP_SCHEDULE)
+                        evaluate=functools.partial(evaluate, data=data, split="val"), schedule=task.schedule,
+                        test=test)
