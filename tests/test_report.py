@@ -69,10 +69,10 @@ def _is_png(path: Path) -> bool:
 
 def test_render_report_writes_self_contained_files(tmp_path: Path) -> None:
     out = render_report(_write_run(tmp_path / "run"))
-    assert set(out) == {"md", "html", "tradeoff", "layers"}
-    assert _is_png(out["tradeoff"]) and _is_png(out["layers"])
+    assert set(out) == {"md", "html", "tradeoff", "layers", "pareto"}  # pareto: lenet300 on mnist is published
+    assert _is_png(out["tradeoff"]) and _is_png(out["layers"]) and _is_png(out["pareto"])
     page = out["html"].read_text()
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "12.7x" in page and "chosen" in page
     assert not list((tmp_path / "run").glob(".*.tmp"))  # atomic writes leave no temp files
@@ -126,7 +126,7 @@ def test_sensitivity_plot_when_present(tmp_path: Path) -> None:
     (run / rundir.SENSITIVITY).write_text(json.dumps(sens))
     out = render_report(run)
     assert _is_png(out["sensitivity"])
-    assert out["html"].read_text().count("data:image/png;base64,") == 3
+    assert out["html"].read_text().count("data:image/png;base64,") == 4  # tradeoff, layers, pareto, sensitivity
     assert len(sensitivity_figure(sens).axes[0].get_lines()) >= 2
 
 

@@ -71,6 +71,7 @@ def export_file(out: Path, suffix: str) -> Path:
 SENSITIVITY, SENSITIVITY_PNG = "sensitivity.json", "sensitivity.png"
 SWEEP, SWEEP_PNG = "sweep.json", "sweep.png"
 TRADEOFF_PNG, LAYERS_PNG = "tradeoff.png", "layers.png"
+PARETO_PNG = "pareto.png"  # the run's point beside published results (models that have some)
 REPORT, SWEEP_REPORT = "report", "sweep"  # stems of report.md / report.html and sweep.md / sweep.html
 FINISHED = ("baseline", "pruned", "params", "compression", "layers")  # keys every finished results.json holds
 SEARCH_STATE: OptionsSchema[SearchState] = OptionsSchema(  # state.json's "search"; "accepted": before 0.2
@@ -249,7 +250,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {  # what each kind of command writes (glo
     "train": (WEIGHTS, MODEL_META),
     "prune": (CONFIG, HISTORY, STATE, f"{STATE_DIR}/round-*.safetensors", f"{STATE_DIR}/round-*.json",
               RESULTS, WEIGHTS, MODEL_META, COMPACT, ONNX, SENSITIVITY, SENSITIVITY_PNG, f"{REPORT}.md",
-              f"{REPORT}.html", TRADEOFF_PNG, LAYERS_PNG, *_BASELINE_FILES),
+              f"{REPORT}.html", TRADEOFF_PNG, LAYERS_PNG, PARETO_PNG, *_BASELINE_FILES),
     "sweep": (SWEEP, SWEEP_PNG, f"{SWEEP_REPORT}.md", f"{SWEEP_REPORT}.html", *_BASELINE_FILES),
     "sensitivity": (SENSITIVITY, SENSITIVITY_PNG),
 }

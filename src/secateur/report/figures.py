@@ -271,3 +271,70 @@ def sensitivity_figure(sensitivity: Mapping[str, Any]) -> Figure:
 def _color(i: int, n: int) -> tuple:
     """The i-th of n distinct colours (tab10, or tab20 for many curves)."""
     return colormaps["tab10" if n <= 10 else "tab20"](i % (10 if n <= 10 else 20))
+
+
+# ----------------------------------------------------------------------------- Han's Figure 5 and Pareto plots
+
+
+_CURVE_STYLES = (("#1f77b4", "o", ":"), ("#ff7f0e", "s", ":"), ("#2ca02c", "^", "-"), ("#9467bd", "D", "-"),
+                 ("#d62728", "o", "-"), ("#8c564b", "v", "-"), ("#7f7f7f", "x", "-"))
+
+
+def accuracy_loss_figure(curves: Mapping[str, Sequence[tuple[float, float]]], *, title: str,
+                         floor: float = -4.5, note: str | None = None) -> Figure:
+    """Han et al. (2015) Figure 5's look: accuracy change (points, pruned - dense) against the share of
+    parameters pruned away (%), one line per curve; points below ``floor`` sit on the bottom edge as
+    open triangles with their value written beside them."""
+    fig = Figure(figsize=(8.0, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (label, points) in enumerate(curves.items()):
+        color, marker, line = _CURVE_STYLES[i % len(_CURVE_STYLES)]
+        xs, ys = zip(*sorted(points)) if points else ((), ())
+        shown_ys = [max(y, floor) for y in ys]
+        ax.plot(xs, shown_ys, ls=line, marker=marker, ms=5, lw=1.6, color=color, label=label)
+        for x, y in zip(xs, ys):
+            if y < floor:
+                ax.plot([x], [floor], marker="v", ms=9, mfc="white", color=color)
+                ax.annotate(f"{y:.1f}", (x, floor), textcoords="offset points", xytext=(4, 6 + 9 * (i % 3)),
+                            fontsize=7, color=color)
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.set_ylim(floor - 0.25, 0.5)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.set_xlabel("parameters pruned away" + (f" ({note})" if note else ""))
+    ax.set_ylabel("accuracy loss (test accuracy, points: pruned - dense)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    return fig
+
+
+_PUBLISHED_MARKERS = ("*", "P", "X", "D", "p", "h", "s", "^")
+
+
+def pareto_figure(series: Mapping[str, Sequence[tuple[float, float]]],
+                  published: Sequence[tuple[str, float, float]], *, title: str,
+                  dense: Mapping[str, float] | None = None) -> Figure:
+    """Test error (%) against compression (log x): secateur's curves (``{name: [(compression, error)]}``,
+    lines) beside published points (``(label, compression, error)``, big markers, labelled), with
+    horizontal lines for dense errors (``{label: error}``)."""
+    fig = Figure(figsize=(8.5, 5.4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, points) in enumerate(series.items()):
+        color, marker, _ = _CURVE_STYLES[(i + 2) % len(_CURVE_STYLES)]
+        xs, ys = zip(*sorted(points)) if points else ((), ())
+        ax.plot(xs, ys, "-" if len(xs) > 1 else "", marker=marker, ms=5, lw=1.4, color=color, label=name)
+    for i, (label, compression, error) in enumerate(published):
+        ax.scatter([compression], [error], marker=_PUBLISHED_MARKERS[i % len(_PUBLISHED_MARKERS)], s=110,
+                   color="black", zorder=5, label=f"{label} (published)")
+        ax.annotate(label, (compression, error), textcoords="offset points", xytext=(7, 4), fontsize=8)
+    for j, (label, error) in enumerate((dense or {}).items()):
+        ax.axhline(error, color="#555", ls=("--", ":", "-.")[j % 3], lw=1, label=label)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set_xlabel("compression (dense parameters / nonzero parameters, log scale)")
+    ax.set_ylabel("test error (%)\nlower is better")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+    return fig

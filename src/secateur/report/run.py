@@ -35,7 +35,8 @@ from secateur.report.blocks import (
     model_name,
     share,
 )
-from secateur.report.figures import layers_figure, png_bytes, sensitivity_figure, tradeoff_figure
+from secateur.report.figures import layers_figure, pareto_figure, png_bytes, sensitivity_figure, tradeoff_figure
+from secateur.report.published import Published, published_for
 from secateur.report.render import to_markdown, write_report
 from secateur.report.sweep import sweep_report
 
@@ -165,6 +166,34 @@ def _rounds_table(history: Sequence[Mapping[str, Any]], chosen: int | None) -> T
                   "compression", "time", ""), tuple(rows), ("r", "r", "r", "r", "r", "l", "r", "r", "r", "l"))
 
 
+def _run_point(results: Mapping[str, Any]) -> tuple[float, float] | None:
+    """This run's (compression, test error %), when its test accuracy was measured."""
+    test = accuracy(results.get("pruned"), "test")
+    return None if test is None else (float(results["compression"]), 100 * (1 - test))
+
+
+def _published_table(results: Mapping[str, Any], published: Published) -> Table:
+    """This run beside the published (compression, test error) results for its model."""
+    point = _run_point(results)
+    rows = [("this run", fmt_times(point[0]) if point else DASH, f"{point[1]:.2f}%" if point else DASH)]
+    rows += [(p.method + (f" ({p.architecture}, structure)" if p.architecture else ""), fmt_times(p.compression),
+              f"{p.error:.2f}%") for p in published.points]
+    return Table(("", "compression", "test error"), tuple(rows), ("l", "r", "r"))
+
+
+def _published_figure(results: Mapping[str, Any], published: Published) -> bytes:
+    """The Pareto plot of this run's point beside the published ones."""
+    point = _run_point(results)
+    base = accuracy(results.get("baseline"), "test")
+    dense = {f"published dense ({published.dense_error:.2f}%)": published.dense_error}
+    if base is not None:
+        dense[f"this baseline ({100 * (1 - base):.2f}%)"] = 100 * (1 - base)
+    fig = pareto_figure({"this run": [point]} if point else {},
+                        [(p.method + (f" {p.architecture}" if p.architecture else ""), p.compression, p.error)
+                         for p in published.points], title="This run beside published results", dense=dense)
+    return png_bytes(fig)
+
+
 def _report_blocks(results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
                    figures: Sequence[tuple[str, str]]) -> list[Block]:
     """The whole report as blocks, shared by the markdown and HTML renderers."""
@@ -177,6 +206,11 @@ def _report_blocks(results: Mapping[str, Any], history: Sequence[Mapping[str, An
     if results.get("exports"):
         blocks += [Heading("Exports (one thread each side)"), _exports_table(results["exports"])]
     blocks += [Heading("Rounds"), _rounds_table(history, results.get("chosen_round"))]
+    published = published_for(results)
+    if published is not None:
+        blocks += [Heading("Beside published results"), Para(f"Test error and compression as published ("
+                                                              f"{published.source})."),
+                   _published_table(results, published)]
     if figures:
         blocks += [Heading("Plots")] + [Image(caption, name) for caption, name in figures]
     return [*blocks, Heading("Note on evaluation"), Para(NOTE)]
@@ -199,6 +233,10 @@ def _figures(results: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
     pngs = {rundir.TRADEOFF_PNG: png_bytes(tradeoff), rundir.LAYERS_PNG: png_bytes(layers_figure(results["layers"]))}
     figures = [("Trade-off: every round; size saved vs validation accuracy drop", rundir.TRADEOFF_PNG),
                ("Per-layer share of weights kept", rundir.LAYERS_PNG)]
+    published = published_for(results)
+    if published is not None:
+        pngs[rundir.PARETO_PNG] = _published_figure(results, published)
+        figures.append(("This run beside published results: test error vs compression", rundir.PARETO_PNG))
     if sensitivity is not None:
         pngs[rundir.SENSITIVITY_PNG] = png_bytes(sensitivity_figure(sensitivity))
         figures.append(("Per-layer sensitivity: validation accuracy vs pruning level", rundir.SENSITIVITY_PNG))
