@@ -85,21 +85,22 @@ def curve(net: str, spec: tuple, data: Dataset, fractions: list[float], args: ar
     """One curve: a one-method sweep from the curve's baseline (reused from its JSON when unchanged)."""
     key, label, kind, schedule, retrained = spec
     source = baseline(net, kind, data, args)
-    epochs = args.retrain_epochs if retrained else 0
+    epochs, subset = (args.retrain_epochs if retrained else 0), per_net(args.retrain_subset, net)
     settings = {"baseline": str(source), "method": args.method, "schedule": schedule, "retrain_epochs": epochs,
-                "retrain_subset": args.retrain_subset if epochs else None, "fractions": fractions}
+                "retrain_subset": subset if epochs else None, "fractions": fractions}
     saved = args.baselines / net / f"{key}.json"
     if saved.is_file() and json.loads(saved.read_text()).get("settings") == settings:
         return json.loads(saved.read_text())
     model, meta = load_model(rundir.checkpoint_in(source))
     retrain = retrain_config(PruneConfig(retrain_epochs=epochs), secateur.TrainConfig.from_dict(meta["train"]))
-    train_data = data if args.retrain_subset is None else data.subset(train=args.retrain_subset)
+    train_data = data if subset is None else data.subset(train=int(subset))
     make_train, _, _ = default_callables(train_data, retrain)
     start = time.perf_counter()
     result = sweep(model, [args.method], make_train=make_train, strengths=[strength_of(f) for f in fractions],
                    evaluate=lambda m: evaluate(m, data, "val"), test=lambda m: evaluate(m, data, "test"),
                    schedule=schedule, progress=True)
     row = {"key": key, "label": label, "settings": settings, "seconds": time.perf_counter() - start,
+           "baseline_train": meta["train"], "baseline_weights": meta.get("weights"),
            "retrain": retrain.to_dict(), "baseline": result["baseline"],
            "points": [_point(p, f, result["baseline"]) for p, f in zip(result["methods"][args.method], fractions)]}
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -118,13 +119,13 @@ def _point(point: dict, fraction: float, base: dict) -> dict:
 
 def markdown(results: dict) -> str:
     """Per network: accuracy change (test, points) at each fraction pruned, one column per curve."""
-    lines = [f"Retraining: {results['retraining']}; method `{results['method']}`; test accuracy change in points "
-             "(pruned - its own dense baseline); wall times on the shared 2-core CPU, one thread.", ""]
+    lines = [f"Method `{results['method']}`; test accuracy change in points (pruned - its own dense baseline); "
+             "wall times on the shared 2-core CPU, one thread.", ""]
     for net, entry in results["nets"].items():
         curves = entry["curves"]
         base = ", ".join(f"{k.upper()} {100 * (1 - v['test']):.2f}% (val {100 * (1 - v['val']):.2f}%)"
                          for k, v in entry["baselines"].items())
-        lines += [f"**{NAMES.get(net, net)}** (dense test error: {base})", "",
+        lines += [f"**{NAMES.get(net, net)}** (dense test error: {base}; retraining: {entry['retraining']})", "",
                   "| pruned away | " + " | ".join(c["label"] for c in curves) + " |",
                   "|---:|" + "---:|" * len(curves)]
         for i, fraction in enumerate(entry["fractions"]):
@@ -144,10 +145,21 @@ def figure(net: str, entry: dict, retraining: str) -> bytes:
 
 def parse_fractions(text: str) -> dict[str, list[float]]:
     """``0.5,0.9`` (every net) or ``lenet5=0.5,0.9;lenet300=...`` (per net)."""
+    return {net: [float(v) for v in values.split(",")] for net, values in per_net_text(text).items()}
+
+
+def per_net_text(text: str) -> dict[str, str]:
+    """``VALUE`` (every net: key ``*``) or ``net=VALUE;net=VALUE``."""
     if "=" not in text:
-        return {"*": [float(v) for v in text.split(",")]}
+        return {"*": text}
     pairs = (part.split("=", 1) for part in text.split(";") if part.strip())
-    return {net.strip(): [float(v) for v in values.split(",")] for net, values in pairs}
+    return {net.strip(): value.strip() for net, value in pairs}
+
+
+def per_net(values: dict[str, str], net: str) -> int | None:
+    """``net``'s integer from a per-net option (None: not given)."""
+    value = values.get(net, values.get("*"))
+    return None if value in (None, "", "all") else int(value)
 
 
 def main() -> None:
@@ -157,7 +169,8 @@ def main() -> None:
     parser.add_argument("--fractions", type=parse_fractions, default={"*": list(FRACTIONS)})
     parser.add_argument("--method", default="global-magnitude")
     parser.add_argument("--retrain-epochs", type=int, default=1)
-    parser.add_argument("--retrain-subset", type=int, default=None, help="training images used when retraining")
+    parser.add_argument("--retrain-subset", type=per_net_text, default={},
+                        help="training images used when retraining: N or net=N;net=N (default all)")
     parser.add_argument("--l1", type=float, default=1e-5, help="the L1 baselines' penalty")
     parser.add_argument("--l1-finetune", type=int, default=0, help="L1 baseline = L2 one + N epochs of L1")
     parser.add_argument("--threads", type=int, default=1)
@@ -166,16 +179,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist")
-    images = "all" if args.retrain_subset is None else f"{args.retrain_subset:,}"
-    retraining = f"{args.retrain_epochs} epoch(s) over {images} training images per point"
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"nets": {}}
-    results.update(method=args.method, retraining=retraining, threads=args.threads)
+    results.update(method=args.method, threads=args.threads)
     for net in [n.strip() for n in args.nets.split(",") if n.strip()]:
         fractions = args.fractions.get(net, args.fractions.get("*", list(FRACTIONS)))
+        subset = per_net(args.retrain_subset, net)
+        retraining = (f"{args.retrain_epochs} epoch(s) over {'all 55,000' if subset is None else f'{subset:,}'} "
+                      "training images per point")
         curves = [curve(net, spec, data, fractions, args) for spec in CURVES]
         bases = {kind: next(c["baseline"] for c in curves if c["settings"]["baseline"].endswith(f"-{kind}"))
                  for kind in ("l2", "l1")}
-        results["nets"][net] = {"fractions": fractions, "curves": curves,
+        results["nets"][net] = {"fractions": fractions, "curves": curves, "retraining": retraining,
                                 "baselines": {k: {"val": b["val"]["accuracy"], "test": b["test"]["accuracy"]}
                                               for k, b in bases.items()}}
         (RESULTS / f"figure5_{net}.png").write_bytes(figure(net, results["nets"][net], retraining))

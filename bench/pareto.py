@@ -103,11 +103,12 @@ def draw(net: str, entry: Mapping[str, Any]) -> bytes:
     """The Pareto plot of one network as PNG bytes."""
     series = {k: [tuple(p) for p in v] for k, v in entry["secateur_curves"].items()}
     series.update({p["label"]: [(p["compression"], p["error"])] for p in entry["secateur_points"]})
-    published = [(p["method"] + (f" {p['architecture']}" if p["architecture"] else ""), p["compression"], p["error"])
-                 for p in entry["published"]]
+    published = [(p["method"], p["compression"], p["error"]) for p in entry["published"] if p["kind"] != "structure"]
+    structure = [(f"{p['method']} {p['architecture']}", p["compression"], p["error"])
+                 for p in entry["published"] if p["kind"] == "structure"]
     fig = pareto_figure(series, published, title=f"{PUBLISHED.describe(net)}: test error vs compression",
                         dense={f"published dense ({entry['published_dense_error']:.2f}%)":
-                               entry["published_dense_error"]})
+                               entry["published_dense_error"]}, structure=structure)
     return png_bytes(fig)
 
 

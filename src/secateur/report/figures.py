@@ -314,27 +314,37 @@ _PUBLISHED_MARKERS = ("*", "P", "X", "D", "p", "h", "s", "^")
 
 def pareto_figure(series: Mapping[str, Sequence[tuple[float, float]]],
                   published: Sequence[tuple[str, float, float]], *, title: str,
-                  dense: Mapping[str, float] | None = None) -> Figure:
+                  dense: Mapping[str, float] | None = None,
+                  structure: Sequence[tuple[str, float, float]] = ()) -> Figure:
     """Test error (%) against compression (log x): secateur's curves (``{name: [(compression, error)]}``,
-    lines) beside published points (``(label, compression, error)``, big markers, labelled), with
+    lines; one-point series are single runs) beside published points (``(label, compression, error)``:
+    black markers, labelled; ``structure``: neurons / filters removed, open red markers), with
     horizontal lines for dense errors (``{label: error}``)."""
-    fig = Figure(figsize=(8.5, 5.4), layout="constrained")
+    fig = Figure(figsize=(9.0, 5.6), layout="constrained")
     ax = fig.add_subplot()
     for i, (name, points) in enumerate(series.items()):
         color, marker, _ = _CURVE_STYLES[(i + 2) % len(_CURVE_STYLES)]
         xs, ys = zip(*sorted(points)) if points else ((), ())
-        ax.plot(xs, ys, "-" if len(xs) > 1 else "", marker=marker, ms=5, lw=1.4, color=color, label=name)
-    for i, (label, compression, error) in enumerate(published):
-        ax.scatter([compression], [error], marker=_PUBLISHED_MARKERS[i % len(_PUBLISHED_MARKERS)], s=110,
-                   color="black", zorder=5, label=f"{label} (published)")
-        ax.annotate(label, (compression, error), textcoords="offset points", xytext=(7, 4), fontsize=8)
+        single = len(xs) == 1
+        ax.plot(xs, ys, "" if single else "-", marker=marker, ms=9 if single else 5, lw=1.4, color=color,
+                mec="black" if single else color, label=name)
+    groups = [(published, "black", "black"), (structure, "white", "#c0392b")]
+    for n, (label, compression, error) in enumerate(p for group, _, _ in groups for p in group):
+        face, edge = groups[0][1:] if n < len(published) else groups[1][1:]
+        kind = "published" if n < len(published) else "published, structure"
+        ax.scatter([compression], [error], marker=_PUBLISHED_MARKERS[n % len(_PUBLISHED_MARKERS)], s=110,
+                   facecolors=face, edgecolors=edge, linewidths=1.5, zorder=5, label=f"{label} ({kind})")
+        ax.annotate(label, (compression, error), textcoords="offset points", xytext=(7, 5 if n % 2 else -11),
+                    fontsize=8, color=edge)
     for j, (label, error) in enumerate((dense or {}).items()):
         ax.axhline(error, color="#555", ls=("--", ":", "-.")[j % 3], lw=1, label=label)
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo, hi * 2.0)  # room for the labels of the rightmost points
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_xlabel("compression (dense parameters / nonzero parameters, log scale)")
     ax.set_ylabel("test error (%)\nlower is better")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, framealpha=0.9)
     return fig

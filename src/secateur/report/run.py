@@ -189,8 +189,10 @@ def _published_figure(results: Mapping[str, Any], published: Published) -> bytes
     if base is not None:
         dense[f"this baseline ({100 * (1 - base):.2f}%)"] = 100 * (1 - base)
     fig = pareto_figure({"this run": [point]} if point else {},
-                        [(p.method + (f" {p.architecture}" if p.architecture else ""), p.compression, p.error)
-                         for p in published.points], title="This run beside published results", dense=dense)
+                        [(p.method, p.compression, p.error) for p in published.points if p.kind != "structure"],
+                        title="This run beside published results", dense=dense,
+                        structure=[(f"{p.method} {p.architecture}", p.compression, p.error)
+                                   for p in published.points if p.kind == "structure"])
     return png_bytes(fig)
 
 
