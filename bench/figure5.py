@@ -18,7 +18,8 @@ Retraining keeps the baseline's regulariser (its recipe, at the sweep's retraini
 Accuracy loss is test accuracy of the pruned model minus its own dense baseline's (the test set
 chooses nothing here: a sweep has no decisions). Baselines missing under ``--baselines`` are
 trained: L2 with the zoo recipe; L1 with the same recipe at ``l1=--l1`` and no weight decay, or
-(``--l1-finetune N``) as the L2 baseline fine-tuned N epochs with the L1 penalty.
+(``--l1-finetune N``) as the L2 baseline fine-tuned N epochs with the L1 penalty (over the
+``--retrain-subset`` images, when given), at half the recipe's learning rate.
 
     python bench/figure5.py --nets lenet300,lenet5 --baselines runs/figure5 [--retrain-epochs 1]
                             [--retrain-subset 20000] [--fractions lenet5=0.5,0.8,0.9,0.95]
@@ -73,9 +74,10 @@ def baseline(net: str, kind: str, data: Dataset, args: argparse.Namespace) -> Pa
     if kind == "l2":
         train_baseline(net, data, out=out, config=recipe, progress=True)
     elif args.l1_finetune:
-        l2 = baseline(net, "l2", data, args)
+        l2, subset = baseline(net, "l2", data, args), per_net(args.retrain_subset, net)
         config = recipe.replace(epochs=args.l1_finetune, l1=args.l1, weight_decay=0.0, lr=recipe.lr / 2)
-        train_baseline(net, data, out=out, config=config, weights=l2 / rundir.WEIGHTS, progress=True)
+        train_baseline(net, data if subset is None else data.subset(train=subset), out=out, config=config,
+                       weights=l2 / rundir.WEIGHTS, progress=True)
     else:
         train_baseline(net, data, out=out, config=recipe.replace(l1=args.l1, weight_decay=0.0), progress=True)
     return out

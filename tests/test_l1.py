@@ -99,3 +99,16 @@ def test_a_sweep_refuses_a_schedule_that_prunes_inside_training(capsys, tmp_path
     with pytest.raises(SystemExit):
         main(["sweep", "--model", "lenet300", "--out", str(tmp_path / "s"), "--schedule", "gradual"])
     assert "--schedule" in capsys.readouterr().err
+
+
+def test_cli_sweep_oneshot_without_retraining_on_an_l1_baseline_reports_test(tmp_path):
+    base, out = tmp_path / "base", tmp_path / "sweep"
+    assert main(["train", "--model", "lenet300", "--dataset", "digits", "--out", str(base), "--epochs", "2",
+                 "--l1", "1e-4", "--weight-decay", "0", "--quiet"]) == 0
+    assert main(["sweep", "--from", str(base), "--dataset", "digits", "--out", str(out), "--methods",
+                 "global-magnitude", "--strengths", "1,2", "--schedule", "oneshot", "--retrain-epochs", "0",
+                 "--test", "--quiet"]) == 0
+    result = json.loads((out / rundir.SWEEP).read_text())
+    points = result["methods"]["global-magnitude"]
+    assert result["schedule"] == "oneshot" and [p["strength"] for p in points] == [1.0, 2.0]
+    assert all("test_accuracy" in p for p in points) and "reported only" in (out / "sweep.md").read_text()

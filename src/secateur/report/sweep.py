@@ -33,6 +33,8 @@ from secateur.report.render import write_report
 
 SWEEP_NOTE = ("Every point was measured on the validation split; a sweep chooses no model, so it maps "
               "the trade-off of each method rather than giving a test result to quote.")
+TEST_NOTE = (" Test accuracy (sweep --test) was measured at every point and reported only: nothing was chosen "
+             "by it.")
 
 
 def _sweep_feasible(point: Mapping[str, Any], max_drop: float | None) -> str:
@@ -100,7 +102,8 @@ def _sweep_blocks(sweep: Mapping[str, Any], png_name: str) -> list[Block]:
     blocks += [Heading("Trade-off"), Image("Validation accuracy drop vs compression, one line per method", png_name)]
     for name, pts in methods.items():
         blocks += [Heading(f"Method: {name}"), _sweep_table(pts, max_drop)]
-    return [*blocks, Heading("Note on evaluation"), Para(SWEEP_NOTE)]
+    tested = any(p.get("test_accuracy") is not None for pts in methods.values() for p in pts)
+    return [*blocks, Heading("Note on evaluation"), Para(SWEEP_NOTE + (TEST_NOTE if tested else ""))]
 
 
 def sweep_report(sweep_json_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
