@@ -101,8 +101,8 @@ def network(results: Path, net: str) -> dict:
 
 def draw(net: str, entry: Mapping[str, Any]) -> bytes:
     """The Pareto plot of one network as PNG bytes."""
-    series = {k: [tuple(p) for p in v] for k, v in entry["secateur_curves"].items()}
-    series.update({p["label"]: [(p["compression"], p["error"])] for p in entry["secateur_points"]})
+    series = {f"secateur: {k}": [tuple(p) for p in v] for k, v in entry["secateur_curves"].items()}
+    series.update({f"secateur: {p['label']}": [(p["compression"], p["error"])] for p in entry["secateur_points"]})
     published = [(p["method"], p["compression"], p["error"]) for p in entry["published"] if p["kind"] != "structure"]
     structure = [(f"{p['method']} {p['architecture']}", p["compression"], p["error"])
                  for p in entry["published"] if p["kind"] == "structure"]

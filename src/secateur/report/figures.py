@@ -329,19 +329,25 @@ def pareto_figure(series: Mapping[str, Sequence[tuple[float, float]]],
         ax.plot(xs, ys, "" if single else "-", marker=marker, ms=9 if single else 5, lw=1.4, color=color,
                 mec="black" if single else color, label=name)
     groups = [(published, "black", "black"), (structure, "white", "#c0392b")]
+    labelled = []
     for n, (label, compression, error) in enumerate(p for group, _, _ in groups for p in group):
         face, edge = groups[0][1:] if n < len(published) else groups[1][1:]
         kind = "published" if n < len(published) else "published, structure"
         ax.scatter([compression], [error], marker=_PUBLISHED_MARKERS[n % len(_PUBLISHED_MARKERS)], s=110,
                    facecolors=face, edgecolors=edge, linewidths=1.5, zorder=5, label=f"{label} ({kind})")
-        ax.annotate(label, (compression, error), textcoords="offset points", xytext=(7, 5 if n % 2 else -11),
-                    fontsize=8, color=edge)
+        labelled.append((label, compression, error, edge, 5 if n % 2 else -11))
     for j, (label, error) in enumerate((dense or {}).items()):
         ax.axhline(error, color="#555", ls=("--", ":", "-.")[j % 3], lw=1, label=label)
     ax.set_xscale("log")
     lo, hi = ax.get_xlim()
-    ax.set_xlim(lo, hi * 2.0)  # room for the labels of the rightmost points
+    for label, compression, error, color, dy in labelled:  # labels of the rightmost points go to their left
+        left = np.log(compression / lo) > 0.7 * np.log(hi / lo)
+        ax.annotate(label, (compression, error), textcoords="offset points", xytext=(-9 if left else 7, dy),
+                    ha="right" if left else "left", fontsize=8, color=color)
+    ax.set_xticks([t for t in _NICE_TICKS if lo <= t <= hi] or [lo, hi])
+    ax.set_xlim(lo, hi)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("compression (dense parameters / nonzero parameters, log scale)")
     ax.set_ylabel("test error (%)\nlower is better")
     ax.set_title(title)
