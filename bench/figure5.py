@@ -83,7 +83,7 @@ def baseline(net: str, kind: str, data: Dataset, args: argparse.Namespace) -> Pa
     return out
 
 
-def curve(net: str, spec: tuple, data: Dataset, fractions: list[float], args: argparse.Namespace) -> dict:
+def curve(net: str, spec: tuple, data: Dataset, fractions: list[float], args: argparse.Namespace) -> dict | None:
     """One curve: a one-method sweep from the curve's baseline (reused from its JSON when unchanged)."""
     key, label, kind, schedule, retrained = spec
     source = baseline(net, kind, data, args)
@@ -93,6 +93,8 @@ def curve(net: str, spec: tuple, data: Dataset, fractions: list[float], args: ar
     saved = args.baselines / net / f"{key}.json"
     if saved.is_file() and json.loads(saved.read_text()).get("settings") == settings:
         return json.loads(saved.read_text())
+    if args.saved_only:
+        return None
     model, meta = load_model(rundir.checkpoint_in(source))
     retrain = retrain_config(PruneConfig(retrain_epochs=epochs), secateur.TrainConfig.from_dict(meta["train"]))
     train_data = data if subset is None else data.subset(train=int(subset))
@@ -119,6 +121,14 @@ def _point(point: dict, fraction: float, base: dict) -> dict:
             "test_accuracy": point["test_accuracy"], "val_accuracy": point["val_accuracy"]}
 
 
+def _recipe(row: dict) -> str:
+    """How a curve's baseline was trained, in a few words."""
+    train = row.get("baseline_train") or {}
+    start = "fine-tuned from the L2 baseline" if row.get("baseline_weights") else "from scratch"
+    return (f"{train.get('epochs')} epochs {start}, lr {train.get('lr')}, weight_decay {train.get('weight_decay')}, "
+            f"l1 {train.get('l1') or 0}")
+
+
 def markdown(results: dict) -> str:
     """Per network: accuracy change (test, points) at each fraction pruned, one column per curve."""
     lines = [f"Method `{results['method']}`; test accuracy change in points (pruned - its own dense baseline); "
@@ -127,13 +137,17 @@ def markdown(results: dict) -> str:
         curves = entry["curves"]
         base = ", ".join(f"{k.upper()} {100 * (1 - v['test']):.2f}% (val {100 * (1 - v['val']):.2f}%)"
                          for k, v in entry["baselines"].items())
-        lines += [f"**{NAMES.get(net, net)}** (dense test error: {base}; retraining: {entry['retraining']})", "",
+        recipes = "; ".join(f"{k.upper()}: {v}" for k, v in entry.get("recipes", {}).items())
+        lines += [f"**{NAMES.get(net, net)}** (dense test error: {base}; retraining: {entry['retraining']}; "
+                  f"baselines: {recipes})", "",
                   "| pruned away | " + " | ".join(c["label"] for c in curves) + " |",
                   "|---:|" + "---:|" * len(curves)]
         for i, fraction in enumerate(entry["fractions"]):
             cells = [f"{c['points'][i]['test_change']:+.2f}" for c in curves]
             lines.append(f"| {100 * fraction:g}% | " + " | ".join(cells) + " |")
         lines += ["| wall time | " + " | ".join(f"{c['seconds']:.0f} s" for c in curves) + " |", ""]
+        if entry.get("not_run"):
+            lines += ["Not run (time ran out): " + ", ".join(entry["not_run"]), ""]
     return "\n".join(lines)
 
 
@@ -175,6 +189,8 @@ def main() -> None:
                         help="training images used when retraining: N or net=N;net=N (default all)")
     parser.add_argument("--l1", type=float, default=1e-5, help="the L1 baselines' penalty")
     parser.add_argument("--l1-finetune", type=int, default=0, help="L1 baseline = L2 one + N epochs of L1")
+    parser.add_argument("--saved-only", action="store_true",
+                        help="draw the curves already computed, leave the others out (named in the JSON / MD)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=RESULTS / "figure5.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "figure5.md")
@@ -188,13 +204,18 @@ def main() -> None:
         subset = per_net(args.retrain_subset, net)
         retraining = (f"{args.retrain_epochs} epoch(s) over {'all 55,000' if subset is None else f'{subset:,}'} "
                       "training images per point")
-        curves = [curve(net, spec, data, fractions, args) for spec in CURVES]
+        found = [(spec[1], curve(net, spec, data, fractions, args)) for spec in CURVES]
+        curves = [c for _, c in found if c is not None]
+        if not curves:
+            continue
         bases = {kind: next(c["baseline"] for c in curves if c["settings"]["baseline"].endswith(f"-{kind}"))
-                 for kind in ("l2", "l1")}
+                 for kind in ("l2", "l1") if any(c["settings"]["baseline"].endswith(f"-{kind}") for c in curves)}
         results["nets"][net] = {"fractions": fractions, "curves": curves, "retraining": retraining,
+                                "not_run": [label for label, c in found if c is None],
                                 "baselines": {k: {"val": b["val"]["accuracy"], "test": b["test"]["accuracy"]}
-                                              for k, b in bases.items()}}
-        (RESULTS / f"figure5_{net}.png").write_bytes(figure(net, results["nets"][net], retraining))
+                                              for k, b in bases.items()},
+                                "recipes": {c["settings"]["baseline"].rsplit("-", 1)[-1]: _recipe(c) for c in curves}}
+        (args.json.parent / f"figure5_{net}.png").write_bytes(figure(net, results["nets"][net], retraining))
         args.json.write_text(json.dumps(results, indent=1))
         args.md.write_text(markdown(results) + "\n")
     print(markdown(results))
