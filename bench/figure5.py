@@ -189,6 +189,7 @@ def main() -> None:
                         help="training images used when retraining: N or net=N;net=N (default all)")
     parser.add_argument("--l1", type=float, default=1e-5, help="the L1 baselines' penalty")
     parser.add_argument("--l1-finetune", type=int, default=0, help="L1 baseline = L2 one + N epochs of L1")
+    parser.add_argument("--curves", default=None, help="only these curves (keys, e.g. l2-iterative; default all)")
     parser.add_argument("--saved-only", action="store_true",
                         help="draw the curves already computed, leave the others out (named in the JSON / MD)")
     parser.add_argument("--threads", type=int, default=1)
@@ -204,7 +205,8 @@ def main() -> None:
         subset = per_net(args.retrain_subset, net)
         retraining = (f"{args.retrain_epochs} epoch(s) over {'all 55,000' if subset is None else f'{subset:,}'} "
                       "training images per point")
-        found = [(spec[1], curve(net, spec, data, fractions, args)) for spec in CURVES]
+        found = [(spec[1], curve(net, spec, data, fractions, args)) for spec in CURVES
+                 if args.curves is None or spec[0] in args.curves.split(",")]
         curves = [c for _, c in found if c is not None]
         if not curves:
             continue
