@@ -8,7 +8,8 @@ skipped, and named in the MD):
 
 - ``han_table.json``, ``han_table_rerun.json``: the drop-bound search (``han``, ``--max-drop 0.1``);
 - ``channels.json``, ``granularities.json``: LeNet-5 with channels removed, other granularities;
-- ``figure5.json``: the Figure 5 curves that retrain (global magnitude, one short retraining per point);
+- ``figure5.json``: Figure 5's L2 iterative prune-and-retrain curve (global magnitude, one short retraining
+  per point);
 - ``sweep_<net>.json``: a ``secateur sweep --test`` per network, one curve per method;
 - ``learned.json``: learned sparsity rows (``model``, ``method``, ``compression``, ``error_after``), when
   present, in a list or under ``rows`` / ``models``.
@@ -60,12 +61,12 @@ def search_points(results: Path, net: str) -> Iterator[tuple[str, float, float]]
 
 
 def figure5_curves(results: Path, net: str) -> Series:
-    """The retrained Figure 5 curves of ``net`` as (compression, test error %)."""
+    """Figure 5's best curve of ``net`` (L2, iterative prune and retrain) as (compression, test error %)."""
     entry = ((_read(results / "figure5.json") or {}).get("nets") or {}).get(net) or {}
     method = (_read(results / "figure5.json") or {}).get("method", "magnitude")
     return {f"{method}, {c['label'].replace(' regularization', '')} (Fig. 5)":
             [(p["compression"], 100 * (1 - p["test_accuracy"])) for p in c["points"]]
-            for c in entry.get("curves", []) if c["settings"]["retrain_epochs"]}
+            for c in entry.get("curves", []) if c["key"] == "l2-iterative"}
 
 
 def sweep_curves(results: Path, net: str) -> Series:

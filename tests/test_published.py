@@ -67,13 +67,13 @@ def test_the_run_report_puts_a_published_model_beside_its_published_points(tmp_p
 def test_bench_figures_from_tiny_result_files(tmp_path):
     figure5, pareto = bench_module("figure5"), bench_module("pareto")
     point = {"fraction": 0.9, "pruned_pct": 89.9, "compression": 9.9, "test_change": -0.3, "test_accuracy": 0.98}
-    entry = {"curves": [{"label": label, "settings": {"retrain_epochs": int(retrained)}, "points": [point]}
-                        for _, label, _, _, retrained in figure5.CURVES]}
+    entry = {"curves": [{"key": key, "label": label, "settings": {"retrain_epochs": int(retrained)},
+                         "points": [point]} for key, label, _, _, retrained in figure5.CURVES]}
     assert figure5.figure("lenet300", entry, "1 epoch").startswith(PNG_MAGIC)
     assert figure5.strength_of(0.75) == pytest.approx(2.0)
     (tmp_path / "figure5.json").write_text(json.dumps({"method": "global-magnitude", "nets": {"lenet5": entry}}))
     (tmp_path / "learned.json").write_text(json.dumps([{"model": "lenet5", "method": "svd", "compression": 200,
                                                         "error_after": 0.7}]))
     found = pareto.network(tmp_path, "lenet5")
-    assert len(found["secateur_curves"]) == 4  # 3 retrained Figure 5 curves + the learned one; no other file
+    assert len(found["secateur_curves"]) == 2  # Figure 5's iterative curve + the learned one; no other file
     assert pareto.draw("lenet5", found).startswith(PNG_MAGIC)

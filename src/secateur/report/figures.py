@@ -319,15 +319,19 @@ def pareto_figure(series: Mapping[str, Sequence[tuple[float, float]]],
     """Test error (%) against compression (log x): secateur's curves (``{name: [(compression, error)]}``,
     lines; one-point series are single runs) beside published points (``(label, compression, error)``:
     black markers, labelled; ``structure``: neurons / filters removed, open red markers), with
-    horizontal lines for dense errors (``{label: error}``)."""
+    horizontal lines for dense errors (``{label: error}``). The y axis stops at 1.6x the largest
+    published or dense error; a curve with points above says so in the legend."""
     fig = Figure(figsize=(9.0, 5.6), layout="constrained")
     ax = fig.add_subplot()
+    known = [e for _, _, e in (*published, *structure)] + list((dense or {}).values())
+    top = 1.6 * max(known) if known else None
     for i, (name, points) in enumerate(series.items()):
         color, marker, _ = _CURVE_STYLES[(i + 2) % len(_CURVE_STYLES)]
         xs, ys = zip(*sorted(points)) if points else ((), ())
         single = len(xs) == 1
+        above = top is not None and any(y > top for y in ys)
         ax.plot(xs, ys, "" if single else "-", marker=marker, ms=9 if single else 5, lw=1.4, color=color,
-                mec="black" if single else color, label=name)
+                mec="black" if single else color, label=name + (" (some points above the plot)" if above else ""))
     groups = [(published, "black", "black"), (structure, "white", "#c0392b")]
     labelled = []
     for n, (label, compression, error) in enumerate(p for group, _, _ in groups for p in group):
@@ -338,13 +342,19 @@ def pareto_figure(series: Mapping[str, Sequence[tuple[float, float]]],
         labelled.append((label, compression, error, edge, 5 if n % 2 else -11))
     for j, (label, error) in enumerate((dense or {}).items()):
         ax.axhline(error, color="#555", ls=("--", ":", "-.")[j % 3], lw=1, label=label)
+    if top is not None:
+        shown = known + [y for points in series.values() for _, y in points if y <= top]
+        ax.set_ylim(0.85 * min(shown), top)
     ax.set_xscale("log")
     lo, hi = ax.get_xlim()
+    hi *= 1.3
     for label, compression, error, color, dy in labelled:  # labels of the rightmost points go to their left
-        left = np.log(compression / lo) > 0.7 * np.log(hi / lo)
-        ax.annotate(label, (compression, error), textcoords="offset points", xytext=(-9 if left else 7, dy),
+        left = np.log(compression / lo) > 0.85 * np.log(hi / lo)
+        ax.annotate(label, (compression, error), textcoords="offset points", xytext=(-9, -16) if left else (7, dy),
                     ha="right" if left else "left", fontsize=8, color=color)
-    ax.set_xticks([t for t in _NICE_TICKS if lo <= t <= hi] or [lo, hi])
+    steps = (1, 2, 5) if hi / lo <= 150 else (1, 3)  # fewer ticks over a wide range
+    ax.set_xticks([t for t in _NICE_TICKS if lo <= t <= hi and round(t / 10 ** np.floor(np.log10(t))) in steps]
+                  or [lo, hi])
     ax.set_xlim(lo, hi)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
