@@ -8,12 +8,22 @@ import torch
 from torch import nn
 
 from secateur.structured import Plan, analyse, apply_plan, plan_pruning
+from secateur.structured.tracker import split_param_key
 
 
 def zero_pruned(model: nn.Module, plan: Plan) -> None:
-    """Zero every output channel the plan removes (filters, biases, norm scales and shifts)."""
+    """Zero every output channel the plan removes (filters, biases, norm scales and shifts, and
+    the removed slices of single parameters it names, such as a layer scale)."""
     with torch.no_grad():
         for path, keep in plan.keep_out.items():
+            if split_param_key(path) is not None:
+                target, dim = split_param_key(path)
+                owner, _, name = target.rpartition(".")
+                t = getattr(model.get_submodule(owner), name)
+                gone = torch.ones(t.shape[dim], dtype=torch.bool)
+                gone[keep] = False
+                t.index_fill_(dim, gone.nonzero().reshape(-1), 0)
+                continue
             m = model.get_submodule(path)
             for name in ("weight", "bias"):
                 t = getattr(m, name, None)

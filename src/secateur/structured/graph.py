@@ -30,11 +30,20 @@ from torch import fx, nn
 from secateur.errors import UnsupportedModelError
 from secateur.structured.propagate import propagate
 from secateur.structured.trace import trace_model, trace_tolerant
-from secateur.structured.tracker import DependencyGraph, Group, Labels, Member, Tracker, build_groups
+from secateur.structured.tracker import (
+    PARAM_SEP,
+    DependencyGraph,
+    Group,
+    Labels,
+    Member,
+    Tracker,
+    Unfollowed,
+    build_groups,
+)
 
 # The result types live in secateur.structured.tracker (so that propagate need not import this
 # module); they are re-exported here, their public home.
-__all__ = ["DependencyGraph", "Group", "Labels", "Member", "Tracker", "analyse", "build_groups"]
+__all__ = ["DependencyGraph", "Group", "Labels", "Member", "Tracker", "Unfollowed", "analyse", "build_groups"]
 
 
 def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = (),
@@ -101,11 +110,10 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
 
 
 def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:
-    """Layers whose parameters are also read directly (tied weights) keep all channels."""
-    for node in gm.graph.nodes:
-        if node.op != "get_attr":
-            continue
-        owner = node.target.rsplit(".", 1)[0] if "." in node.target else ""
+    """Parameters some op reads without following their channels (tied weights, computed
+    weights) keep their size: every channel of their module and their own dims is kept."""
+    for target in tracker.escaped:
+        owner = target.rsplit(".", 1)[0] if "." in target else ""
         for (path, _), tags in tracker.records.items():
-            if path == owner:
-                tracker.lock_labels((0, tags), f"parameters of {path} are used directly by the model")
+            if path == owner or path.startswith(target + PARAM_SEP):
+                tracker.lock_labels((0, tags), f"parameters of {owner or '<root>'} are used directly by the model")
