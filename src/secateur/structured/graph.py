@@ -56,10 +56,23 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     :class:`UnsupportedModelError` naming the op and module path when the model's own forward
     cannot be traced, and with ``strict`` at any tracing failure and at the first op whose
     channels it would otherwise keep.
+
+    A grouped convolution keeps its groups and loses the same channels in every group; where
+    that couples all its channels into one (a GroupNorm over the same groups follows), the
+    analysis is redone with that convolution losing whole groups instead.
     """
     if not isinstance(example_input, torch.Tensor):
         raise UnsupportedModelError("example_input must be a single tensor batch, e.g. torch.randn(1, 3, 224, 224)")
-    tracker = Tracker(ignore, strict)
+    tracker = _traced(model, example_input, Tracker(ignore, strict))
+    collapsed = tracker.collapsed_grouped()
+    if collapsed:
+        tracker = _traced(model, example_input, Tracker(ignore, strict, whole_groups=collapsed))
+    return tracker.finish()
+
+
+def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> Tracker:
+    """``tracker`` filled by tracing ``model`` (eval mode, then training-only branches)."""
+    strict = tracker.strict
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -72,7 +85,7 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     tracker.visited.update(_attr_owners(gm))
     _train_only_branches(model, tracker, example_input, [path for path, _ in opaque])
     _lock_shared_parameters(gm, tracker)
-    return tracker.finish()
+    return tracker
 
 
 def _attr_owners(gm: fx.GraphModule) -> set[str]:

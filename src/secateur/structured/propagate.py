@@ -580,10 +580,11 @@ def _conv(tr: Tracker, path: str, m: nn.Conv1d | nn.Conv2d | nn.Conv3d, lab: Lab
             tr.lock_labels((1, out))
         return (1, out)
     tr.record(path, "in", lab[1])
-    if m.groups > 1 and m.in_channels == m.groups:  # depthwise: a group is one input channel
+    if m.groups > 1 and (m.in_channels == m.groups or path in tr.whole_groups):  # whole groups (depthwise)
         rows = torch.cat([lab[1].reshape(m.groups, -1), out.reshape(m.groups, -1)], dim=1)
         tr.uf.union_rows(rows)
     elif m.groups > 1:  # grouped: the same position in every group goes together (groups are kept)
+        tr.grouped.add(path)
         tr.uf.union_rows(lab[1].reshape(m.groups, -1).T)
         tr.uf.union_rows(out.reshape(m.groups, -1).T)
     return (1, out)

@@ -155,8 +155,11 @@ class _UnionFind:
 class Tracker:
     """Mutable state of one analysis: union-find, per-layer tag records, notes."""
 
-    def __init__(self, ignore: Sequence[str] = (), strict: bool = False) -> None:
+    def __init__(self, ignore: Sequence[str] = (), strict: bool = False,
+                 whole_groups: frozenset[str] = frozenset()) -> None:
         self.uf = _UnionFind()
+        self.whole_groups = whole_groups  # grouped convs that lose whole groups (not channels in each)
+        self.grouped: set[str] = set()  # grouped convs that lose the same channels in every group
         self.strict = strict
         self.ignore = tuple(ignore)
         self.records: dict[tuple[str, str], torch.Tensor] = {}
@@ -216,6 +219,11 @@ class Tracker:
         if where is not None:
             self.kept.append((*where, why or "", labels[1].reshape(-1).clone()))
         self.uf.lock(labels[1])
+
+    def collapsed_grouped(self) -> frozenset[str]:
+        """Grouped convs whose output channels all became one coupled channel (so none can go)."""
+        return frozenset(path for path in self.grouped
+                         if len({self.uf.find(t) for t in self.records[(path, "out")].tolist()}) <= 1)
 
     def finish(self) -> DependencyGraph:
         """Lock ignored layers and build the groups."""
