@@ -138,4 +138,5 @@ def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:
         owner = target.rsplit(".", 1)[0] if "." in target else ""
         for (path, _), tags in tracker.records.items():
             if path == owner or path.startswith(target + PARAM_SEP):
-                tracker.lock_labels((0, tags), f"parameters of {owner or '<root>'} are used directly by the model")
+                tracker.lock_labels((0, tags), f"parameters of {owner or '<root>'} are used directly by the model",
+                                    ("get_attr", target))
