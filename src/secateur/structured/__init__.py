@@ -49,8 +49,19 @@ from secateur.structured.plan import Plan, compose, plan_pruning
 from secateur.structured.surgery import apply_plan, current_plan, reach_plan
 
 __all__ = [
-    "GROUP_METHODS", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan", "compose",
-    "Unfollowed", "current_plan", "plan_pruning", "prune_channels", "reach_plan",
+    "GROUP_METHODS",
+    "DependencyGraph",
+    "Group",
+    "Member",
+    "Plan",
+    "Unfollowed",
+    "analyse",
+    "apply_plan",
+    "compose",
+    "current_plan",
+    "plan_pruning",
+    "prune_channels",
+    "reach_plan",
 ]
 
 

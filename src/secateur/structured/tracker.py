@@ -228,7 +228,9 @@ class Tracker:
     def finish(self) -> DependencyGraph:
         """Lock ignored layers and build the groups."""
         for (path, _), tags in self.records.items():
-            if any(fnmatch.fnmatchcase(path, pat) for pat in self.ignore):
+            param = split_param_key(path)
+            names = (path,) if param is None else (path, param[0], param[0].rpartition(".")[0])
+            if any(fnmatch.fnmatchcase(name, pat) for name in names for pat in self.ignore):
                 self.uf.lock(tags)
         return build_groups(self)
 
