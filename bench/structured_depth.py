@@ -29,7 +29,7 @@ from structured import RATIO, count_params, prune_torch_pruning, write_atomic
 MODELS = [
     "torchvision:convnext_tiny", "torchvision:resnext50_32x4d", "torchvision:regnet_y_400mf",
     "timm:efficientnet_b0", "timm:mobilenetv3_large_100", "timm:regnety_008", "timm:convnext_atto",
-    "timm:resnet50", "timm:resnext50_32x4d",
+    "timm:resnet50", "timm:resnext50_32x4d", "timm:resnetv2_50", "timm:ghostnet_100", "timm:efficientvit_b0",
 ]
 SIZE = 96  # input side: enough for every model's strides, small for a quick trace
 
