@@ -224,7 +224,8 @@ class Unknown(nn.Module):
         self.head = nn.Linear(4, 10)
 
     def forward(self, x):
-        x = self.conv2(self.odd(self.conv1(x)))
+        x = self.conv1(x)
+        x = self.conv2(x + self.odd(x))  # the add is not reported again: erf is what lost the channels
         return self.head(F.relu(self.conv3(x)).mean((2, 3)))
 
 

@@ -206,7 +206,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     console.print(format_layer_table(stats))
     console.print(f"parameters: {count_params(model):,} (nonzero {count_params(model, nonzero=True):,}); "
                   f"MACs for one {'x'.join(map(str, input_shape))} input: {count_macs(model, input_shape):,}")
-    console.print(structure_line(model, input_shape), highlight=False)
+    console.print(structure_line(model, input_shape), highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

@@ -71,6 +71,7 @@ class _LabelInterpreter(fx.Interpreter):
         self.shapes_only = shapes_only
         self.params: dict[fx.Node, Provenance] = {}  # tensors that are (views of) one parameter / buffer
         self.followed: set[fx.Node] = set()  # ops that followed the channels of the parameters they read
+        self.lost: set[fx.Node] = set()  # outputs whose channels are unknown because an op was not followed
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the graph; afterwards, parameters read by ops that did not follow them are noted."""
@@ -92,6 +93,8 @@ class _LabelInterpreter(fx.Interpreter):
             self.labels[n] = label_node(self, n, value)
             if self.labels[n] is None:
                 _track_param(self, n, value)
+                if any(a in self.lost for a in _nodes(n)):
+                    self.lost.add(n)
         except UnsupportedModelError:
             raise
         except Exception as err:  # a handler bug must not half-analyse: lock and note instead
@@ -197,6 +200,7 @@ def _nodes(n: fx.Node) -> list[fx.Node]:
 
 
 def _lock_inputs(it: _LabelInterpreter, n: fx.Node, why: str) -> None:
+    it.lost.add(n)
     for a in _nodes(n):
         it.tracker.lock_labels(_lab(it, a), f"kept channels reaching {why}", _where(n))
 
@@ -324,8 +328,9 @@ def _broadcast(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels
     for a, x in tensors:
         k = d - (nd - x.dim())
         if _lab(it, a) is None and 0 <= k < x.dim() and x.shape[k] > 1 and not _param_channels(it, a, k, base):
-            followed = False
-            tr.lock_labels((d, base), f"kept channels combined with a constant in {_describe(n)}", _where(n))
+            followed = False  # the output of an op not followed is reported there, not here again
+            tr.lock_labels((d, base), f"kept channels combined with a constant in {_describe(n)}",
+                           None if a in it.lost else _where(n))
     if followed:
         it.followed.add(n)
     return (d, base)
