@@ -93,8 +93,8 @@ class _LabelInterpreter(fx.Interpreter):
             self.labels[n] = label_node(self, n, value)
             if self.labels[n] is None:
                 _track_param(self, n, value)
-                if any(a in self.lost for a in _nodes(n)):
-                    self.lost.add(n)
+                if any(a in self.lost or _lab(self, a) is not None for a in _nodes(n)):
+                    self.lost.add(n)  # channels went in, none came out
         except UnsupportedModelError:
             raise
         except Exception as err:  # a handler bug must not half-analyse: lock and note instead
@@ -200,7 +200,6 @@ def _nodes(n: fx.Node) -> list[fx.Node]:
 
 
 def _lock_inputs(it: _LabelInterpreter, n: fx.Node, why: str) -> None:
-    it.lost.add(n)
     for a in _nodes(n):
         it.tracker.lock_labels(_lab(it, a), f"kept channels reaching {why}", _where(n))
 
