@@ -28,6 +28,7 @@ import torch
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
+from secateur.structured.attention import analyse_blocks
 from secateur.structured.propagate import propagate
 from secateur.structured.trace import trace_model, trace_tolerant
 from secateur.structured.tracker import DependencyGraph, Group, Labels, Member, Tracker, build_groups
@@ -54,7 +55,13 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model)
+        try:
+            gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model)
+        except UnsupportedModelError as err:  # e.g. Hugging Face models: their registered layers only
+            by_blocks = None if strict else analyse_blocks(model, tracker, str(err).split(";")[0])
+            if by_blocks is None:
+                raise
+            return by_blocks
         tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)
         propagate(gm, tracker, example_input)
     finally:
@@ -103,7 +110,7 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
 def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:
     """Layers whose parameters are also read directly (tied weights) keep all channels."""
     for node in gm.graph.nodes:
-        if node.op != "get_attr":
+        if node.op != "get_attr" or not node.users:  # fx leaves dead reads behind (MultiheadAttention)
             continue
         owner = node.target.rsplit(".", 1)[0] if "." in node.target else ""
         for (path, _), tags in tracker.records.items():

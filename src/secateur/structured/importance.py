@@ -23,6 +23,7 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.registry import Registry
+from secateur.structured.attention import weight_view
 from secateur.structured.graph import DependencyGraph, Group, Member
 
 Scores = dict[str, torch.Tensor]
@@ -65,6 +66,9 @@ def group_method(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[ScoreFn
 def _weight_of(model: nn.Module, member: Member) -> torch.Tensor | None:
     """The weight slice a member owns, as [positions, rest] (None when it has none)."""
     m = model.get_submodule(member.module)
+    view = weight_view(m, member.role)  # packed attention in_proj, Conv1D (weight stored (in, out))
+    if view is not None:
+        return view.reshape(view.shape[0], -1)
     w = getattr(m, "weight", None)
     if not isinstance(w, torch.Tensor):
         return None
@@ -172,6 +176,8 @@ def _taylor_params(model: nn.Module, members: list[Member]) -> dict[tuple[str, s
     params: dict[tuple[str, str], torch.Tensor] = {}
     for member in members:
         m = model.get_submodule(member.module)
+        if weight_view(m, "out") is not None:
+            continue  # weights not stored (out, in): not scored by taylor
         for pname in ("weight", "bias"):
             p = getattr(m, pname, None)
             if isinstance(p, nn.Parameter) and p.requires_grad:

@@ -25,6 +25,7 @@ from torch import nn
 
 from secateur.errors import ConfigError, UnsupportedModelError
 from secateur.provenance import record_plan, recorded_plan
+from secateur.structured import attention
 from secateur.structured.plan import Plan, compose, relative
 from secateur.structured.propagate import CHANNEL_NORMS, CONVS
 
@@ -150,6 +151,9 @@ def _module_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int]
     for kinds, fn in _EDITORS:
         if isinstance(m, kinds):
             return fn(path, m, out, inp)
+    layer = attention.edits(path, m, out, inp)  # attention layers, Conv1D
+    if layer is not None:
+        return [_Edit(module, name, value) for module, name, value in layer]
     raise ConfigError(f"plan prunes {path!r}, a {type(m).__name__}, which structured surgery cannot shrink")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
+from secateur.structured.attention import is_leaf
 
 MAX_OPAQUE = 64  # give up (one clear error) rather than retrace forever
 
@@ -28,7 +29,8 @@ class _PathTracer(fx.Tracer):
         self.opaque = frozenset(opaque)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
+        return (module_qualified_name in self.opaque or is_leaf(m)  # attention layers: one op each
+                or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.path_stack.append(self.path_of_module(m))
