@@ -344,11 +344,21 @@ def _kept_heads(kept: list[int], d: int, path: str) -> list[int]:
     return heads
 
 
+def _packed_heads(rows: list[int], inner: int, d: int, path: str) -> list[int]:
+    """Heads kept by packed q / k / v rows: whole heads, the same ones in q, k and v."""
+    from secateur.errors import ConfigError
+
+    parts = [_kept_heads([i - s * inner for i in rows if s * inner <= i < (s + 1) * inner], d, path) for s in range(3)]
+    if not parts[0] or parts[0] != parts[1] or parts[0] != parts[2]:
+        raise ConfigError(f"plan for attention layer {path!r} does not keep whole heads (the same in q, k and v)")
+    return parts[0]
+
+
 def _mha_edits(path: str, m: nn.MultiheadAttention, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     w, b, edits = m.in_proj_weight, m.in_proj_bias, []
     if out is not None:
         rows = _positions(out, w.shape[0], f"{path!r} in_proj row")
-        heads = _kept_heads([i for i in out if i < m.num_heads * m.head_dim], m.head_dim, path)
+        heads = _packed_heads(out, m.num_heads * m.head_dim, m.head_dim, path)
         w, b = _param(w, 0, rows), _param(b, 0, rows)
         edits += [(m, "num_heads", len(heads)), (m, "in_proj_bias", b), (m, "__class__", PrunedMultiheadAttention)]
     if inp is not None:

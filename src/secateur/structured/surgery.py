@@ -33,6 +33,9 @@ _Conv = nn.modules.conv._ConvNd  # CONVS
 _Norm = nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm | nn.GroupNorm | nn.PReLU
 
 
+_MISSING = object()
+
+
 @dataclass
 class _Edit:
     module: nn.Module
@@ -118,7 +121,7 @@ def _read(module: nn.Module, name: str) -> Any:
         return module._parameters[name]
     if name in module._buffers:
         return module._buffers[name]
-    return getattr(module, name)
+    return getattr(module, name, _MISSING)  # an attribute surgery adds (LLaMA's num_heads) is removed on undo
 
 
 def _write(module: nn.Module, name: str, value: Any) -> None:
@@ -126,6 +129,8 @@ def _write(module: nn.Module, name: str, value: Any) -> None:
         module._parameters[name] = value
     elif name in module._buffers:
         module._buffers[name] = value
+    elif value is _MISSING:
+        module.__dict__.pop(name, None)
     else:
         object.__setattr__(module, name, value)
 
