@@ -17,8 +17,15 @@ import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 from torchvision.models.swin_transformer import SwinTransformer
-from transformers import BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from secateur import load_model, save_model
 from secateur.errors import ConfigError
@@ -125,7 +132,7 @@ def test_heads_pruned_exactly_and_saved(name: str, tmp_path: Path) -> None:
 
 
 def test_vit_head_attributes_follow() -> None:
-    model, plan = prune_channels(_built(_vit), _images()[:1], 0.5)
+    model, _ = prune_channels(_built(_vit), _images()[:1], 0.5)
     for block in model.encoder.layers:
         attn = block.self_attention
         assert type(attn) is PrunedMultiheadAttention

@@ -141,7 +141,7 @@ def _conv1d(m: Any) -> bool:
 
 
 @attention_layer("torch-mha")
-def _mha(m: nn.Module) -> Layout | None:
+def _mha(m: Any) -> Layout | None:
     """nn.MultiheadAttention with a packed in_proj (torchvision ViT)."""
     if not isinstance(m, nn.MultiheadAttention) or not m._qkv_same_embed_dim or m.in_proj_weight is None:
         return None
@@ -154,7 +154,7 @@ def _mha(m: nn.Module) -> Layout | None:
 
 
 @attention_layer("torchvision-swin")
-def _swin(m: nn.Module) -> Layout | None:
+def _swin(m: Any) -> Layout | None:
     """torchvision Swin's ShiftedWindowAttention (V1): qkv / proj Linear, per-head bias table."""
     if type(m) not in (ShiftedWindowAttention, PrunedShiftedWindowAttention):
         return None
@@ -166,10 +166,11 @@ def _swin(m: nn.Module) -> Layout | None:
 
 
 @attention_layer("hf-bert")
-def _bert(m: nn.Module) -> Layout | None:
+def _bert(m: Any) -> Layout | None:
     """Hugging Face BERT-style attention: self.query / key / value and output.dense Linear layers."""
-    sa, out = getattr(m, "self", None), getattr(m, "output", None)
-    if not (isinstance(sa, nn.Module) and all(_linear(getattr(sa, p, None)) for p in ("query", "key", "value"))
+    sa: Any = getattr(m, "self", None)
+    out: Any = getattr(m, "output", None)
+    if not (sa is not None and all(_linear(getattr(sa, p, None)) for p in ("query", "key", "value"))
             and _linear(getattr(out, "dense", None)) and hasattr(sa, "num_attention_heads")):
         return None
     h, d = int(sa.num_attention_heads), int(sa.attention_head_size)
@@ -179,7 +180,7 @@ def _bert(m: nn.Module) -> Layout | None:
 
 
 @attention_layer("hf-gpt2")
-def _gpt2(m: nn.Module) -> Layout | None:
+def _gpt2(m: Any) -> Layout | None:
     """Hugging Face GPT-2-style attention: a packed Conv1D c_attn and c_proj (self-attention only)."""
     if not (_conv1d(getattr(m, "c_attn", None)) and _conv1d(getattr(m, "c_proj", None))
             and hasattr(m, "split_size") and not getattr(m, "is_cross_attention", False)):
@@ -191,7 +192,7 @@ def _gpt2(m: nn.Module) -> Layout | None:
 
 
 @attention_layer("hf-llama")
-def _llama(m: nn.Module) -> Layout | None:
+def _llama(m: Any) -> Layout | None:
     """Hugging Face LLaMA-style attention: q_proj / k_proj / v_proj / o_proj, grouped-query included."""
     if not (all(_linear(getattr(m, p, None)) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
             and hasattr(m, "head_dim") and hasattr(m, "num_key_value_groups")):
@@ -203,16 +204,17 @@ def _llama(m: nn.Module) -> Layout | None:
 
 
 @attention_layer("hf-gpt2-mlp", leaf=False)
-def _gpt2_mlp(m: nn.Module) -> Layout | None:
+def _gpt2_mlp(m: Any) -> Layout | None:
     """Hugging Face GPT-2-style MLP hidden neurons: Conv1D c_fc -> c_proj."""
-    fc, proj = getattr(m, "c_fc", None), getattr(m, "c_proj", None)
+    fc: Any = getattr(m, "c_fc", None)
+    proj: Any = getattr(m, "c_proj", None)
     if not (_conv1d(fc) and _conv1d(proj)) or hasattr(m, "c_attn"):
         return None
     return MlpLayout(int(fc.nf), ("c_fc",), "c_proj")
 
 
 @attention_layer("hf-llama-mlp", leaf=False)
-def _llama_mlp(m: nn.Module) -> Layout | None:
+def _llama_mlp(m: Any) -> Layout | None:
     """Hugging Face LLaMA-style gated MLP hidden neurons: gate_proj, up_proj -> down_proj."""
     if not all(_linear(getattr(m, p, None)) for p in ("gate_proj", "up_proj", "down_proj")):
         return None
@@ -220,10 +222,10 @@ def _llama_mlp(m: nn.Module) -> Layout | None:
 
 
 @attention_layer("hf-bert-mlp", leaf=False)
-def _bert_mlp(m: nn.Module) -> Layout | None:
+def _bert_mlp(m: Any) -> Layout | None:
     """Hugging Face BERT-style layer's MLP hidden neurons: intermediate.dense -> output.dense."""
-    fc = getattr(getattr(m, "intermediate", None), "dense", None)
-    down = getattr(getattr(m, "output", None), "dense", None)
+    fc: Any = getattr(getattr(m, "intermediate", None), "dense", None)
+    down: Any = getattr(getattr(m, "output", None), "dense", None)
     if not (_linear(fc) and _linear(down) and hasattr(m, "attention")):
         return None
     return MlpLayout(fc.out_features, ("intermediate.dense",), "output.dense")
@@ -309,7 +311,7 @@ def weight_view(m: nn.Module, role: str) -> torch.Tensor | None:
     ``weight`` (out, in) (packed MHA in_proj, Conv1D); None for every other layer."""
     if isinstance(m, nn.MultiheadAttention) and isinstance(m.in_proj_weight, torch.Tensor):
         w = m.in_proj_weight.detach()
-    elif _conv1d(m):
+    elif _conv1d(m) and isinstance(m.weight, torch.Tensor):
         w = m.weight.detach().t()
     else:
         return None
@@ -368,7 +370,7 @@ def _mha_edits(path: str, m: nn.MultiheadAttention, out: list[int] | None, inp: 
     return [*edits, (m, "in_proj_weight", w)]
 
 
-def _swin_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+def _swin_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     if out is None:
         return []
     d = m.qkv.out_features // (3 * m.num_heads)
@@ -378,21 +380,21 @@ def _swin_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] |
             (m, "__class__", PrunedShiftedWindowAttention)]
 
 
-def _bert_self_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+def _bert_self_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     if out is None:
         return []
     heads = _kept_heads(out, int(m.attention_head_size), path)
     return [(m, "num_attention_heads", len(heads)), (m, "all_head_size", len(heads) * int(m.attention_head_size))]
 
 
-def _gpt2_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+def _gpt2_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     if out is None:
         return []
     heads = _kept_heads(out, int(m.head_dim), path)
     return [(m, "num_heads", len(heads)), (m, "split_size", len(heads) * int(m.head_dim))]
 
 
-def _llama_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+def _llama_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     if out is None:
         return []
     d, per = int(m.head_dim), int(m.num_key_value_groups)
@@ -403,7 +405,7 @@ def _llama_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] 
     return [(m, "num_heads", heads), (m, "num_key_value_heads", heads // per)]
 
 
-def _conv1d_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+def _conv1d_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     w, edits = m.weight, []
     if out is not None:
         o = _positions(out, m.nf, f"{path!r} output")
@@ -457,7 +459,7 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
     count, with the same parameters (packed ``in_proj``, no ``bias_k`` / ``add_zero_attn``).
     """
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,  # type: ignore[override]
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
