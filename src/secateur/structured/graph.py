@@ -31,11 +31,20 @@ from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import analyse_blocks
 from secateur.structured.propagate import propagate
 from secateur.structured.trace import trace_model, trace_tolerant
-from secateur.structured.tracker import DependencyGraph, Group, Labels, Member, Tracker, build_groups
+from secateur.structured.tracker import (
+    PARAM_SEP,
+    DependencyGraph,
+    Group,
+    Labels,
+    Member,
+    Tracker,
+    Unfollowed,
+    build_groups,
+)
 
 # The result types live in secateur.structured.tracker (so that propagate need not import this
 # module); they are re-exported here, their public home.
-__all__ = ["DependencyGraph", "Group", "Labels", "Member", "Tracker", "analyse", "build_groups"]
+__all__ = ["DependencyGraph", "Group", "Labels", "Member", "Tracker", "Unfollowed", "analyse", "build_groups"]
 
 
 def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = (),
@@ -48,10 +57,23 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     :class:`UnsupportedModelError` naming the op and module path when the model's own forward
     cannot be traced, and with ``strict`` at any tracing failure and at the first op whose
     channels it would otherwise keep.
+
+    A grouped convolution keeps its groups and loses the same channels in every group; where
+    that couples all its channels into one (a GroupNorm over the same groups follows), the
+    analysis is redone with that convolution losing whole groups instead.
     """
     if not isinstance(example_input, torch.Tensor):
         raise UnsupportedModelError("example_input must be a single tensor batch, e.g. torch.randn(1, 3, 224, 224)")
-    tracker = Tracker(ignore, strict)
+    tracker = _traced(model, example_input, Tracker(ignore, strict))
+    collapsed = tracker.collapsed_grouped()
+    if collapsed:
+        tracker = _traced(model, example_input, Tracker(ignore, strict, whole_groups=collapsed))
+    return tracker.finish()
+
+
+def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> Tracker:
+    """``tracker`` filled by tracing ``model`` (eval mode, then training-only branches)."""
+    strict = tracker.strict
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -70,7 +92,7 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     tracker.visited.update(_attr_owners(gm))
     _train_only_branches(model, tracker, example_input, [path for path, _ in opaque])
     _lock_shared_parameters(gm, tracker)
-    return tracker.finish()
+    return tracker
 
 
 def _attr_owners(gm: fx.GraphModule) -> set[str]:
@@ -108,11 +130,10 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
 
 
 def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:
-    """Layers whose parameters are also read directly (tied weights) keep all channels."""
-    for node in gm.graph.nodes:
-        if node.op != "get_attr" or not node.users:  # fx leaves dead reads behind (MultiheadAttention)
-            continue
-        owner = node.target.rsplit(".", 1)[0] if "." in node.target else ""
+    """Parameters some op reads without following their channels (tied weights, computed
+    weights) keep their size: every channel of their module and their own dims is kept."""
+    for target in tracker.escaped:
+        owner = target.rsplit(".", 1)[0] if "." in target else ""
         for (path, _), tags in tracker.records.items():
-            if path == owner:
-                tracker.lock_labels((0, tags), f"parameters of {path} are used directly by the model")
+            if path == owner or path.startswith(target + PARAM_SEP):
+                tracker.lock_labels((0, tags), f"parameters of {owner or '<root>'} are used directly by the model")

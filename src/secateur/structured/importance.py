@@ -25,6 +25,7 @@ from secateur.errors import ConfigError
 from secateur.registry import Registry
 from secateur.structured.attention import weight_view
 from secateur.structured.graph import DependencyGraph, Group, Member
+from secateur.structured.tracker import split_param_key
 
 Scores = dict[str, torch.Tensor]
 ScoreFn = Callable[..., Scores]
@@ -64,7 +65,13 @@ def group_method(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[ScoreFn
 
 
 def _weight_of(model: nn.Module, member: Member) -> torch.Tensor | None:
-    """The weight slice a member owns, as [positions, rest] (None when it has none)."""
+    """The weight slice a member owns, as [positions, rest] (None when it has none).
+
+    A ``param`` member counts when its tensor is a weight (2 dims or more: a functional
+    linear / conv / embedding table), not a per-channel vector (bias, layer scale).
+    """
+    if member.role == "param":
+        return _param_slices(model, member.module)
     m = model.get_submodule(member.module)
     view = weight_view(m, member.role)  # packed attention in_proj, Conv1D (weight stored (in, out))
     if view is not None:
@@ -73,11 +80,27 @@ def _weight_of(model: nn.Module, member: Member) -> torch.Tensor | None:
     if not isinstance(w, torch.Tensor):
         return None
     w = w.detach()
+    groups = getattr(m, "groups", 1)
+    if member.role == "in" and groups != 1:
+        if w.shape[1] == 1:
+            return None  # depthwise conv inputs are counted with its outputs
+        # input channel (g, j) meets column j of group g's output filters
+        per = w.reshape(groups, w.shape[0] // groups, w.shape[1], -1).transpose(1, 2)
+        return per.reshape(groups * w.shape[1], -1)
     if member.role == "in":
-        if getattr(m, "groups", 1) != 1:
-            return None  # grouped conv inputs are counted with its outputs
         return w.transpose(0, 1).reshape(w.shape[1], -1)
     return w.reshape(w.shape[0], -1)
+
+
+def _param_slices(model: nn.Module, key: str) -> torch.Tensor | None:
+    found = split_param_key(key)
+    if found is None:
+        return None
+    owner, _, name = found[0].rpartition(".")
+    t = getattr(model.get_submodule(owner), name, None)
+    if not isinstance(t, torch.Tensor) or t.dim() < 2:
+        return None
+    return t.detach().movedim(found[1], 0).reshape(t.shape[found[1]], -1)
 
 
 def _accumulate(group: Group, per_member: Callable[[Member], torch.Tensor | None]) -> torch.Tensor:
@@ -175,6 +198,8 @@ def fpgm(model: nn.Module, graph: DependencyGraph, **_: Any) -> Scores:
 def _taylor_params(model: nn.Module, members: list[Member]) -> dict[tuple[str, str], torch.Tensor]:
     params: dict[tuple[str, str], torch.Tensor] = {}
     for member in members:
+        if split_param_key(member.module) is not None:
+            continue  # a single parameter's dim: not scored by taylor
         m = model.get_submodule(member.module)
         if weight_view(m, "out") is not None:
             continue  # weights not stored (out, in): not scored by taylor

@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import label_layer, layout_of
 from secateur.structured.reshape import reshape_labels
-from secateur.structured.tracker import Labels, Tracker
+from secateur.structured.trace import MODULES_KEY
+from secateur.structured.tracker import Labels, Tracker, param_key
 
 POINTWISE = {
     "relu", "relu_", "relu6", "gelu", "silu", "silu_", "hardswish", "hardswish_", "hardsigmoid",
@@ -68,6 +70,14 @@ class _LabelInterpreter(fx.Interpreter):
         self.labels: dict[fx.Node, Any] = {}
         self.mode = mode if mode is not None else contextlib.nullcontext()
         self.shapes_only = shapes_only
+        self.params: dict[fx.Node, Provenance] = {}  # tensors that are (views of) one parameter / buffer
+        self.followed: set[fx.Node] = set()  # ops that followed the channels of the parameters they read
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the graph; afterwards, parameters read by ops that did not follow them are noted."""
+        out = super().run(*args, **kwargs)
+        self.tracker.escaped.update(_escaped_params(self))
+        return out
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
         """On meta tensors, shape-preserving layers just pass their input on (no meta kernels)."""
@@ -81,6 +91,8 @@ class _LabelInterpreter(fx.Interpreter):
             value = super().run_node(n)
         try:
             self.labels[n] = label_node(self, n, value)
+            if self.labels[n] is None:
+                _track_param(self, n, value)
         except UnsupportedModelError:
             raise
         except Exception as err:  # a handler bug must not half-analyse: lock and note instead
@@ -159,6 +171,18 @@ def _describe(n: fx.Node) -> str:
     return f"{n.op} {op!r} in {path!r}"
 
 
+def _where(n: fx.Node) -> tuple[str, str]:
+    """(op, module path) of a node, for :attr:`DependencyGraph.unfollowed` (a module's op is its class)."""
+    if n.op == "call_module":
+        owner = n.graph.owning_module
+        m = owner.get_submodule(str(n.target)) if owner is not None else None
+        return (type(m).__name__ if m is not None else str(n.target), str(n.target))
+    op = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+    stack = n.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else "<root>"
+    return (str(op), str(path))
+
+
 def _lab(it: _LabelInterpreter, a: Any) -> Any:
     return it.labels.get(a) if isinstance(a, fx.Node) else None
 
@@ -175,7 +199,7 @@ def _nodes(n: fx.Node) -> list[fx.Node]:
 
 def _lock_inputs(it: _LabelInterpreter, n: fx.Node, why: str) -> None:
     for a in _nodes(n):
-        it.tracker.lock_labels(_lab(it, a), f"kept channels reaching {why}")
+        it.tracker.lock_labels(_lab(it, a), f"kept channels reaching {why}", _where(n))
 
 
 def _arg(n: fx.Node, i: int, name: str, default: Any = None) -> Any:
@@ -244,6 +268,8 @@ def _function(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
             _lock_inputs(it, n, _describe(n))
         return None
     handler = _HANDLERS.get(name)
+    if n.op == "call_function" and _hashable(n.target) and n.target in _PARAM_HANDLERS:
+        handler = _PARAM_HANDLERS[n.target]
     if handler is None:
         if not any(_lab(it, a) is not None for a in _nodes(n)):
             return None
@@ -259,7 +285,7 @@ def _pointwise(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels
     src = n.args[0] if n.args else None
     for extra in _nodes(n):
         if extra is not src:
-            it.tracker.lock_labels(_lab(it, extra), f"kept channels of a second input to {_describe(n)}")
+            it.tracker.lock_labels(_lab(it, extra), f"kept channels of a second input to {_describe(n)}", _where(n))
     lab, x = _lab(it, src), _val(it, src)
     if lab is None or not isinstance(x, torch.Tensor):
         return _broadcast(it, n, value) if _name(n) in ("where",) else None
@@ -271,7 +297,7 @@ def _aligned(it: _LabelInterpreter, n: fx.Node, lab: Labels, x: torch.Tensor, va
     d = lab[0] + value.dim() - x.dim()
     if 0 <= d < value.dim() and value.shape[d] == x.shape[lab[0]]:
         return (d, lab[1])
-    it.tracker.lock_labels(lab, f"kept channels whose size changes in {_describe(n)}")
+    it.tracker.lock_labels(lab, f"kept channels whose size changes in {_describe(n)}", _where(n))
     return None
 
 
@@ -295,10 +321,14 @@ def _broadcast(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels
             return None
         if i:
             tr.uf.union_pairs(base, lab[1])
+    followed = True
     for a, x in tensors:
         k = d - (nd - x.dim())
-        if _lab(it, a) is None and 0 <= k < x.dim() and x.shape[k] > 1:
-            tr.lock_labels((d, base), f"kept channels combined with a constant in {_describe(n)}")
+        if _lab(it, a) is None and 0 <= k < x.dim() and x.shape[k] > 1 and not _param_channels(it, a, k, base):
+            followed = False
+            tr.lock_labels((d, base), f"kept channels combined with a constant in {_describe(n)}", _where(n))
+    if followed:
+        it.followed.add(n)
     return (d, base)
 
 
@@ -310,6 +340,8 @@ def _cat(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | Non
     if all(lab is None for lab in labs):
         return None
     ldims = {lab[0] for lab in labs if lab is not None}
+    if len(ldims) == 1 and dim not in ldims:
+        labs = _param_parts(it, n, parts, labs, ldims.copy().pop(), value.dim())
     if ldims != {dim}:
         if len(ldims) == 1 and all(lab is not None for lab in labs):
             d = ldims.pop()
@@ -331,7 +363,7 @@ def _reshape(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     literal = _literal_dims(n, value.dim())
     out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal)
     if out is None:
-        it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}")
+        it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}", _where(n))
     return out
 
 
@@ -354,16 +386,21 @@ def _permute(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     if lab is None:
         return None
     nd = value.dim()
-    rest: list[Any] = list(n.args[1:])
     if _name(n) == "permute":
-        order = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
-        dims_kw: Any = n.kwargs.get("dims", ())
-        order = order or list(dims_kw)
+        order = _perm_order(n)
         return (order.index(lab[0]) if lab[0] in order else [_norm_dim(o, nd) for o in order].index(lab[0]), lab[1])
     a = _norm_dim(_arg(n, 1, "dim0"), nd)
     b = _norm_dim(_arg(n, 2, "dim1"), nd)
     d = b if lab[0] == a else a if lab[0] == b else lab[0]
     return (d, lab[1])
+
+
+def _perm_order(n: fx.Node) -> list[Any]:
+    """The dims a ``permute`` node orders its input by."""
+    rest: list[Any] = list(n.args[1:])
+    order = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    dims_kw: Any = n.kwargs.get("dims", ())
+    return order or list(dims_kw)
 
 
 def _reduce(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
@@ -374,11 +411,11 @@ def _reduce(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | 
     dims = _arg(n, 1, "dim")
     keep = bool(_arg(n, 2, "keepdim", False))
     if dims is None:
-        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}")
+        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
         return None
     dims = {_norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
     if lab[0] in dims:
-        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}")
+        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
         return None
     return (lab[0] if keep else lab[0] - sum(d < lab[0] for d in dims), lab[1])
 
@@ -390,7 +427,7 @@ def _softmax(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
         return None
     dim = _arg(n, 1, "dim")
     if dim is None or _norm_dim(dim, x.dim()) == lab[0]:
-        it.tracker.lock_labels(lab, f"kept channels normalised by {_describe(n)}")
+        it.tracker.lock_labels(lab, f"kept channels normalised by {_describe(n)}", _where(n))
         return None
     return lab
 
@@ -408,7 +445,7 @@ def _getitem(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
         return None
     d = _index_dim(idx, x, lab[0])
     if d is None:
-        it.tracker.lock_labels(lab, f"kept channels indexed by {_describe(n)}")
+        it.tracker.lock_labels(lab, f"kept channels indexed by {_describe(n)}", _where(n))
     return None if d is None else (d, lab[1])
 
 
@@ -444,7 +481,7 @@ def _split(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     default = 0
     dim = _norm_dim(_arg(n, 2, "dim", default) if _name(n) != "unbind" else _arg(n, 1, "dim", 0), x.dim())
     if dim == lab[0]:
-        it.tracker.lock_labels(lab, f"kept channels split by {_describe(n)}")
+        it.tracker.lock_labels(lab, f"kept channels split by {_describe(n)}", _where(n))
         return [None] * len(value)
     d = lab[0] - (1 if _name(n) == "unbind" and dim < lab[0] else 0)
     return [(d, lab[1]) for _ in value]
@@ -471,10 +508,12 @@ def _module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, value: Any) -> Any:
     if layout is not None:
         return _attention(it, n, path, layout, value)
     for extra in inputs[1:]:  # only the first input's channels are followed through a module
-        it.tracker.lock_labels(_lab(it, extra), f"kept channels of a second input to {_describe(n)}")
+        it.tracker.lock_labels(_lab(it, extra), f"kept channels of a second input to {_describe(n)}", _where(n))
     lab, x = _lab(it, src), _val(it, src)
     if isinstance(m, CONVS):
         return _conv(it.tracker, path, m, lab)
+    if isinstance(m, nn.Embedding):
+        return _embedding(it, n, f"{path}.weight" if path else "weight", m.embedding_dim, lab, value)
     if isinstance(m, nn.Linear):
         return _linear(it.tracker, path, m, lab, x)
     if not isinstance(value, torch.Tensor) or not isinstance(x, torch.Tensor):
@@ -487,7 +526,7 @@ def _module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, value: Any) -> Any:
     if isinstance(m, nn.Flatten):
         out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, set())
         if out is None:
-            it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}")
+            it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}", _where(n))
         return out
     if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
         return _softmax_module(it, n, m, lab, value)
@@ -522,17 +561,15 @@ def _norm_module(it: _LabelInterpreter, n: fx.Node, path: str, m: nn.Module, lab
                 tr.record(path, "norm", lab[1])
             return lab
         if isinstance(m, nn.PReLU):
-            tr.lock_labels(lab, f"kept channels of {_describe(n)}")
+            tr.lock_labels(lab, f"kept channels of {_describe(n)}", _where(n))
         return lab
     if isinstance(m, nn.PReLU):
         return lab
     if isinstance(m, nn.GroupNorm):
         return _group_norm(tr, path, m, lab)
     if isinstance(m, nn.LayerNorm):
-        if lab[0] >= value.dim() - len(m.normalized_shape):
-            tr.lock_labels(lab, f"kept channels normalised together by {_describe(n)}")
-        return lab
-    tr.lock_labels(lab, f"kept channels reaching {_describe(n)}")
+        return _layer_norm_module(it, n, path, m, lab, value)
+    tr.lock_labels(lab, f"kept channels reaching {_describe(n)}", _where(n))
     return None
 
 
@@ -540,7 +577,7 @@ def _softmax_module(it: _LabelInterpreter, n: fx.Node, m: nn.Softmax | nn.LogSof
                     value: torch.Tensor) -> Labels | None:
     nd = value.dim()
     if m.dim is None or _norm_dim(m.dim, nd) == lab[0]:
-        it.tracker.lock_labels(lab, f"kept channels normalised by {_describe(n)}")
+        it.tracker.lock_labels(lab, f"kept channels normalised by {_describe(n)}", _where(n))
         return None
     return lab
 
@@ -566,9 +603,13 @@ def _conv(tr: Tracker, path: str, m: nn.Conv1d | nn.Conv2d | nn.Conv3d, lab: Lab
             tr.lock_labels((1, out))
         return (1, out)
     tr.record(path, "in", lab[1])
-    if m.groups > 1:
+    if m.groups > 1 and (m.in_channels == m.groups or path in tr.whole_groups):  # whole groups (depthwise)
         rows = torch.cat([lab[1].reshape(m.groups, -1), out.reshape(m.groups, -1)], dim=1)
         tr.uf.union_rows(rows)
+    elif m.groups > 1:  # grouped: the same position in every group goes together (groups are kept)
+        tr.grouped.add(path)
+        tr.uf.union_rows(lab[1].reshape(m.groups, -1).T)
+        tr.uf.union_rows(out.reshape(m.groups, -1).T)
     return (1, out)
 
 
@@ -582,3 +623,262 @@ def _linear(tr: Tracker, path: str, m: nn.Linear, lab: Labels | None, x: Any) ->
     if lab is not None:
         tr.record(path, "in", lab[1])
     return (nd - 1, out)
+
+
+def _layer_norm_module(it: _LabelInterpreter, n: fx.Node, path: str, m: nn.LayerNorm, lab: Labels,
+                       value: torch.Tensor) -> Labels:
+    """A LayerNorm over the channels (the last dim): its weight, bias and normalized_shape shrink with them."""
+    k = len(m.normalized_shape)
+    if lab[0] < value.dim() - k:
+        return lab
+    if k == 1:
+        it.tracker.record(path, "norm", lab[1])
+        return lab
+    it.tracker.lock_labels(lab, f"kept channels normalised together by {_describe(n)}", _where(n))
+    return lab
+
+
+# --------------------------------------------------------------------------- parameters the graph reads
+#
+# A module that calls F.batch_norm / F.linear / F.conv2d ... on its own parameters (timm's
+# BatchNormAct2d, torchvision's LayerNorm2d), or multiplies channels by a parameter (ConvNeXt's
+# layer scale), is traced through: its parameters are get_attr nodes. Their channels are followed
+# as for the module form (records on the owning module when it is the matching nn class), or as
+# dims of the parameter itself (param_key records, sliced by the surgery).
+
+# (parameter path, for each tensor dim the parameter dim it is (None: a broadcast dim), parameter shape)
+Provenance: TypeAlias = tuple[str, tuple["int | None", ...], tuple[int, ...]]
+PARAM_VIEWS = {"unsqueeze", "squeeze", "reshape", "view", "flatten", "expand", "expand_as", "permute"}
+
+
+def _hashable(target: Any) -> bool:
+    try:
+        hash(target)
+    except TypeError:
+        return False
+    return True
+
+
+def _track_param(it: _LabelInterpreter, n: fx.Node, value: Any) -> None:
+    """Remember which parameter (and which of its dims) an unlabelled tensor is a view of."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return
+    if n.op == "get_attr":
+        it.params[n] = (str(n.target), tuple(range(value.dim())), tuple(value.shape))
+        return
+    name = _name(n)
+    if n.op not in ("call_function", "call_method") or not (name in POINTWISE or name in PARAM_VIEWS):
+        return
+    src = n.args[0] if n.args else None
+    prov = it.params.get(src) if isinstance(src, fx.Node) else None
+    others = [a for a in _nodes(n) if a is not src and isinstance(_val(it, a), torch.Tensor)]
+    x = _val(it, src)
+    if prov is None or (others and name != "expand_as") or not isinstance(x, torch.Tensor):
+        return
+    dims = _param_dims(n, prov[1], tuple(x.shape), tuple(value.shape))
+    if dims is not None:
+        it.params[n] = (prov[0], dims, prov[2])
+
+
+def _param_dims(n: fx.Node, dims: tuple[int | None, ...], src: tuple[int, ...],
+                out: tuple[int, ...]) -> tuple[int | None, ...] | None:
+    """Parameter dims of ``out`` (a permute, broadcast or reshape of ``src``), None if they mix."""
+    if _name(n) == "permute":
+        return tuple(dims[_norm_dim(o, len(src))] for o in _perm_order(n))
+    lead = len(out) - len(src)
+    if lead >= 0 and all(s in (1, out[lead + i]) for i, s in enumerate(src)):
+        return (None,) * lead + tuple(d if s == out[lead + i] else None for i, (d, s) in enumerate(zip(dims, src)))
+    a = [i for i, s in enumerate(src) if s != 1]
+    b = [j for j, s in enumerate(out) if s != 1]
+    if [src[i] for i in a] != [out[j] for j in b]:
+        return None
+    res: list[int | None] = [None] * len(out)
+    for i, j in zip(a, b):
+        res[j] = dims[i]
+    return tuple(res)
+
+
+def _param_channels(it: _LabelInterpreter, a: Any, k: int, tags: torch.Tensor) -> bool:
+    """Couple dim ``k`` of ``a`` (a view of a parameter) with ``tags``; False if ``a`` is no parameter view."""
+    prov = it.params.get(a) if isinstance(a, fx.Node) else None
+    if prov is None or not 0 <= k < len(prov[1]):
+        return False
+    pdim = prov[1][k]
+    if pdim is None or prov[2][pdim] != len(tags):
+        return False
+    it.tracker.record(param_key(prov[0], pdim), "param", tags)
+    return True
+
+
+def _param_parts(it: _LabelInterpreter, n: fx.Node, parts: list, labs: list, d: int, nd: int) -> list:
+    """Concatenated parameters (class tokens) take the channels of the other parts on dim ``d``."""
+    tags = next(lab[1] for lab in labs if lab is not None)
+    out = []
+    for a, lab in zip(parts, labs):
+        x = _val(it, a)
+        if lab is None and isinstance(x, torch.Tensor) and _param_channels(it, a, d - (nd - x.dim()), tags):
+            lab = (d, tags)
+        out.append(lab)
+    if all(lab is not None for lab in out):
+        it.followed.add(n)
+    return out
+
+
+def _escaped_params(it: _LabelInterpreter) -> set[str]:
+    """Parameters some op reads without following their channels (they must keep their size)."""
+    memo: dict[fx.Node, bool] = {}
+
+    def followed(node: fx.Node) -> bool:
+        if node not in memo:
+            memo[node] = all(u in it.followed or (u in it.params and followed(u)) for u in node.users)
+        return memo[node]
+
+    return {str(n.target) for n in list(it.params) if n.op == "get_attr" and not followed(n)}
+
+
+def _attr(a: Any) -> str | None:
+    """The parameter path a node reads directly (a get_attr), else None."""
+    return str(a.target) if isinstance(a, fx.Node) and a.op == "get_attr" else None
+
+
+def _owner(it: _LabelInterpreter, params: dict[str, Any], kind: Any) -> tuple[str, nn.Module] | None:
+    """The module whose own attributes ``params`` are (a BatchNorm's weight, running_mean ...), if a ``kind``."""
+    targets = {k: _attr(a) for k, a in params.items() if a is not None}
+    if not targets or any(t is None for t in targets.values()):
+        return None
+    owners = {str(t).rpartition(".")[0] for t in targets.values()}
+    if len(owners) != 1:
+        return None
+    path = owners.pop()
+    if any(t != (f"{path}.{k}" if path else k) for k, t in targets.items()):
+        return None
+    m = getattr(it.module, "meta", {}).get(MODULES_KEY, {}).get(path)
+    return (path, m) if isinstance(m, kind) else None
+
+
+def _norm_params(it: _LabelInterpreter, n: fx.Node, tags: torch.Tensor, params: dict[str, Any], kind: Any,
+                 needs_owner: bool) -> bool:
+    """Follow per-channel norm parameters: the owner's "norm" record, or each parameter's dim 0."""
+    present = {k: a for k, a in params.items() if isinstance(a, fx.Node)}
+    if not present:
+        return not needs_owner
+    if any(not isinstance(_val(it, a), torch.Tensor) or _val(it, a).shape != (len(tags),) for a in present.values()):
+        return False
+    owner = _owner(it, present, kind)
+    if owner is not None:
+        it.tracker.record(owner[0], "norm", tags)
+    elif needs_owner or not all(_param_channels(it, a, 0, tags) for a in present.values()):
+        return False
+    it.followed.add(n)
+    return True
+
+
+def _norm_call(it: _LabelInterpreter, n: fx.Node, params: dict[str, Any], kind: Any,
+               needs_owner: bool = False) -> Labels | None:
+    """F.batch_norm / F.instance_norm: per-channel statistics and parameters on dim 1."""
+    lab = _lab(it, n.args[0] if n.args else n.kwargs.get("input"))
+    if lab is None or lab[0] != 1:
+        it.followed.add(n)
+        return lab
+    if not _norm_params(it, n, lab[1], params, kind, needs_owner):
+        _lock_inputs(it, n, f"{_describe(n)} (its parameters are not one norm module's own)")
+    return lab
+
+
+def _f_batch_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    params = {k: _arg(n, i, k) for i, k in enumerate(("running_mean", "running_var", "weight", "bias"), start=1)}
+    return _norm_call(it, n, params, CHANNEL_NORMS)
+
+
+def _f_group_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    lab, groups = _lab(it, n.args[0]), _val(it, _arg(n, 1, "num_groups"))
+    if lab is not None and lab[0] == 1 and isinstance(groups, int) and len(lab[1]) % groups == 0:
+        it.tracker.uf.union_rows(lab[1].reshape(groups, -1))
+    return _norm_call(it, n, {"weight": _arg(n, 2, "weight"), "bias": _arg(n, 3, "bias")}, nn.GroupNorm, True)
+
+
+def _f_layer_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    """F.layer_norm over the channels: only a LayerNorm module's own call (normalized_shape is its attribute)."""
+    lab = _lab(it, n.args[0])
+    shape = _val(it, _arg(n, 1, "normalized_shape"))
+    k = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
+    if lab is None or lab[0] < value.dim() - k:
+        it.followed.add(n)
+        return lab
+    params = {"weight": _arg(n, 2, "weight"), "bias": _arg(n, 3, "bias")}
+    if k != 1 or not _norm_params(it, n, lab[1], params, nn.LayerNorm, needs_owner=True):
+        it.tracker.lock_labels(lab, f"kept channels normalised together by {_describe(n)}", _where(n))
+    return lab
+
+
+def _f_linear(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    src, w, b = n.args[0], _arg(n, 1, "weight"), _arg(n, 2, "bias")
+    lab, x = _lab(it, src), _val(it, src)
+    owner = _owner(it, {"weight": w, "bias": b}, nn.Linear)
+    if owner is not None:
+        it.followed.add(n)
+        return _linear(it.tracker, owner[0], owner[1], lab, x)  # type: ignore[arg-type]
+    if lab is not None and lab[0] != x.dim() - 1:
+        return lab
+    return _param_layer(it, n, w, b, lab, value.dim() - 1)
+
+
+def _f_conv(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    src, w, b = n.args[0], _arg(n, 1, "weight"), _arg(n, 2, "bias")
+    owner = _owner(it, {"weight": w, "bias": b}, CONVS)
+    groups = _val(it, _arg(n, 6, "groups", 1))
+    if owner is not None and getattr(owner[1], "groups", None) == groups:
+        it.followed.add(n)
+        return _conv(it.tracker, owner[0], owner[1], _lab(it, src))  # type: ignore[arg-type]
+    lab = _lab(it, src)
+    if groups != 1 or (lab is not None and lab[0] != 1):
+        _lock_inputs(it, n, f"{_describe(n)} (a grouped or unowned convolution)")
+        return None
+    return _param_layer(it, n, w, b, lab, 1)
+
+
+def _param_layer(it: _LabelInterpreter, n: fx.Node, w: Any, b: Any, lab: Labels | None, out_dim: int) -> Labels | None:
+    """A linear / conv call on parameters of no matching module: weight dims 0 (out) and 1 (in) followed."""
+    tr, wt, bt = it.tracker, _attr(w), _attr(b) if b is not None else ""
+    weight = _val(it, w)
+    if wt is None or bt is None or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        _lock_inputs(it, n, f"{_describe(n)} (its weight is computed, not a parameter)")
+        return None
+    key = param_key(wt, 0)
+    out = tr.produce(key, weight.shape[0])
+    tr.record(key, "param", out)
+    if bt:
+        tr.record(param_key(bt, 0), "param", out)
+    if lab is not None:
+        tr.record(param_key(wt, 1), "param", lab[1])
+    it.followed.add(n)
+    return (out_dim, out)
+
+
+def _f_embedding(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    w = _arg(n, 1, "weight")
+    wt, weight = _attr(w), _val(it, w)
+    if wt is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        _lock_inputs(it, n, f"{_describe(n)} (its weight is computed, not a parameter)")
+        return None
+    it.followed.add(n)
+    return _embedding(it, n, wt, weight.shape[1], _lab(it, n.args[0]), value)
+
+
+def _embedding(it: _LabelInterpreter, n: fx.Node, weight: str, dim: int, lab: Labels | None,
+               value: Any) -> Labels | None:
+    """An embedding table's columns are fresh channels on the output's last dim (its indices carry none)."""
+    it.tracker.lock_labels(lab)
+    if not isinstance(value, torch.Tensor):
+        return None
+    key = param_key(weight, 1)
+    out = it.tracker.produce(key, dim)
+    it.tracker.record(key, "param", out)
+    return (value.dim() - 1, out)
+
+
+_PARAM_HANDLERS: dict[Any, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {
+    F.batch_norm: _f_batch_norm, F.instance_norm: _f_batch_norm, F.group_norm: _f_group_norm,
+    F.layer_norm: _f_layer_norm, torch.layer_norm: _f_layer_norm, torch.group_norm: _f_group_norm,
+    F.linear: _f_linear, F.conv1d: _f_conv, F.conv2d: _f_conv, F.conv3d: _f_conv, F.embedding: _f_embedding,
+}

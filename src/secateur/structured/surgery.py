@@ -1,9 +1,11 @@
 """Physical surgery: shrink layers to the indices a :class:`Plan` keeps.
 
 The result is the same model object with the same module classes and smaller tensors
-(conv / linear weights and biases, BatchNorm / InstanceNorm / GroupNorm / PReLU parameters
-and running statistics) and updated ``in_channels`` / ``out_channels`` / ``groups`` /
-``in_features`` / ``num_features`` ... attributes. No masks, no wrappers.
+(conv / linear weights and biases, BatchNorm / InstanceNorm / GroupNorm / LayerNorm / PReLU
+parameters and running statistics, and single parameters a plan names by
+:func:`~secateur.structured.tracker.param_key`, such as a layer scale or an embedding table)
+and updated ``in_channels`` / ``out_channels`` / ``groups`` / ``in_features`` /
+``num_features`` / ``normalized_shape`` / ``embedding_dim`` ... attributes. No masks, no wrappers.
 
 Surgery is atomic: every edit is computed and validated before any is applied, and when an
 ``example_input`` is given the shrunk model must run on it, otherwise every edit is undone
@@ -28,9 +30,11 @@ from secateur.provenance import record_plan, recorded_plan
 from secateur.structured import attention
 from secateur.structured.plan import Plan, compose, relative
 from secateur.structured.propagate import CHANNEL_NORMS, CONVS
+from secateur.structured.tracker import split_param_key
 
 _Conv = nn.modules.conv._ConvNd  # CONVS
-_Norm = nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm | nn.GroupNorm | nn.PReLU
+_Norm = (nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm | nn.GroupNorm | nn.LayerNorm
+         | nn.PReLU)
 
 
 _MISSING = object()
@@ -52,8 +56,10 @@ def apply_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor | None 
     """
     edits: list[_Edit] = []
     for path in sorted(set(plan.keep_out) | set(plan.keep_in)):
-        module = _get(model, path)
-        edits.extend(_module_edits(path, module, plan.keep_out.get(path), plan.keep_in.get(path)))
+        if split_param_key(path) is None:
+            module = _get(model, path)
+            edits.extend(_module_edits(path, module, plan.keep_out.get(path), plan.keep_in.get(path)))
+    edits.extend(_param_edits(model, plan))
     carried = _composed(model, plan)
     _swap(edits, forward=True)
     if example_input is not None:
@@ -167,14 +173,8 @@ def _conv_edits(path: str, m: _Conv, out: list[int] | None, inp: list[int] | Non
     o = _index(out, m.out_channels, path, "output") if out is not None else None
     i = _index(inp, m.in_channels, path, "input") if inp is not None else None
     if groups > 1:
-        ipg, opg = m.in_channels // groups, m.out_channels // groups
-        n_in = len(i) if i is not None else m.in_channels
-        n_out = len(o) if o is not None else m.out_channels
-        if n_in % ipg or n_out % opg or n_in // ipg != n_out // opg:
-            raise ConfigError(f"plan for grouped conv {path!r} does not keep whole groups")
-        groups = n_in // ipg
-        edits.append(_Edit(m, "groups", groups))
-        i = None  # weight's input dim is per group and keeps its size
+        kept_groups, i = _group_edits(path, m, o, i)
+        edits.append(_Edit(m, "groups", kept_groups))
     if o is not None:
         w = _sliced(w, 0, o)
         edits += [_Edit(m, "out_channels", len(o)), _Edit(m, "bias", _sliced(m.bias, 0, o))]
@@ -184,6 +184,27 @@ def _conv_edits(path: str, m: _Conv, out: list[int] | None, inp: list[int] | Non
         w = _sliced(w, 1, i)
     edits.append(_Edit(m, "weight", w if isinstance(w, nn.Parameter) else nn.Parameter(w)))
     return edits
+
+
+def _group_edits(path: str, m: _Conv, o: torch.Tensor | None,
+                 i: torch.Tensor | None) -> tuple[int, torch.Tensor | None]:
+    """Kept groups of a grouped conv and the kept positions within each group's input.
+
+    Either whole groups go, or the same input positions in every kept group (and as many
+    outputs in every kept group); anything else cannot be expressed with ``groups``.
+    """
+    ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
+    i = torch.arange(m.in_channels) if i is None else i
+    o = torch.arange(m.out_channels) if o is None else o
+    in_groups = {g: sorted((i[i // ipg == g] % ipg).tolist()) for g in (i // ipg).unique().tolist()}
+    out_groups = (o // opg).tolist()
+    counts = {g: out_groups.count(g) for g in set(out_groups)}
+    positions = {tuple(v) for v in in_groups.values()}
+    if set(in_groups) != set(counts) or len(positions) != 1 or len(set(counts.values())) != 1:
+        raise ConfigError(f"plan for grouped conv {path!r} keeps neither whole groups nor the same channels "
+                          "in every group")
+    within = torch.tensor(positions.pop(), dtype=torch.long)
+    return len(in_groups), (None if len(within) == ipg else within)
 
 
 def _linear_edits(path: str, m: nn.Linear, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
@@ -203,8 +224,8 @@ def _linear_edits(path: str, m: nn.Linear, out: list[int] | None, inp: list[int]
 def _norm_edits(path: str, m: _Norm, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
     if inp is not None or out is None:
         raise ConfigError(f"plan for norm layer {path!r} must only keep output channels")
-    size = (m.num_channels if isinstance(m, nn.GroupNorm)
-            else m.num_parameters if isinstance(m, nn.PReLU) else m.num_features)
+    size = (m.num_channels if isinstance(m, nn.GroupNorm) else m.num_parameters if isinstance(m, nn.PReLU)
+            else m.normalized_shape[-1] if isinstance(m, nn.LayerNorm) else m.num_features)
     o = _index(out, size, path, "channel")
     edits = [_Edit(m, name, _sliced(getattr(m, name), 0, o))
              for name in ("weight", "bias", "running_mean", "running_var") if getattr(m, name, None) is not None]
@@ -215,11 +236,54 @@ def _norm_edits(path: str, m: _Norm, out: list[int] | None, inp: list[int] | Non
         return [*edits, _Edit(m, "num_channels", len(o)), _Edit(m, "num_groups", len(o) // per)]
     if isinstance(m, nn.PReLU):
         return [*edits, _Edit(m, "num_parameters", len(o))]
+    if isinstance(m, nn.LayerNorm):
+        return [*edits, _Edit(m, "normalized_shape", (len(o),))]
     return [*edits, _Edit(m, "num_features", len(o))]
+
+
+def _param_edits(model: nn.Module, plan: Plan) -> list[_Edit]:
+    """Slice the parameters / buffers a plan names by ``param_key`` (all dims of one tensor at once),
+    then keep the size attributes of their module consistent."""
+    dims: dict[str, dict[int, list[int]]] = {}
+    for key, idx in [*plan.keep_out.items(), *plan.keep_in.items()]:
+        found = split_param_key(key)
+        if found is not None:
+            dims.setdefault(found[0], {})[found[1]] = idx
+    edits: list[_Edit] = []
+    for target, cuts in sorted(dims.items()):
+        owner_path, _, name = target.rpartition(".")
+        owner = _get(model, owner_path)
+        t = _read(owner, name) if hasattr(owner, name) else None
+        if not isinstance(t, torch.Tensor):
+            raise ConfigError(f"plan names parameter {target!r}, which this model does not have")
+        for dim, idx in sorted(cuts.items()):
+            if dim >= t.dim():
+                raise ConfigError(f"plan slices dim {dim} of {target!r}, which has {t.dim()} dims")
+            t = _sliced(t, dim, _index(idx, t.shape[dim], target, f"dim-{dim}"))
+        edits.append(_Edit(owner, name, t))
+        edits.extend(_attribute_edits(owner, name, t))
+    return edits
+
+
+def _attribute_edits(m: nn.Module, name: str, new: torch.Tensor) -> list[_Edit]:
+    """Size attributes of a known layer whose ``weight`` changed shape through a parameter slice."""
+    if name != "weight":
+        return []
+    if isinstance(m, nn.Embedding):
+        return [_Edit(m, "embedding_dim", new.shape[1])]
+    if isinstance(m, nn.Linear):
+        return [_Edit(m, "out_features", new.shape[0]), _Edit(m, "in_features", new.shape[1])]
+    if isinstance(m, _Conv):
+        return [_Edit(m, "out_channels", new.shape[0]), _Edit(m, "in_channels", new.shape[1] * m.groups)]
+    if isinstance(m, nn.LayerNorm):
+        return [_Edit(m, "normalized_shape", tuple(new.shape))]
+    if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm):
+        return [_Edit(m, "num_features", new.shape[0])]
+    return []
 
 
 _EDITORS: list[tuple[tuple[type, ...], Callable[..., list[_Edit]]]] = [
     (CONVS, _conv_edits),
     ((nn.Linear,), _linear_edits),
-    ((*CHANNEL_NORMS, nn.GroupNorm, nn.PReLU), _norm_edits),
+    ((*CHANNEL_NORMS, nn.GroupNorm, nn.LayerNorm, nn.PReLU), _norm_edits),
 ]

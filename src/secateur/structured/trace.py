@@ -17,6 +17,35 @@ from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import is_leaf
 
 MAX_OPAQUE = 64  # give up (one clear error) rather than retrace forever
+MODULES_KEY = "secateur_modules"  # GraphModule.meta key: the traced model's modules by path
+
+# Layers the analysis follows as modules. A subclass that keeps its base's forward is one of them
+# (a leaf, wherever it is defined); one with its own forward (a BatchNorm that adds an activation)
+# is traced through, and its F.batch_norm / F.linear ... calls on its own parameters are followed.
+FOLLOWED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm, nn.LayerNorm, nn.Embedding, nn.PReLU,
+)
+
+
+def follows_as_module(m: nn.Module) -> bool | None:
+    """True / False for a followed layer whose forward is / is not its torch.nn base's; None otherwise."""
+    base = next((cls for cls in type(m).__mro__ if cls in _BASES), None)
+    if base is None:
+        return None
+    return type(m).forward is base.forward
+
+
+def _bases() -> frozenset[type]:
+    """The torch.nn classes (not user subclasses) that are followed layers."""
+    found = set()
+    for kind in FOLLOWED_MODULES:
+        found.update(c for c in [kind, *_subclasses(kind)] if c.__module__.startswith("torch.nn"))
+    return frozenset(found)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in [direct, *_subclasses(direct)]]
 
 
 class _PathTracer(fx.Tracer):
@@ -29,8 +58,10 @@ class _PathTracer(fx.Tracer):
         self.opaque = frozenset(opaque)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (module_qualified_name in self.opaque or is_leaf(m)  # attention layers: one op each
-                or super().is_leaf_module(m, module_qualified_name))
+        if module_qualified_name in self.opaque or is_leaf(m):  # attention layers: one op each
+            return True
+        as_module = follows_as_module(m)
+        return super().is_leaf_module(m, module_qualified_name) if as_module is None else as_module
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.path_stack.append(self.path_of_module(m))
@@ -44,6 +75,9 @@ class _PathTracer(fx.Tracer):
             self.path_stack.pop()
 
 
+_BASES = _bases()
+
+
 def _trace(model: nn.Module, tracer: _PathTracer) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
@@ -54,7 +88,10 @@ def _trace(model: nn.Module, tracer: _PathTracer) -> fx.GraphModule:
             f"cannot trace {type(model).__name__} for structured pruning: {type(err).__name__}: "
             f"{first[:200]} (in module {where!r}); the model is unchanged"
         ) from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    # the traced-through modules, as they are (the graph module holds bare Modules on their paths)
+    gm.meta[MODULES_KEY] = dict(model.named_modules())
+    return gm
 
 
 def trace_model(model: nn.Module, opaque: Iterable[str] = ()) -> fx.GraphModule:

@@ -21,9 +21,24 @@ from secateur.errors import UnsupportedModelError
 Labels: TypeAlias = tuple[int, torch.Tensor]  # (labelled dim, tag per position along it)
 # What a node's output carries: Labels for a tensor, a (nested) list for a tuple of tensors, or None.
 LabelTree: TypeAlias = "Labels | list[LabelTree] | None"
-# Tracker.snapshot(): union-find parents and locks, records, producers, notes, visited modules.
+# Tracker.snapshot(): union-find parents and locks, records, producers, notes, visited modules,
+# what was kept where, parameters read outside the ops that follow them.
 TrackerState: TypeAlias = tuple[list[int], list[bool], dict[tuple[str, str], torch.Tensor],
-                                dict[str, torch.Tensor], list[str], set[str]]
+                                dict[str, torch.Tensor], list[str], set[str],
+                                list[tuple[str, str, str, torch.Tensor]], set[str]]
+
+PARAM_SEP = "@"
+
+
+def param_key(target: str, dim: int) -> str:
+    """The record / plan key of dim ``dim`` of the parameter or buffer at ``target`` ("blocks.0.gamma@0")."""
+    return f"{target}{PARAM_SEP}{dim}"
+
+
+def split_param_key(key: str) -> tuple[str, int] | None:
+    """``(parameter path, dim)`` of a :func:`param_key`, or None for a module path."""
+    target, sep, dim = key.rpartition(PARAM_SEP)
+    return (target, int(dim)) if sep and dim.isdigit() else None
 
 
 @dataclass
@@ -31,7 +46,9 @@ class Member:
     """One layer's share of a group: positions along its ``role`` dim and their channel index."""
 
     module: str
-    role: str  # "out" (conv/linear outputs), "in" (conv/linear inputs), "norm" (per-channel params)
+    # "out" (conv/linear outputs), "in" (conv/linear inputs), "norm" (per-channel norm params),
+    # "param" (a dim of one parameter / buffer that ``module`` names as a :func:`param_key`)
+    role: str
     positions: torch.Tensor
     channel: torch.Tensor  # for each position, the index of its coupled channel in the group
 
@@ -49,13 +66,31 @@ class Group:
         return list(dict.fromkeys(m.module for m in self.members if role in (None, m.role)))
 
 
+@dataclass(frozen=True)
+class Unfollowed:
+    """An op the analysis could not follow: what it is, where, and how many coupled channels it kept."""
+
+    op: str  # e.g. "call_function 'erf'", "call_module 'MyNorm'"
+    path: str  # the module path it sits in ("<root>" for the model's own forward)
+    channels: int  # prunable coupled channels kept because they reach it
+    why: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.op} in {self.path!r}: kept {self.channels} channels ({self.why})"
+
+
 @dataclass
 class DependencyGraph:
-    """The result of :func:`analyse`: prunable groups, full dim sizes and why channels were locked."""
+    """The result of :func:`analyse`: prunable groups, full dim sizes and why channels were locked.
+
+    ``unfollowed`` lists, per op the analysis could not follow, the channels it kept (the
+    structured form of the ``notes`` about them).
+    """
 
     groups: list[Group]
     dims: dict[tuple[str, str], int]
     notes: list[str] = field(default_factory=list)
+    unfollowed: list[Unfollowed] = field(default_factory=list)
 
     def group(self, name: str) -> Group:
         """The group called ``name`` (its first producing layer)."""
@@ -120,25 +155,31 @@ class _UnionFind:
 class Tracker:
     """Mutable state of one analysis: union-find, per-layer tag records, notes."""
 
-    def __init__(self, ignore: Sequence[str] = (), strict: bool = False) -> None:
+    def __init__(self, ignore: Sequence[str] = (), strict: bool = False,
+                 whole_groups: frozenset[str] = frozenset()) -> None:
         self.uf = _UnionFind()
+        self.whole_groups = whole_groups  # grouped convs that lose whole groups (not channels in each)
+        self.grouped: set[str] = set()  # grouped convs that lose the same channels in every group
         self.strict = strict
         self.ignore = tuple(ignore)
         self.records: dict[tuple[str, str], torch.Tensor] = {}
         self.producers: dict[str, torch.Tensor] = {}
         self.notes: list[str] = []
         self.visited: set[str] = set()
+        self.kept: list[tuple[str, str, str, torch.Tensor]] = []  # (op, module path, why, tags)
+        self.escaped: set[str] = set()  # parameters read by ops that do not follow their channels
 
     def snapshot(self) -> TrackerState:
         """Copy of the mutable state, to retry a failed propagation from scratch."""
         return (list(self.uf.parent), list(self.uf.locked), dict(self.records), dict(self.producers),
-                list(self.notes), set(self.visited))
+                list(self.notes), set(self.visited), list(self.kept), set(self.escaped))
 
     def restore(self, state: TrackerState) -> None:
-        parent, locked, records, producers, notes, visited = state
+        parent, locked, records, producers, notes, visited, kept, escaped = state
         self.uf.parent, self.uf.locked = list(parent), list(locked)
         self.records, self.producers = dict(records), dict(producers)
         self.notes, self.visited = list(notes), set(visited)
+        self.kept, self.escaped = list(kept), set(escaped)
 
     def produce(self, path: str, n: int) -> torch.Tensor:
         """Output tags of layer ``path`` (the same tags every time the layer is called)."""
@@ -158,19 +199,31 @@ class Tracker:
             self.lock_labels((0, old))
             self.lock_labels((0, tags))
 
-    def lock_labels(self, labels: LabelTree, why: str | None = None) -> None:
-        """Keep every channel in ``labels`` (a Labels, a list of them, or None)."""
+    def lock_labels(self, labels: LabelTree, why: str | None = None,
+                    where: tuple[str, str] | None = None) -> None:
+        """Keep every channel in ``labels`` (a Labels, a list of them, or None).
+
+        ``where`` (op, module path) names an op the analysis does not follow; it is reported in
+        :attr:`DependencyGraph.unfollowed` with the number of channels it kept.
+        """
         if labels is None:
             return
         if isinstance(labels, list):
             for item in labels:
-                self.lock_labels(item, why)
+                self.lock_labels(item, why, where)
             return
         if why and not all(self.uf.is_locked(t) for t in labels[1].tolist()):
             if self.strict:
                 raise UnsupportedModelError(f"strict structured pruning: {why}; the model is unchanged")
             self.notes.append(why)
+        if where is not None:
+            self.kept.append((*where, why or "", labels[1].reshape(-1).clone()))
         self.uf.lock(labels[1])
+
+    def collapsed_grouped(self) -> frozenset[str]:
+        """Grouped convs whose output channels all became one coupled channel (so none can go)."""
+        return frozenset(path for path in self.grouped
+                         if len({self.uf.find(t) for t in self.records[(path, "out")].tolist()}) <= 1)
 
     def finish(self) -> DependencyGraph:
         """Lock ignored layers and build the groups."""
@@ -202,6 +255,7 @@ def build_groups(tr: Tracker) -> DependencyGraph:
         pair_keys.append(np.full(len(uniq), ki, dtype=np.int64))
     if not keys:
         return DependencyGraph(groups=[], dims={}, notes=list(dict.fromkeys(tr.notes)))
+    unfollowed = _unfollowed(tr, roots, keys)
     pr, pk = np.concatenate(pair_roots), np.concatenate(pair_keys)
     salt = np.random.default_rng(0).integers(1, 2**62, size=len(keys), dtype=np.int64)
     sig = np.zeros(n_tags, dtype=np.int64)
@@ -210,12 +264,28 @@ def build_groups(tr: Tracker) -> DependencyGraph:
     _, group_idx = np.unique(sig[live], return_inverse=True)
     group_of = np.full(n_tags, -1, dtype=np.int64)
     group_of[live] = group_idx
-    groups = _make_groups(keys, per_key, group_of, pr, pk)
+    groups = _make_groups(keys, per_key, group_of, pr, pk, set(tr.producers))
     dims = {key: len(tags) for key, tags in tr.records.items()}
-    return DependencyGraph(groups=groups, dims=dims, notes=list(dict.fromkeys(tr.notes)))
+    return DependencyGraph(groups=groups, dims=dims, notes=list(dict.fromkeys(tr.notes)), unfollowed=unfollowed)
 
 
-def _make_groups(keys: list, per_key: list, group_of: np.ndarray, pr: np.ndarray, pk: np.ndarray) -> list[Group]:
+def _unfollowed(tr: Tracker, roots: np.ndarray, keys: list) -> list[Unfollowed]:
+    """Per (op, path): the coupled channels of layers (records) that reach it, counted once each."""
+    in_layers = np.zeros(len(roots), dtype=bool)
+    for key in keys:
+        in_layers[roots[tr.records[key].numpy()]] = True
+    found: dict[tuple[str, str], set[int]] = {}
+    whys: dict[tuple[str, str], str] = {}
+    for op, path, why, tags in tr.kept:
+        r = roots[tags.numpy()]
+        found.setdefault((op, path), set()).update(np.unique(r[in_layers[r]]).tolist())
+        whys.setdefault((op, path), why)
+    return [Unfollowed(op, path, len(chans), whys.get((op, path), "")) for (op, path), chans in found.items()
+            if chans]
+
+
+def _make_groups(keys: list, per_key: list, group_of: np.ndarray, pr: np.ndarray, pk: np.ndarray,
+                 producers: set[str]) -> list[Group]:
     """Groups in trace order; channels numbered by first position in the group's first layer."""
     n_groups = int(group_of.max()) + 1 if len(group_of) else 0
     members: list[list[Member]] = [[] for _ in range(n_groups)]
@@ -240,7 +310,7 @@ def _make_groups(keys: list, per_key: list, group_of: np.ndarray, pr: np.ndarray
                                       torch.from_numpy(channel[rr])))
     groups = []
     for gi in np.argsort(first_key, kind="stable").tolist():
-        outs = [m.module for m in members[gi] if m.role == "out"]
+        outs = [m.module for m in members[gi] if m.role == "out" or (m.role == "param" and m.module in producers)]
         if outs:
             groups.append(Group(name=outs[0], size=int(sizes[gi]), members=members[gi]))
     return groups
