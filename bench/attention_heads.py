@@ -40,7 +40,7 @@ def all_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def heads(model: torch.nn.Module) -> list[int]:
-    return [int(m.num_heads) for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "head_dim")
+    return [int(m.num_heads) for m in model.modules() if (hasattr(m, "num_heads") and hasattr(m, "head_dim"))
             or type(m).__name__.endswith("ShiftedWindowAttention")]
 
 

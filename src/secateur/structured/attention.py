@@ -32,6 +32,7 @@ same parameters that compute the same attention for any head count).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -303,6 +304,59 @@ def analyse_blocks(model: nn.Module, tr: Tracker, why: str) -> DependencyGraph |
     return tr.finish()
 
 
+# --------------------------------------------------------------------------- embedding attributes
+
+
+@dataclass(frozen=True)
+class EmbeddingAttribute:
+    """A model whose forward reads its embedding size from an attribute as a literal (torchvision
+    ViT's ``hidden_dim`` in a ``reshape``): traced as ``-1`` so the channels are followed, and set
+    to the kept count by surgery (the model records the producer's output channels)."""
+
+    kind: type
+    attribute: str
+    producer: str  # the layer (relative path) whose outputs are the embedding channels
+
+
+def _embedding_attributes() -> tuple[EmbeddingAttribute, ...]:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return (EmbeddingAttribute(VisionTransformer, "hidden_dim", "conv_proj"),)
+
+
+def _embedded(model: nn.Module) -> Iterator[tuple[str, nn.Module, EmbeddingAttribute]]:
+    for path, m in model.named_modules():
+        for rule in _embedding_attributes():
+            if type(m).__mro__[0] is rule.kind:  # exactly the class (a subclass may read other attributes)
+                yield path, m, rule
+
+
+@contextlib.contextmanager
+def tracing_embeddings(model: nn.Module) -> Iterator[None]:
+    """Within the block, embedding-size attributes read as literals are ``-1`` (see above)."""
+    saved = [(m, rule.attribute, getattr(m, rule.attribute)) for _, m, rule in _embedded(model)]
+    try:
+        for m, name, _ in saved:
+            object.__setattr__(m, name, -1)
+        yield
+    finally:
+        for m, name, value in saved:
+            object.__setattr__(m, name, value)
+
+
+def record_embeddings(model: nn.Module, tr: Tracker) -> None:
+    """Record each such model's embedding channels on the model itself (its attribute follows)."""
+    for path, _, rule in _embedded(model):
+        tags = tr.producers.get(_join(path, rule.producer))
+        if tags is not None:
+            tr.record(path, "out", tags)
+
+
+def _embedding_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    rule = next(r for r in _embedding_attributes() if type(m) is r.kind)
+    return [] if out is None else [(m, rule.attribute, len(out))]
+
+
 # --------------------------------------------------------------------------- weights for the scores
 
 
@@ -362,12 +416,12 @@ def _mha_edits(path: str, m: nn.MultiheadAttention, out: list[int] | None, inp: 
         rows = _positions(out, w.shape[0], f"{path!r} in_proj row")
         heads = _packed_heads(out, m.num_heads * m.head_dim, m.head_dim, path)
         w, b = _param(w, 0, rows), _param(b, 0, rows)
-        edits += [(m, "num_heads", len(heads)), (m, "in_proj_bias", b), (m, "__class__", PrunedMultiheadAttention)]
+        edits += [(m, "num_heads", len(heads)), (m, "in_proj_bias", b)]
     if inp is not None:
         cols = _positions(inp, w.shape[1], f"{path!r} in_proj column")
         w = _param(w, 1, cols)
         edits += [(m, "embed_dim", len(cols)), (m, "kdim", len(cols)), (m, "vdim", len(cols))]
-    return [*edits, (m, "in_proj_weight", w)]
+    return [*edits, (m, "in_proj_weight", w), (m, "__class__", PrunedMultiheadAttention)]
 
 
 def _swin_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
@@ -429,6 +483,7 @@ _EDITORS: list[tuple[Callable[[nn.Module], bool], Callable[..., list[Edit]]]] = 
     (lambda m: _gpt2(m) is not None, _gpt2_edits),
     (lambda m: _llama(m) is not None, _llama_edits),
     (_conv1d, _conv1d_edits),
+    (lambda m: any(type(m) is r.kind for r in _embedding_attributes()), _embedding_edits),
 ]
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
-from secateur.structured.attention import analyse_blocks
+from secateur.structured.attention import analyse_blocks, record_embeddings
 from secateur.structured.propagate import propagate
 from secateur.structured.trace import trace_model, trace_tolerant
 from secateur.structured.tracker import (
@@ -86,6 +86,7 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
             return by_blocks
         tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)
         propagate(gm, tracker, example_input)
+        record_embeddings(model, tracker)
     finally:
         for m, mode in was_training.items():
             m.training = mode
