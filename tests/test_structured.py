@@ -174,6 +174,7 @@ def test_strict_mode_raises_naming_op_and_module_and_leaves_model():
 def test_layernorm_over_channels_is_kept_but_heads_and_mlp_hidden_are_pruned():
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
                                                hidden_dim=16, mlp_dim=32, num_classes=4)
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every output would be 0
     x = torch.randn(2, 3, 32, 32)
     graph = analyse(vit, x)
     assert [g.modules("out") for g in graph.groups] == [["encoder.layers.encoder_layer_0.self_attention"],
