@@ -68,7 +68,8 @@ def run(name: str, ratio: float, embedding: float | None) -> dict:
     after = {"params": count_params(model), "macs_all": all_macs(model, x),
              "macs_layers": count_macs(model, (3, 224, 224)), "heads": sum(heads(model)),
              "embedding": embedding_width(model, name)}
-    return {"model": name, "ratio": ratio, "embedding_ratio": embedding, "before": before, "after": after, "prune_seconds": round(seconds, 2),
+    return {"model": name, "ratio": ratio, "embedding_ratio": embedding, "before": before, "after": after,
+            "prune_seconds": round(seconds, 2),
             "ratios": {k: before[k] / after[k] for k in ("params", "macs_all", "macs_layers")}}
 
 
