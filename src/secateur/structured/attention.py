@@ -21,7 +21,7 @@ With grouped-query attention a key / value head and the query heads that share i
 channel; with a single shared key / value head (multi-query) query heads are pruned alone.
 
 Attention layers are traced as single ops (leaves, :func:`is_leaf`). Where a model's own
-forward cannot be traced at all (Hugging Face models), :func:`analyse_blocks` builds the
+forward cannot be traced at all (Hugging Face models), :func:`record_blocks` builds the
 groups from the registered layers alone: heads and MLP neurons are pruned, the hidden size
 (the residual stream) is kept. After surgery (:func:`edits`) the layers' own attributes
 (``num_heads``, ``num_attention_heads``, ``split_size`` ...) match their new shapes; the two
@@ -43,7 +43,7 @@ from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from secateur.registry import Registry
-from secateur.structured.tracker import DependencyGraph, Labels, Tracker
+from secateur.structured.tracker import Labels, Tracker
 
 Edit = tuple[nn.Module, str, Any]  # (module, attribute / parameter name, new value)
 
@@ -288,20 +288,20 @@ def blocks(model: nn.Module) -> Iterator[tuple[str, Layout]]:
             yield path, found
 
 
-def analyse_blocks(model: nn.Module, tr: Tracker, why: str) -> DependencyGraph | None:
-    """Groups from the registered layers alone (for a model whose forward fx cannot trace).
+def record_blocks(model: nn.Module, tr: Tracker, why: str) -> bool:
+    """Fill ``tr`` from the registered layers alone (for a model whose forward fx cannot trace).
 
     Heads and MLP neurons are internal to their layers, so they are pruned exactly; the
-    layers' inputs and outputs (the residual stream) are kept. None if no layer is known.
+    layers' inputs and outputs (the residual stream) are kept. False if no layer is known.
     """
     found = list(blocks(model))
     if not found:
-        return None
+        return False
     for path, layout in found:
         tr.lock_labels(label_layer(tr, path, layout, None, 0))
     tr.notes.append(f"{why}: pruned only the heads and MLP neurons of its {len(found)} registered attention / MLP "
                     "layers (secateur.structured.attention); the hidden size is kept")
-    return tr.finish()
+    return True
 
 
 # --------------------------------------------------------------------------- embedding attributes
