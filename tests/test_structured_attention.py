@@ -31,6 +31,7 @@ from secateur import load_model, save_model
 from secateur.errors import ConfigError
 from secateur.structured import Plan, analyse, apply_plan, prune_channels
 from secateur.structured.attention import PrunedMultiheadAttention, PrunedShiftedWindowAttention
+from structured_helpers import assert_equivalent, equivalence
 
 
 def _vit() -> nn.Module:
@@ -230,3 +231,22 @@ def test_plan_cutting_a_head_apart_is_refused_and_model_unchanged() -> None:
         apply_plan(model, Plan(keep_out={path: list(range(3 * 32 - 1))}))
     assert type(model.get_submodule(path)) is nn.MultiheadAttention
     torch.testing.assert_close(_output(model, _images()), before)
+
+
+def test_vit_embedding_dimension_follows_through_layer_norms(tmp_path: Path) -> None:
+    """The residual stream (conv_proj, class token, position embedding, LayerNorms, in_proj columns,
+    out_proj and MLP rows, the head's columns) is one group; the pruned model equals the original
+    with those channels zero and its LayerNorms over the kept channels."""
+    vit, x = _built(_vit), _images()
+    graph = analyse(vit, x[:1])
+    assert graph.group("conv_proj").size == 32
+    pruned, _plan, diff, scale = equivalence(copy.deepcopy(vit), x, 0.25)
+    assert_equivalent(diff, scale)
+    assert scale > 1e-2
+    attn = pruned.encoder.layers[0].self_attention
+    assert (pruned.hidden_dim, attn.embed_dim, attn.num_heads, attn.in_proj_weight.shape[1]) == (24, 24, 3, 24)
+    assert pruned.class_token.shape[-1] == pruned.encoder.pos_embedding.shape[-1] == 24
+    assert pruned.heads.head.in_features == 24 and pruned.encoder.ln.normalized_shape == (24,)
+    save_model(pruned, tmp_path / "m")
+    again, _ = load_model(tmp_path / "m", _built(_vit))
+    torch.testing.assert_close(_output(again, x), _output(pruned, x))

@@ -82,7 +82,7 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
         except UnsupportedModelError as err:  # e.g. Hugging Face models: their registered layers only
             if strict or not record_blocks(model, tracker, str(err).split(";")[0]):
                 raise
-            return tracker.finish()
+            return tracker
         tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)
         propagate(gm, tracker, example_input)
         record_embeddings(model, tracker)
