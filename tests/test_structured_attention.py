@@ -250,3 +250,28 @@ def test_vit_embedding_dimension_follows_through_layer_norms(tmp_path: Path) -> 
     save_model(pruned, tmp_path / "m")
     again, _ = load_model(tmp_path / "m", _built(_vit))
     torch.testing.assert_close(_output(again, x), _output(pruned, x))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pruned_multihead_attention_matches_torch_with_masks(batch_first: bool) -> None:
+    """PrunedMultiheadAttention's own forward equals torch's on the zeroed heads, masks included."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    rows = [s * 16 + h * 4 + j for s in range(3) for h in (0, 2) for j in range(4)]
+    plan = Plan(keep_out={"": rows}, keep_in={"out_proj": [h * 4 + j for h in (0, 2) for j in range(4)]})
+    zeroed = copy.deepcopy(mha)
+    _zero_removed_inputs(zeroed, plan)
+    pruned = apply_plan(copy.deepcopy(mha), plan)
+    assert type(pruned) is PrunedMultiheadAttention and pruned.num_heads == 2
+    q, kv = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    if not batch_first:
+        q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+    pad = torch.zeros(3, 7)
+    pad[0, -2:] = float("-inf")  # float masks both (torch warns when the two types differ)
+    mask = torch.randn(5, 7)
+    with torch.no_grad():
+        want, _ = zeroed(q, kv, kv, key_padding_mask=pad, attn_mask=mask, need_weights=False)
+        got, weights = pruned(q, kv, kv, key_padding_mask=pad, attn_mask=mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert weights is not None and weights.shape == (3, 5, 7)
+    assert torch.all(weights[0, :, -2:] == 0)
