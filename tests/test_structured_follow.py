@@ -16,6 +16,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from secateur.analysis.summary import unfollowed_rows
+from secateur.app.cli import main, structure_line
+from secateur.report import results_markdown
 from secateur.structured import analyse, apply_plan, plan_pruning
 from secateur.structured.tracker import Unfollowed
 from structured_helpers import (
@@ -266,3 +269,20 @@ def test_torchvision_prunes_as_deep_as_torch_pruning(name):
     assert before / n_params(model) >= TORCH_PRUNING[name]
     calibrate_bn(model, torch.randn(2, 3, 64, 64))
     assert model(x).shape == (1, 1000)
+
+
+def test_info_and_the_run_report_name_the_unfollowed_ops(capsys):
+    line = structure_line(Unknown(), (3, 16, 16))
+    assert "erf in odd: 8 channels" in line and "2 prunable groups" in line
+    assert main(["info", "lenet5"]) == 0
+    assert "structured pruning: 3 prunable groups" in capsys.readouterr().out
+    rows = unfollowed_rows(Unknown(), (3, 16, 16))
+    assert rows == [{"op": "erf", "path": "odd", "channels": 8}]
+    md = results_markdown({**_results(), "unfollowed": rows}, [])
+    assert "## Channels kept at ops the analysis does not follow" in md and "| erf | odd | 8 |" in md
+
+
+def _results() -> dict:
+    scores = {"val": {"accuracy": 0.9}, "test": {"accuracy": 0.9}}
+    return {"baseline": scores, "pruned": scores, "params": {"baseline": 10, "total": 5, "nonzero": 5},
+            "compression": 2.0, "layers": [], "granularity": "channel"}

@@ -92,4 +92,14 @@ def size_summary(chosen: nn.Module, baseline: nn.Module, targets: tuple[str, ...
     }
     if physical:
         summary["channels"] = channel_counts(chosen, baseline, targets)
+        if shape:
+            summary["unfollowed"] = unfollowed_rows(baseline, shape)
     return summary
+
+
+def unfollowed_rows(model: nn.Module, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """``results.json``'s ``unfollowed``: ops the structured analysis keeps channels at (op, path, channels)."""
+    from secateur.structured.graph import unfollowed_ops  # structured pruning imports this module's row
+
+    x = torch.zeros(1, *shape, device=next((p.device for p in model.parameters()), torch.device("cpu")))
+    return [{"op": u.op, "path": u.path, "channels": u.channels} for u in unfollowed_ops(model, x)]

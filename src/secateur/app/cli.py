@@ -206,7 +206,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     console.print(format_layer_table(stats))
     console.print(f"parameters: {count_params(model):,} (nonzero {count_params(model, nonzero=True):,}); "
                   f"MACs for one {'x'.join(map(str, input_shape))} input: {count_macs(model, input_shape):,}")
+    console.print(structure_line(model, input_shape), highlight=False)
     return 0
+
+
+def structure_line(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """What structured pruning can reach in ``model``, and every op whose channels it must keep."""
+    from secateur.structured.graph import analyse  # lazy: tracing machinery only for this line
+
+    try:
+        graph = analyse(model, torch.zeros(1, *input_shape))
+    except SecateurError as err:
+        return f"structured pruning: {err}"
+    line = (f"structured pruning: {len(graph.groups)} prunable groups, "
+            f"{sum(g.size for g in graph.groups):,} channels")
+    if not graph.unfollowed:
+        return line + "; every op is followed"
+    return "\n".join([line + "; channels kept at ops the analysis does not follow:",
+                      *(f"  {u.op} in {u.path or '<root>'}: {u.channels} channels" for u in graph.unfollowed)])
 
 
 def _model_for_info(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...]]:

@@ -453,6 +453,15 @@ class Channels(BaseModel):
     after: int | None = None
 
 
+class UnfollowedOp(BaseModel):
+    """``results.json``'s ``unfollowed``: an op the structured analysis does not follow, and what it kept."""
+
+    model_config = WRITTEN
+    op: str
+    path: str
+    channels: int
+
+
 class ResultsFile(BaseModel):
     """``results.json`` (docs/RUNDIR.md): every key the report and the CLI read, typed."""
 
@@ -475,6 +484,7 @@ class ResultsFile(BaseModel):
     bytes: Counts | None = None
     latency: dict[str, float | None] | None = None
     channels: dict[str, Channels] | None = None
+    unfollowed: list[UnfollowedOp] | None = None
     seconds: float | None = None
     rounds: int | None = None
     chosen_round: int | None = None

@@ -152,6 +152,12 @@ def _channels_table(channels: Mapping[str, Mapping[str, Any]]) -> Table:
     return Table(("layer", "before", "after", "kept"), tuple(rows), ("l", "r", "r", "r"))
 
 
+def _unfollowed_table(unfollowed: Sequence[Mapping[str, Any]]) -> Table:
+    """Structured runs: ops whose channels were all kept, because the analysis cannot follow them."""
+    rows = [(str(u.get("op", DASH)), str(u.get("path", DASH)), fmt_count(u.get("channels"))) for u in unfollowed]
+    return Table(("op", "module", "channels kept"), tuple(rows), ("l", "l", "r"))
+
+
 def _rounds_table(history: Sequence[Mapping[str, Any]], chosen: int | None) -> Table:
     """Every round of the search, the chosen one marked."""
     def yes(v: Any) -> str:
@@ -174,6 +180,9 @@ def _report_blocks(results: Mapping[str, Any], history: Sequence[Mapping[str, An
                            _layers_table(results["layers"])]
     if results.get("channels"):
         blocks += [Heading("Kept channels"), _channels_table(results["channels"])]
+    if results.get("unfollowed"):
+        blocks += [Heading("Channels kept at ops the analysis does not follow"),
+                   _unfollowed_table(results["unfollowed"])]
     if results.get("exports"):
         blocks += [Heading("Exports (one thread each side)"), _exports_table(results["exports"])]
     blocks += [Heading("Rounds"), _rounds_table(history, results.get("chosen_round"))]

@@ -14,12 +14,17 @@ The steps, each usable alone:
 
 - :func:`analyse` traces the model (``torch.fx``) into a :class:`DependencyGraph` of
   :class:`Group` s of coupled channels: conv -> BN -> activation -> conv chains, residual
-  adds, concatenation offsets, depthwise / grouped convs (whole groups), GroupNorm groups,
-  flatten / view into Linear, pooling, squeeze-excitation multiplies. Channels that reach an
-  op it cannot follow are *locked* (kept; reasons in ``graph.notes``); a submodule fx cannot
+  adds, concatenation offsets, depthwise convs, grouped convs (the same channels in every
+  group), GroupNorm groups, LayerNorms over the channels, flatten / view into Linear, pooling,
+  squeeze-excitation and other gating multiplies, and F.batch_norm / F.linear / F.conv2d ...
+  calls on a module's own parameters. Channels that reach an op it cannot follow are *locked*
+  (kept; reasons in ``graph.notes``, and per op in ``graph.unfollowed``); a submodule fx cannot
   trace is kept whole as an opaque layer; a model whose own forward cannot be traced raises
   :class:`~secateur.errors.UnsupportedModelError` naming the op and module path. The model's
   outputs (the classifier) and ``ignore`` d layers are never pruned.
+- A pruned LayerNorm normalises over fewer channels, so the pruned model differs from the
+  original before retraining; it equals the original with the removed channels zeroed and that
+  LayerNorm taken over the kept channels only.
 - :func:`plan_pruning` scores channels with a :data:`GROUP_METHODS` name (``l1``, ``l2``,
   ``bn-scale``, ``taylor``, ``random``) and allocates locally or globally, with
   ``min_channels``, ``round_to`` and per-layer ``ratios``; it returns a JSON-able :class:`Plan`.
@@ -38,14 +43,14 @@ import torch
 from torch import nn
 
 import secateur.structured.checkpoint  # noqa: F401  (registers the plan format for load_model)
-from secateur.structured.graph import DependencyGraph, Group, Member, analyse
+from secateur.structured.graph import DependencyGraph, Group, Member, Unfollowed, analyse
 from secateur.structured.importance import GROUP_METHODS
 from secateur.structured.plan import Plan, compose, plan_pruning
 from secateur.structured.surgery import apply_plan, current_plan, reach_plan
 
 __all__ = [
     "GROUP_METHODS", "DependencyGraph", "Group", "Member", "Plan", "analyse", "apply_plan", "compose",
-    "current_plan", "plan_pruning", "prune_channels", "reach_plan",
+    "Unfollowed", "current_plan", "plan_pruning", "prune_channels", "reach_plan",
 ]
 
 

@@ -44,7 +44,8 @@ from secateur.structured.tracker import (
 
 # The result types live in secateur.structured.tracker (so that propagate need not import this
 # module); they are re-exported here, their public home.
-__all__ = ["DependencyGraph", "Group", "Labels", "Member", "Tracker", "Unfollowed", "analyse", "build_groups"]
+__all__ = ["DependencyGraph", "Group", "Labels", "Member", "Tracker", "Unfollowed", "analyse", "build_groups",
+           "unfollowed_ops"]
 
 
 def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = (),
@@ -69,6 +70,14 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     if collapsed:
         tracker = _traced(model, example_input, Tracker(ignore, strict, whole_groups=collapsed))
     return tracker.finish()
+
+
+def unfollowed_ops(model: nn.Module, example_input: torch.Tensor) -> list[Unfollowed]:
+    """The ops of ``model`` the analysis cannot follow, with the channels each keeps ([] if it cannot trace)."""
+    try:
+        return analyse(model, example_input).unfollowed
+    except UnsupportedModelError:
+        return []
 
 
 def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> Tracker:
@@ -136,4 +145,5 @@ def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:
         owner = target.rsplit(".", 1)[0] if "." in target else ""
         for (path, _), tags in tracker.records.items():
             if path == owner or path.startswith(target + PARAM_SEP):
-                tracker.lock_labels((0, tags), f"parameters of {owner or '<root>'} are used directly by the model")
+                tracker.lock_labels((0, tags), f"parameters of {owner or '<root>'} are used directly by the model",
+                                    ("get_attr", target))

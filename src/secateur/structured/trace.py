@@ -33,19 +33,20 @@ def follows_as_module(m: nn.Module) -> bool | None:
     base = next((cls for cls in type(m).__mro__ if cls in _BASES), None)
     if base is None:
         return None
-    return type(m).forward is base.forward
+    return getattr(type(m), "forward", None) is getattr(base, "forward", None)
 
 
 def _bases() -> frozenset[type]:
     """The torch.nn classes (not user subclasses) that are followed layers."""
-    found = set()
+    found: set[type] = set()
     for kind in FOLLOWED_MODULES:
         found.update(c for c in [kind, *_subclasses(kind)] if c.__module__.startswith("torch.nn"))
     return frozenset(found)
 
 
 def _subclasses(cls: type) -> list[type]:
-    return [sub for direct in cls.__subclasses__() for sub in [direct, *_subclasses(direct)]]
+    direct: list[type] = cls.__subclasses__()
+    return [sub for d in direct for sub in [d, *_subclasses(d)]]
 
 
 class _PathTracer(fx.Tracer):
