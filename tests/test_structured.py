@@ -171,15 +171,19 @@ def test_strict_mode_raises_naming_op_and_module_and_leaves_model():
     assert model.a[0].out_channels == 8
 
 
-def test_layernorm_over_channels_is_kept_but_mlp_hidden_is_pruned():
+def test_vit_embedding_heads_and_mlp_hidden_are_pruned():
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
                                                hidden_dim=16, mlp_dim=32, num_classes=4)
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every output would be 0
     x = torch.randn(2, 3, 32, 32)
     graph = analyse(vit, x)
-    assert [g.modules("out") for g in graph.groups] == [["encoder.layers.encoder_layer_0.mlp.0"]]
+    assert [g.modules("out")[0] for g in graph.groups] == ["conv_proj", "encoder.layers.encoder_layer_0.self_attention",
+                                                           "encoder.layers.encoder_layer_0.mlp.0"]
     pruned, _plan, diff, scale = equivalence(vit, x)
     assert_equivalent(diff, scale)
     assert pruned.encoder.layers[0].mlp[0].out_features == 16
+    assert pruned.encoder.layers[0].self_attention.num_heads == 1
+    assert pruned.hidden_dim == pruned.encoder.layers[0].self_attention.embed_dim == 8
 
 
 def test_untraceable_model_raises_one_line_error_naming_module_and_leaves_model():

@@ -28,6 +28,7 @@ import torch
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
+from secateur.structured.attention import record_blocks, record_embeddings
 from secateur.structured.propagate import propagate
 from secateur.structured.trace import trace_model, trace_tolerant
 from secateur.structured.tracker import (
@@ -85,9 +86,15 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model)
+        try:
+            gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model)
+        except UnsupportedModelError as err:  # e.g. Hugging Face models: their registered layers only
+            if strict or not record_blocks(model, tracker, str(err).split(";")[0]):
+                raise
+            return tracker
         tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)
         propagate(gm, tracker, example_input)
+        record_embeddings(model, tracker)
     finally:
         for m, mode in was_training.items():
             m.training = mode

@@ -23,6 +23,7 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.registry import Registry
+from secateur.structured.attention import weight_view
 from secateur.structured.graph import DependencyGraph, Group, Member
 from secateur.structured.tracker import split_param_key
 
@@ -72,6 +73,9 @@ def _weight_of(model: nn.Module, member: Member) -> torch.Tensor | None:
     if member.role == "param":
         return _param_slices(model, member.module)
     m = model.get_submodule(member.module)
+    view = weight_view(m, member.role)  # packed attention in_proj, Conv1D (weight stored (in, out))
+    if view is not None:
+        return view.reshape(view.shape[0], -1)
     w = getattr(m, "weight", None)
     if not isinstance(w, torch.Tensor):
         return None
@@ -197,6 +201,8 @@ def _taylor_params(model: nn.Module, members: list[Member]) -> dict[tuple[str, s
         if split_param_key(member.module) is not None:
             continue  # a single parameter's dim: not scored by taylor
         m = model.get_submodule(member.module)
+        if weight_view(m, "out") is not None:
+            continue  # weights not stored (out, in): not scored by taylor
         for pname in ("weight", "bias"):
             p = getattr(m, pname, None)
             if isinstance(p, nn.Parameter) and p.requires_grad:

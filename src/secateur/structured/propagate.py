@@ -18,6 +18,7 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from secateur.errors import UnsupportedModelError
+from secateur.structured.attention import label_layer, layout_of
 from secateur.structured.reshape import reshape_labels
 from secateur.structured.trace import MODULES_KEY
 from secateur.structured.tracker import Labels, Tracker, param_key
@@ -507,6 +508,9 @@ def _module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, value: Any) -> Any:
     path = str(n.target)
     inputs = [*n.args, *n.kwargs.values()]
     src = inputs[0] if inputs else None
+    layout = layout_of(m)
+    if layout is not None:
+        return _attention(it, n, path, layout, value)
     for extra in inputs[1:]:  # only the first input's channels are followed through a module
         it.tracker.lock_labels(_lab(it, extra), f"kept channels of a second input to {_describe(n)}", _where(n))
     lab, x = _lab(it, src), _val(it, src)
@@ -531,6 +535,25 @@ def _module(it: _LabelInterpreter, n: fx.Node, m: nn.Module, value: Any) -> Any:
     if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
         return _softmax_module(it, n, m, lab, value)
     return _norm_module(it, n, path, m, lab, value)
+
+
+def _attention(it: _LabelInterpreter, n: fx.Node, path: str, layout: Any, value: Any) -> Any:
+    """An attention layer (one op, :mod:`secateur.structured.attention`): its heads, and its
+    input channels when query, key and value are the same tensor."""
+    src = n.args[0] if n.args else None
+    others = [a for a in _nodes(n) if a is not src]
+    tensor_args = [a for a in n.args if isinstance(_val(it, a), torch.Tensor)]
+    lab, x = _lab(it, src), _val(it, src)
+    if any(a is not src for a in tensor_args):  # cross-attention: packed projections read two inputs
+        it.tracker.lock_labels(lab, f"kept channels of the two inputs of {_describe(n)}")
+        lab = None
+    for a in others:
+        it.tracker.lock_labels(_lab(it, a), f"kept channels of a second input to {_describe(n)}")
+    ndim = x.dim() if isinstance(x, torch.Tensor) else 0
+    out = label_layer(it.tracker, path, layout, lab, ndim)
+    if isinstance(value, (tuple, list)):
+        return [out, *[None] * (len(value) - 1)]
+    return out
 
 
 def _norm_module(it: _LabelInterpreter, n: fx.Node, path: str, m: nn.Module, lab: Labels,

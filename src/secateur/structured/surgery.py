@@ -27,6 +27,7 @@ from torch import nn
 
 from secateur.errors import ConfigError, UnsupportedModelError
 from secateur.provenance import record_plan, recorded_plan
+from secateur.structured import attention
 from secateur.structured.plan import Plan, compose, relative
 from secateur.structured.propagate import CHANNEL_NORMS, CONVS
 from secateur.structured.tracker import split_param_key
@@ -34,6 +35,9 @@ from secateur.structured.tracker import split_param_key
 _Conv = nn.modules.conv._ConvNd  # CONVS
 _Norm = (nn.modules.batchnorm._BatchNorm | nn.modules.instancenorm._InstanceNorm | nn.GroupNorm | nn.LayerNorm
          | nn.PReLU)
+
+
+_MISSING = object()
 
 
 @dataclass
@@ -123,7 +127,7 @@ def _read(module: nn.Module, name: str) -> Any:
         return module._parameters[name]
     if name in module._buffers:
         return module._buffers[name]
-    return getattr(module, name)
+    return getattr(module, name, _MISSING)  # an attribute surgery adds (LLaMA's num_heads) is removed on undo
 
 
 def _write(module: nn.Module, name: str, value: Any) -> None:
@@ -131,6 +135,8 @@ def _write(module: nn.Module, name: str, value: Any) -> None:
         module._parameters[name] = value
     elif name in module._buffers:
         module._buffers[name] = value
+    elif value is _MISSING:
+        module.__dict__.pop(name, None)
     else:
         object.__setattr__(module, name, value)
 
@@ -156,6 +162,9 @@ def _module_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int]
     for kinds, fn in _EDITORS:
         if isinstance(m, kinds):
             return fn(path, m, out, inp)
+    layer = attention.edits(path, m, out, inp)  # attention layers, Conv1D
+    if layer is not None:
+        return [_Edit(module, name, value) for module, name, value in layer]
     raise ConfigError(f"plan prunes {path!r}, a {type(m).__name__}, which structured surgery cannot shrink")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
+from secateur.structured.attention import is_leaf, tracing_embeddings
 
 MAX_OPAQUE = 64  # give up (one clear error) rather than retrace forever
 MODULES_KEY = "secateur_modules"  # GraphModule.meta key: the traced model's modules by path
@@ -58,7 +59,7 @@ class _PathTracer(fx.Tracer):
         self.opaque = frozenset(opaque)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.opaque:
+        if module_qualified_name in self.opaque or is_leaf(m):  # attention layers: one op each
             return True
         as_module = follows_as_module(m)
         return super().is_leaf_module(m, module_qualified_name) if as_module is None else as_module
@@ -80,7 +81,8 @@ _BASES = _bases()
 
 def _trace(model: nn.Module, tracer: _PathTracer) -> fx.GraphModule:
     try:
-        graph = tracer.trace(model)
+        with tracing_embeddings(model):  # ViT's hidden_dim read as -1, so its channels are followed
+            graph = tracer.trace(model)
     except Exception as err:  # fx raises many types (TraceError, TypeError, RuntimeError ...)
         where = tracer.failed_in or "<root>"
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]

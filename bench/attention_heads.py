@@ -1,0 +1,109 @@
+"""Attention heads and MLP neurons removed from torchvision ViT-B/16 and Swin-T: how much smaller.
+
+Random initialisation (no weights needed: the ratios depend on shapes only). Each model is
+pruned once with ``prune_channels(ratio=R, method="l1")`` (local: every group, i.e. every
+layer's heads and MLP hidden neurons, loses R of them; the embedding dimension is kept), and
+its parameters and MACs are counted before and after:
+
+- ``macs (all)``: every multiply-accumulate of one 224x224 image, from torch's FLOP counter
+  (``torch.utils.flop_counter``, FLOPs / 2), attention's q·k and attention·v products included;
+- ``macs (layers)``: secateur's ``count_macs`` (conv / Linear layers only: it does not see
+  ``nn.MultiheadAttention``'s packed in_proj nor the attention products).
+
+    python bench/attention_heads.py [--models vit_b_16,swin_t] [--ratio 0.5] [--embedding 0.25]
+                                    [--json FILE] [--md FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+from secateur.analysis.metrics import count_macs, count_params
+from secateur.structured import prune_channels
+from secateur.zoo.models import build_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def all_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass (FLOPs / 2), every matmul included."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.enable_grad():  # no_grad would take MultiheadAttention's fused path, which it cannot see
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def embedding_width(model: torch.nn.Module, name: str) -> int:
+    """Output channels of the layer producing the embedding."""
+    layer = model.get_submodule(EMBEDDING[name])
+    return int(getattr(layer, "out_channels", 0))
+
+
+def heads(model: torch.nn.Module) -> list[int]:
+    return [int(m.num_heads) for m in model.modules() if (hasattr(m, "num_heads") and hasattr(m, "head_dim"))
+            or type(m).__name__.endswith("ShiftedWindowAttention")]
+
+
+EMBEDDING = {"vit_b_16": "conv_proj", "swin_t": "features.0.0"}  # the layers producing the embedding channels
+
+
+def run(name: str, ratio: float, embedding: float | None) -> dict:
+    torch.manual_seed(0)
+    model = build_model(f"torchvision:{name}").eval()
+    x = torch.randn(1, 3, 224, 224)
+    before = {"params": count_params(model), "macs_all": all_macs(model, x),
+              "macs_layers": count_macs(model, (3, 224, 224)), "heads": sum(heads(model)),
+              "embedding": embedding_width(model, name)}
+    start = time.perf_counter()
+    ratios = {EMBEDDING[name]: embedding} if embedding is not None and name in EMBEDDING else None
+    prune_channels(model, x, ratio, method="l1", ratios=ratios)
+    seconds = time.perf_counter() - start
+    after = {"params": count_params(model), "macs_all": all_macs(model, x),
+             "macs_layers": count_macs(model, (3, 224, 224)), "heads": sum(heads(model)),
+             "embedding": embedding_width(model, name)}
+    return {"model": name, "ratio": ratio, "embedding_ratio": embedding, "before": before, "after": after,
+            "prune_seconds": round(seconds, 2),
+            "ratios": {k: before[k] / after[k] for k in ("params", "macs_all", "macs_layers")}}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | heads | embedding | params | MACs (all) | MACs (layers) | params ratio | MACs ratio (all) | "
+             "MACs ratio (layers) | prune s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b, a, q = r["before"], r["after"], r["ratios"]
+        emb = f" + {r['embedding_ratio']:.0%} embedding" if r.get("embedding_ratio") is not None else ""
+        lines.append(f"| {r['model']} @ {r['ratio']:.0%}{emb} | {b['heads']} -> {a['heads']} | "
+                     f"{b['embedding']} -> {a['embedding']} | "
+                     f"{b['params'] / 1e6:.1f}M -> {a['params'] / 1e6:.1f}M | {b['macs_all'] / 1e9:.2f}G -> "
+                     f"{a['macs_all'] / 1e9:.2f}G | {b['macs_layers'] / 1e9:.2f}G -> {a['macs_layers'] / 1e9:.2f}G | "
+                     f"{q['params']:.2f}x | {q['macs_all']:.2f}x | {q['macs_layers']:.2f}x | {r['prune_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vit_b_16,swin_t")
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--embedding", type=float, default=None,
+                        help="also remove this fraction of the embedding channels (where the analysis follows them)")
+    parser.add_argument("--json", type=Path, default=RESULTS / "attention_heads.json")
+    parser.add_argument("--md", type=Path, default=RESULTS / "attention_heads.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = [run(name, args.ratio, args.embedding) for name in args.models.split(",")]
+    table = markdown(rows)
+    print(table)
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    kept = "embedding dim kept" if args.embedding is None else f"{args.embedding:.0%} of the embedding dim"
+    args.md.write_text(f"### Attention heads and MLP neurons (random init, local L1, {kept})\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
