@@ -237,11 +237,12 @@ def test_official_counts_and_label_range_are_checked(tmp_path: Path, isolated: P
 def test_missing_files_without_download_lists_searched_folders(tmp_path: Path, isolated: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECATEUR_DATA", str(tmp_path / "env"))
+    monkeypatch.setattr(data_mod, "SYSTEM_DATASETS", tmp_path / "system")  # Debian's place, last
     with pytest.raises(DataError) as excinfo:
         load_dataset("mnist", tmp_path / "given", download=False)
     message = one_line_error(excinfo)
     expected = [tmp_path / "given", tmp_path / "given" / "mnist", tmp_path / "env" / "mnist",
-                isolated / ".cache" / "secateur" / "mnist"]
+                isolated / ".cache" / "secateur" / "mnist", tmp_path / "system" / "mnist"]
     assert search_dirs("mnist", tmp_path / "given") == expected
     for folder in expected:
         assert str(folder) in message
