@@ -641,7 +641,8 @@ def _control(run: _Run, polish: Retrain | None) -> None:
     outcome = measure(run.evaluate, control, run.baseline_val)
     used = stronger(run.baseline_val, outcome)
     run.own_val = run.baseline_val
-    run.control, run.control_model = {"epochs": run.config.polish_epochs, "val": {"accuracy": outcome.accuracy}}, control
+    run.control_model = control
+    run.control = {"epochs": run.config.polish_epochs, "val": {"accuracy": outcome.accuracy}}
     if used == CONTROL:
         run.baseline_val, run.reference, run.reference_model = outcome, CONTROL, control
 
