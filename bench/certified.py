@@ -34,6 +34,8 @@ def run_one(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     """One baseline and one certified prune run, summarised as a table row."""
     start = time.perf_counter()
     data = load_dataset(dataset, seed=seed)
+    if args.train_subset:
+        data = data.subset(train=args.train_subset)
     model = build_model("lenet300", input_shape=data.input_shape, num_classes=data.num_classes)
     recipe = TrainConfig(epochs=args.baseline_epochs, batch_size=64, lr=0.05, weight_decay=1e-4, seed=seed)
     fit(model, data, recipe, progress=False)
@@ -67,8 +69,10 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
              f"{pts(r['certified_ucb']) if r['certified'] else 'none certified'} | {pts(r['test_drop'])} | "
              f"{'yes' if r['within'] else '**no**'} | {r['compression']:.1f}x | {r['seconds']:.0f} s |" for r in rows]
     passed = sum(r["within"] for r in rows)
+    images = f"{args.train_subset:,} of 55,000" if getattr(args, "train_subset", None) else "all 55,000"
     budget = (f"LeNet-300, --max-drop {args.max_drop}, --certify {args.certify}"
-              f"{'' if args.no_control else ', --dense-control'}; short budget: baseline {args.baseline_epochs} "
+              f"{'' if args.no_control else ', --dense-control'}; short budget: {images} training images "
+              f"(validation 5,000: 2,500 search + 2,500 held out; test 10,000), baseline {args.baseline_epochs} "
               f"epochs (no augmentation), {args.rounds} rounds of {args.retrain_epochs} retraining epoch(s), "
               f"polish {args.polish_epochs} epochs; one thread, nice 10, 2-core CPU shared with other jobs")
     return (f"{budget}\n\n{head}" + "\n".join(lines) +
@@ -81,6 +85,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--max-drop", type=float, default=0.5)
     parser.add_argument("--certify", type=float, default=0.5)
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="train on the first N training images (val and test stay whole)")
     parser.add_argument("--baseline-epochs", type=int, default=8)
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)

@@ -292,8 +292,10 @@ def check_unedited(config: PruneConfig, recorded: Mapping | None, out: Path) -> 
     """
     if recorded is None:  # a round written before the configuration was recorded
         return
-    saved = config.to_dict()
+    saved, defaults = config.to_dict(), PruneConfig().to_dict()
     for key in sorted(set(saved) | set(recorded)):
+        if key not in recorded and saved.get(key) == defaults.get(key):
+            continue  # an option added since that round was written, at its default (e.g. certify 0)
         if saved.get(key) != recorded.get(key):
             raise ConfigError(f"{out / rundir.CONFIG}: prune.{key} is {saved.get(key)!r} but the run's rounds ran with "
                               f"{recorded.get(key)!r}; restore the file or start a new run in another --out")
