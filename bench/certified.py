@@ -58,15 +58,16 @@ def run_one(dataset: str, seed: int, args: argparse.Namespace) -> dict:
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     """The markdown table, with the budget it ran under."""
     head = ("| dataset | seed | baseline test err | reference | val (search) drop | certified drop | "
-            "certified 95% UCB | test drop | test <= bound | compression | wall |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "certified 95% UCB | tries | test drop | test <= bound | compression | wall |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
     def pts(value: float | None) -> str:
         return "n/a" if value is None else f"{value:+.2f}"
 
     lines = [f"| {r['dataset']} | {r['seed']} | {r['baseline_test_error']:.2f}% | {r['reference']} | "
              f"{pts(r['val_drop'])} | {pts(r['certified_drop'])} | "
-             f"{pts(r['certified_ucb']) if r['certified'] else 'none certified'} | {pts(r['test_drop'])} | "
+             f"{pts(r['certified_ucb']) if r['certified'] else 'none certified'} | {r['tries']} | "
+             f"{pts(r['test_drop'])} | "
              f"{'yes' if r['within'] else '**no**'} | {r['compression']:.1f}x | {r['seconds']:.0f} s |" for r in rows]
     passed = sum(r["within"] for r in rows)
     images = f"{args.train_subset:,} of 55,000" if getattr(args, "train_subset", None) else "all 55,000"
@@ -97,8 +98,10 @@ def main() -> None:
                                                       "dataset, run in parallel) to join into --name's table")
     args = parser.parse_args()
     if args.merge:
-        rows = [row for stem in args.merge.split(",")
-                for row in json.loads((RESULTS / f"{stem}.json").read_text())["rows"]]
+        found = {(row["dataset"], row["seed"]): row for stem in reversed(args.merge.split(","))
+                 if (RESULTS / f"{stem}.json").exists()
+                 for row in json.loads((RESULTS / f"{stem}.json").read_text())["rows"]}
+        rows = [found[key] for key in sorted(found, key=lambda k: (k[0] != "mnist", k))]  # first stem wins
         (RESULTS / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
         (RESULTS / f"{args.name}.md").write_text(table(rows, args))
         print(table(rows, args))
