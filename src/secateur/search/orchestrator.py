@@ -11,7 +11,10 @@ schedule's (:mod:`secateur.search.schedules`). This module knows neither by name
 Decisions use validation accuracy only; test accuracy (when a test evaluator or a dataset is
 given) is measured for the baseline and the final model, and only reported. Whether a round
 is within the bound is decided by :mod:`secateur.search.acceptance` (the observed drop plus
-``confidence`` paired standard errors, when per-example results are available).
+``confidence`` paired standard errors, when per-example results are available). With
+``certify``, the validation data is split before the first round and the held-out part bounds
+the final model once (:mod:`secateur.search.certify`); with ``dense_control``, drops are
+measured against the stronger of the baseline and its control (:mod:`secateur.search.reference`).
 """
 
 from __future__ import annotations
