@@ -52,7 +52,7 @@ def run_one(dataset: str, seed: int, args: argparse.Namespace) -> dict:
             "within": drop["test"] <= args.max_drop + 1e-9, "compression": res["compression"],
             "search_images": cert["search_images"], "certify_images": cert["images"],
             "baseline_seconds": trained, "prune_seconds": res["seconds"], "seconds": time.perf_counter() - start,
-            "message": cert["message"]}
+            "message": cert["message"], "candidates": cert["candidates"]}
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
