@@ -41,7 +41,8 @@ def run_one(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     fit(model, data, recipe, progress=False)
     trained = time.perf_counter() - start
     res = prune(model, data=data, train_config=recipe, max_drop=args.max_drop, certify=args.certify,
-                dense_control=not args.no_control, rounds=args.rounds, retrain_epochs=args.retrain_epochs,
+                dense_control=not args.no_control, confidence=args.confidence, rounds=args.rounds,
+                retrain_epochs=args.retrain_epochs,
                 polish_epochs=args.polish_epochs, seed=seed).results
     cert, drop = res["certification"], res["drop"]
     return {"dataset": dataset, "seed": seed, "baseline_test_error": 100 * (1 - res["baseline"]["test"]["accuracy"]),
@@ -71,7 +72,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
              f"{'yes' if r['within'] else '**no**'} | {r['compression']:.1f}x | {r['seconds']:.0f} s |" for r in rows]
     passed = sum(r["within"] for r in rows)
     images = f"{args.train_subset:,} of 55,000" if getattr(args, "train_subset", None) else "all 55,000"
-    budget = (f"LeNet-300, --max-drop {args.max_drop}, --certify {args.certify}"
+    budget = (f"LeNet-300, --max-drop {args.max_drop}, --certify {args.certify}, "
+              f"--confidence {getattr(args, 'confidence', 0.5):g}"
               f"{'' if args.no_control else ', --dense-control'}; short budget: {images} training images "
               f"(validation 5,000: 2,500 search + 2,500 held out; test 10,000), baseline {args.baseline_epochs} "
               f"epochs (no augmentation), {args.rounds} rounds of {args.retrain_epochs} retraining epoch(s), "
@@ -86,6 +88,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--max-drop", type=float, default=0.5)
     parser.add_argument("--certify", type=float, default=0.5)
+    parser.add_argument("--confidence", type=float, default=0.5,
+                        help="the search's paired noise margin (z); near the certification's z, rounds that "
+                             "pass are more likely to certify")
     parser.add_argument("--train-subset", type=int, default=None,
                         help="train on the first N training images (val and test stay whole)")
     parser.add_argument("--baseline-epochs", type=int, default=8)
