@@ -44,9 +44,12 @@ def split_validation(data: Dataset, share: float, seed: int = 0) -> tuple[Datase
                           "search; both need at least one: choose another share or more validation data")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + SPLIT_SEED))
     cert, search = order[:held].sort().values, order[held:].sort().values
-    val = data.val
-    part = lambda idx: dataclasses.replace(val, images=val.images[idx], labels=val.labels[idx])  # noqa: E731
-    return dataclasses.replace(data, val=part(search)), part(cert)
+    return dataclasses.replace(data, val=_part(data.val, search)), _part(data.val, cert)
+
+
+def _part(split: Split, indices: torch.Tensor) -> Split:
+    """The examples of ``split`` at ``indices`` (its normalisation kept)."""
+    return dataclasses.replace(split, images=split.images[indices], labels=split.labels[indices])
 
 
 def certification_setup(config: PruneConfig, data: Dataset | Loaders | None, evaluate: Evaluate | None,
