@@ -50,11 +50,12 @@ def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
 
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fake home (so ~/.cache is empty) and no $SECATEUR_DATA."""
+    """A fake home (so ~/.cache is empty), no $SECATEUR_DATA, and an empty system datasets folder."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SECATEUR_DATA", raising=False)
+    monkeypatch.setattr(data_mod, "SYSTEM_DATASETS", tmp_path / "system")
     return home
 
 
@@ -241,7 +242,7 @@ def test_missing_files_without_download_lists_searched_folders(tmp_path: Path, i
         load_dataset("mnist", tmp_path / "given", download=False)
     message = one_line_error(excinfo)
     expected = [tmp_path / "given", tmp_path / "given" / "mnist", tmp_path / "env" / "mnist",
-                isolated / ".cache" / "secateur" / "mnist"]
+                isolated / ".cache" / "secateur" / "mnist", tmp_path / "system" / "mnist"]
     assert search_dirs("mnist", tmp_path / "given") == expected
     for folder in expected:
         assert str(folder) in message
@@ -326,6 +327,19 @@ def test_load_dataset_downloads_into_cache(tmp_path: Path, data_root: Path, isol
     assert sorted(p.name for p in cache.iterdir()) == sorted(MNIST_FILES)
     assert seen == [f"https://ossci-datasets.s3.amazonaws.com/mnist/{n}" for n in MNIST_FILES]
     assert len(dataset.train) == 59990 and len(dataset.test) == 10000
+
+
+def test_debian_dataset_folder_is_found_last(tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(url: str, timeout: float):
+        raise AssertionError("no download when /usr/share/datasets has the files")
+
+    monkeypatch.setattr(data_mod, "_urlopen", offline)
+    spec = DATASETS.get("mnist")
+    system = fake_mnist(tmp_path / "system" / "mnist")  # where Debian's dataset-<name> packages install
+    assert search_dirs("mnist")[-1] == system
+    assert data_mod._locate(spec, None, download=True)[MNIST_FILES[0]].parent == system
+    cache = fake_mnist(isolated / ".cache" / "secateur" / "mnist")  # every other place comes first
+    assert data_mod._locate(spec, None, download=True)[MNIST_FILES[0]].parent == cache
 
 
 def test_offline_download_failure_says_where_to_put_files(tmp_path: Path, isolated: Path,

@@ -253,10 +253,21 @@ def at_least_one(text: str) -> float:
     return _checked(float, text, lambda v: 1 <= v <= FLOAT32_MAX, "a finite number >= 1")
 
 
+def share(text: str) -> float:
+    """argparse type: a share in [0, 1)."""
+    return _checked(float, text, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def level(text: str) -> float:
+    """argparse type: a confidence level in [0.5, 1)."""
+    return _checked(float, text, lambda v: 0.5 <= v < 1, "a number in [0.5, 1), e.g. 0.95")
+
+
 def _kinds() -> dict[str, Callable[[str], object]]:
     """argparse types of the value kinds named in the config fields' metadata."""
     return {"int>=1": positive_int, "int>=0": non_negative_int, "epochs": epochs, "float>0": positive_float,
-            "float>=0": non_negative_float, "float>=1": at_least_one, "names": names, "str": str}
+            "float>=0": non_negative_float, "float>=1": at_least_one, "names": names, "str": str,
+            "share": share, "level": level}
 
 
 def _option_help(meta: dict, default: object) -> str:
@@ -279,6 +290,10 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         if meta.get("kind") is None:
             continue
         flag = "--" + spec.name.replace("_", "-")
+        if meta["kind"] == "flag":  # a switch: given means True; absent leaves the recipe's value
+            parser.add_argument(flag, dest=spec.name, action="store_const", const=True, default=None,
+                                help=meta["help"])
+            continue
         parser.add_argument(flag, dest=spec.name, type=kinds[meta["kind"]], default=None,
                             help=_option_help(meta, spec.default))
     parser.add_argument("--config", dest="recipe", type=existing_path, default=None,
@@ -356,7 +371,24 @@ def summary_line(results: dict, out: Path) -> str:
     return (f"{results['compression']:.1f}x smaller ({results['params']['nonzero']:,} of "
             f"{results['params']['baseline']:,} parameters nonzero{fewer}); val {pct(base['val']['accuracy'])} -> "
             f"{pct(pruned['val']['accuracy'])}, test {pct(base['test']['accuracy'])} -> "
-            f"{pct(pruned['test']['accuracy'])}; report: {rundir.report_paths(out)['html']}")
+            f"{pct(pruned['test']['accuracy'])}; {drops_line(results)}; report: {rundir.report_paths(out)['html']}")
+
+
+def drops_line(results: dict) -> str:
+    """The drops and the reference they are measured against (``results.json``'s drop, reference, certification)."""
+    def pts(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.2f}"
+
+    drop, reference = results.get("drop") or {}, results.get("reference") or {}
+    used = reference.get("used", "baseline")
+    control = "" if reference.get("control") else ", no dense control run"
+    text = f"drops vs the {used}{control}: val {pts(drop.get('val'))}"
+    certification = results.get("certification")
+    if certification:
+        level = f"{100 * certification['level']:g}%"
+        text += (f", certified {pts(drop.get('certified'))} ({level} bound {pts(drop.get('certified_ucb'))})"
+                 if certification["certified"] else ", none certified (baseline returned)")
+    return text + f", test {pts(drop.get('test'))} pts"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -445,6 +445,59 @@ class Polish(BaseModel):
     margin: float | None = None
 
 
+class CertifiedCandidate(BaseModel):
+    """One try of ``results.json``'s ``certification``: a candidate's paired bound on the held-out images."""
+
+    model_config = WRITTEN
+    round: int
+    polished: bool
+    compression: float
+    drop: float
+    ucb: float
+    se: float
+    only_reference: int
+    only_candidate: int
+    certified: bool
+
+
+class Certification(BaseModel):
+    """``results.json``'s ``certification`` (secateur.search.certify): null when not certified."""
+
+    model_config = WRITTEN
+    level: float
+    tries: int
+    z: float
+    bound: str
+    images: int
+    search_images: int | None = None
+    reference: str
+    candidates: list[CertifiedCandidate]
+    certified: bool
+    chosen_round: int | None = None
+    drop: float | None = None
+    ucb: float | None = None
+    message: str
+
+
+class Control(BaseModel):
+    """The dense control of ``results.json``'s ``reference``: the baseline given the polish's training."""
+
+    model_config = WRITTEN
+    epochs: int | None = None
+    val: Score
+    test: Score
+
+
+class Reference(BaseModel):
+    """``results.json``'s ``reference``: what every drop is measured against (secateur.search.reference)."""
+
+    model_config = WRITTEN
+    used: str
+    control: Control | None = None
+    note: str
+    drop_vs_baseline: dict[str, float | None]
+
+
 class Channels(BaseModel):
     """``results.json``'s ``channels``: one layer's output channels before and after."""
 
@@ -480,6 +533,8 @@ class ResultsFile(BaseModel):
     drop: dict[str, float | None] | None = None
     acceptance: Acceptance | None = None
     polish: Polish | None = None
+    reference: Reference | None = None
+    certification: Certification | None = None
     macs: Counts | None = None
     bytes: Counts | None = None
     latency: dict[str, float | None] | None = None

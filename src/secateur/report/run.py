@@ -66,6 +66,9 @@ def _header(results: Mapping[str, Any]) -> Meta:
             ("max drop", fmt_pts(results.get("max_drop")) + " (validation accuracy)")]
     if "acceptance" in results:  # runs from before the noise-aware rule have neither
         rows += [("acceptance", _acceptance(results["acceptance"])), ("polish", _polish(results.get("polish")))]
+    if "reference" in results:  # runs from before the dense control and certification have neither
+        rows += [("drops measured against", _reference(results["reference"])),
+                 ("certification", _certification(results.get("certification")))]
     return Meta((*rows, ("wall time", fmt_duration(results.get("seconds"))), ("rounds", rounds)))
 
 
@@ -76,6 +79,32 @@ def _acceptance(acceptance: Mapping[str, Any] | None) -> str:
     if not acceptance.get("paired") or not acceptance.get("confidence"):
         return "drop <= max drop (plain rule)"
     return f"drop + {acceptance['confidence']:g} paired standard errors <= max drop"
+
+
+def _reference(reference: Mapping[str, Any] | None) -> str:
+    """Which model the drops are against, and the dense control's verdict (or that none ran)."""
+    if not reference:
+        return DASH
+    return f"the {reference.get('used', 'baseline')} ({reference.get('note', '')})"
+
+
+def _certification(certification: Mapping[str, Any] | None) -> str:
+    """The certified bound's verdict, or that the run was not certified."""
+    if not certification:
+        return "none (the drops are on the images the search chose on)"
+    return (f"{certification['images']} held-out images, {certification['bound']}: "
+            f"{certification.get('message', DASH)}")
+
+
+def _certification_table(certification: Mapping[str, Any]) -> Table:
+    """Each candidate tried, in order, with its paired bound on the held-out images."""
+    level = f"{100 * certification['level']:g}% upper bound"
+    rows = [(str(row["round"]) + (" (polished)" if row.get("polished") else ""), fmt_times(row.get("compression")),
+             fmt_pts(row.get("drop")), fmt_pts(row.get("ucb")),
+             f"{row.get('only_reference')} / {row.get('only_candidate')}",
+             "yes" if row.get("certified") else "no") for row in certification.get("candidates", [])]
+    return Table(("round", "compression", "drop", level, "only reference / only candidate right", "certified"),
+                 tuple(rows), ("l", "r", "r", "r", "r", "l"))
 
 
 def _polish(polish: Mapping[str, Any] | None) -> str:
@@ -93,6 +122,12 @@ def _before_after(results: Mapping[str, Any]) -> Table:
     params, macs, size = results["params"], results.get("macs") or {}, results.get("bytes") or {}
     rows = [(f"accuracy ({s})", fmt_pct(accuracy(base, s)), fmt_pct(accuracy(pruned, s)),
              DASH if drop.get(s) is None else f"{-drop[s]:+.2f} pts") for s in ("val", "test")]
+    control = (results.get("reference") or {}).get("control")
+    if control:
+        rows += [(f"dense control accuracy ({s})", fmt_pct(accuracy(control, s)), DASH, DASH) for s in ("val", "test")]
+    if drop.get("certified_ucb") is not None:
+        rows.append(("certified drop (held-out images)", DASH, DASH,
+                     f"{drop['certified']:+.2f} pts, upper bound {drop['certified_ucb']:+.2f}"))
     rows += [("parameters (total)", fmt_count(params.get("baseline")), fmt_count(params.get("total")),
               fmt_ratio(params.get("total"), params.get("baseline"))),
              ("parameters (nonzero)", fmt_count(params.get("baseline")), fmt_count(params.get("nonzero")),
@@ -112,7 +147,8 @@ def _before_after(results: Mapping[str, Any]) -> Table:
     for batch in sorted({k.split("_")[0] for k in latency}, key=lambda b: int(b[1:]) if b[1:].isdigit() else 0):
         before, after = latency.get(f"{batch}_before"), latency.get(f"{batch}_after")
         rows.append((f"latency (batch {batch[1:]})", fmt_ms(before), fmt_ms(after), fmt_ratio(after, before)))
-    return Table(("", "baseline", "pruned", "change"), tuple(rows), ("l", "r", "r", "r"))
+    used = (results.get("reference") or {}).get("used", "baseline")
+    return Table(("", "baseline", "pruned", f"change (vs the {used})"), tuple(rows), ("l", "r", "r", "r"))
 
 
 def _exports_table(exports: Mapping[str, Mapping[str, Any]]) -> Table:
@@ -214,6 +250,9 @@ def _report_blocks(results: Mapping[str, Any], history: Sequence[Mapping[str, An
     if results.get("unfollowed"):
         blocks += [Heading("Channels kept at ops the analysis does not follow"),
                    _unfollowed_table(results["unfollowed"])]
+    if results.get("certification"):
+        blocks += [Heading("Certification (held-out validation images, used once)"),
+                   _certification_table(results["certification"])]
     if results.get("exports"):
         blocks += [Heading("Exports (one thread each side)"), _exports_table(results["exports"])]
     blocks += [Heading("Rounds"), _rounds_table(history, results.get("chosen_round"))]

@@ -20,12 +20,41 @@ few answers is judged almost as precisely as by the plain rule; one that churned
 answers needs a clear lead. ``confidence = 0`` is the plain rule.
 
 Needs per-example correctness; evaluators that return a bare accuracy get the plain rule.
+
+**The certified bound** (``certify``, :mod:`secateur.search.certify`). The rule above is a
+guard, not a guarantee: every round is judged on the same *search* images and the search keeps
+the best-looking model, so its validation drop is biased low. With ``certify = f`` a share
+``f`` of the validation split is held out (a seeded draw, disjoint from the search part) and
+touched once, after the search, polish and dense control are done. The final candidate, then
+at most ``certify_tries - 1`` fallbacks (the next most compressed accepted rounds, as saved),
+are each compared with the reference model on those images, and the first whose one-sided
+upper confidence bound
+
+    UCB = drop + z * SE,  z = Phi^-1(1 - alpha / k),  alpha = 1 - certify_level,  k = certify_tries,
+
+(``drop`` and ``SE`` the paired difference and standard error above, in points) is at most
+``max_drop`` is returned. ``k`` is fixed before any certification image is looked at, so
+the Bonferroni split ``alpha / k`` holds however many tries are actually spent.
+
+What is guaranteed, exactly: *conditional on everything the search did* (the training data and
+seeds, the search images, hence the candidates, their order and the reference model, all fixed
+before the certification images are used), *with probability at least* ``certify_level`` *over
+the draw of the certification images*, the returned pruned model's true drop, i.e. the reference's
+accuracy minus its own on the distribution the validation images were drawn from (for secateur's
+datasets: a seeded share of the official training set, so the *training* distribution), is at
+most ``max_drop``. Caveats, honestly: the bound uses the normal approximation to the paired
+difference (Wald; accurate when dozens of images change answer, optimistic with only a handful
+of discordant pairs); the certification images are a sample without replacement from a finite
+pool, treated as independent draws; and a test set from another source (MNIST's test writers)
+may differ in distribution, so its drop is not covered. When no candidate certifies, the
+baseline itself is returned (drop 0 against itself by definition) with a message saying so.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 
@@ -103,3 +132,35 @@ def margin(baseline: Outcome, candidate: Outcome, confidence: float) -> float:
 def within(drop: float, max_drop: float, margin_points: float = 0.0) -> bool:
     """Whether a drop (in points) plus its margin stays within the bound."""
     return drop + margin_points <= max_drop + TOLERANCE
+
+
+def quantile(level: float, tries: int = 1) -> float:
+    """``z`` of a one-sided bound at ``level``, Bonferroni-split over ``tries`` (``Phi^-1(1 - alpha / k)``)."""
+    if not 0 < level < 1 or tries < 1:
+        raise ValueError(f"level must be in (0, 1) and tries >= 1, got {level} and {tries}")
+    return NormalDist().inv_cdf(1.0 - (1.0 - level) / tries)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A paired drop on one set of images: the point estimate and its one-sided upper bound, in points."""
+
+    drop: float
+    ucb: float
+    se: float
+    z: float
+    b: int  # images only the reference gets right
+    c: int  # images only the candidate gets right
+    n: int
+
+
+def upper_bound(reference: torch.Tensor, candidate: torch.Tensor, level: float, tries: int = 1) -> Bound:
+    """The paired normal (Wald) upper bound of the drop ``reference - candidate`` at ``level`` / ``tries``.
+
+    ``reference`` and ``candidate`` are per-example correctness (bool) on the same images.
+    """
+    b, c = discordant(reference, candidate)
+    n = reference.numel()
+    drop = 100.0 * (b - c) / n if n else 0.0
+    se, z = paired_se(b, c, n), quantile(level, tries)
+    return Bound(drop, drop + z * se, se, z, b, c, n)

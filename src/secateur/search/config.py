@@ -26,6 +26,7 @@ from secateur.search.schedules import SCHEDULES
 CONFIDENCE = 0.5  # default z of the acceptance margin (see secateur.search.acceptance)
 LEGACY = {"confidence": 0.0, "polish_epochs": 0}  # plain rule, no polish: runs from before these settings
 MAX_RECOVERY = 1_000  # extra retraining passes of one round
+MAX_CERTIFY_TRIES = 100  # candidates certified at most (each at level alpha / tries)
 
 
 def option(default: Any, help: str, kind: str | None = None, choices: Callable[[], list[str]] | None = None) -> Any:
@@ -40,7 +41,10 @@ class PruneConfig:
     ``confidence`` and ``polish_epochs`` guard the bound against validation noise: a round
     counts as within ``max_drop`` only if its drop plus ``confidence`` paired standard errors
     is (:mod:`secateur.search.acceptance`), and the chosen model is retrained once more at length
-    (``polish_epochs``, kept if it still passes the acceptance rule).
+    (``polish_epochs``, kept if it still passes the acceptance rule). ``certify`` holds a share of
+    the validation split out of the search and bounds the final model's drop on it once
+    (:mod:`secateur.search.certify`); ``dense_control`` measures drops against the stronger of the
+    baseline and the baseline given the polish's training (:mod:`secateur.search.reference`).
     """
 
     method: str | None = option(None, "pruning method (default: the granularity's, e.g. han for weights, "
@@ -82,6 +86,14 @@ class PruneConfig:
     min_channels: int = option(1, "channels every layer keeps at least", "int>=1")
     round_to: int = option(1, "keep a multiple of this many channels", "int>=1")
     ignore: tuple[str, ...] | None = option(None, "layers kept whole (comma-separated fnmatch patterns)", "names")
+    certify: float = option(0.0, "share of the validation split held out, disjoint from the search's images, to "
+                                 "certify the final model once with a one-sided upper confidence bound of its "
+                                 "drop (0: off; e.g. 0.5)", "share")
+    certify_tries: int = option(3, "candidates certified at most (the final one, then the next most compressed "
+                                   "accepted rounds); the level is Bonferroni-split over them", "int>=1")
+    certify_level: float = option(0.95, "confidence of the certified upper bound", "level")
+    dense_control: bool = option(False, "also give the dense baseline the polish's training and measure every drop "
+                                        "against the stronger of the two", "flag")
     exports: tuple[str, ...] | None = option(None, "export formats also written into the run folder as model.<suffix> "
                                              "(e.g. onnx: checked by onnxruntime, its latency in the report)", "names")
 
@@ -142,6 +154,10 @@ class PruneConfig:
              f"retrain epochs must be in [0, {MAX_EPOCHS}], got {self.retrain_epochs}"),
             (self.polish_epochs is None or 0 <= self.polish_epochs <= MAX_EPOCHS,
              f"polish epochs must be in [0, {MAX_EPOCHS}], got {self.polish_epochs}"),
+            (0 <= self.certify < 1, f"certify must be a share in [0, 1) of the validation split, got {self.certify}"),
+            (1 <= self.certify_tries <= MAX_CERTIFY_TRIES,
+             f"certify tries must be in [1, {MAX_CERTIFY_TRIES}], got {self.certify_tries}"),
+            (0.5 <= self.certify_level < 1, f"certify level must be in [0.5, 1), got {self.certify_level}"),
             (0 <= self.seed <= INT64_MAX, f"seed must be in [0, 2**63), got {self.seed}"),
             (0 <= self.distill <= 1 and self.temperature > 0,
              f"distill must be in [0, 1] and temperature > 0, got {self.distill} and {self.temperature}"),

@@ -11,7 +11,10 @@ schedule's (:mod:`secateur.search.schedules`). This module knows neither by name
 Decisions use validation accuracy only; test accuracy (when a test evaluator or a dataset is
 given) is measured for the baseline and the final model, and only reported. Whether a round
 is within the bound is decided by :mod:`secateur.search.acceptance` (the observed drop plus
-``confidence`` paired standard errors, when per-example results are available).
+``confidence`` paired standard errors, when per-example results are available). With
+``certify``, the validation data is split before the first round and the held-out part bounds
+the final model once (:mod:`secateur.search.certify`); with ``dense_control``, drops are
+measured against the stronger of the baseline and its control (:mod:`secateur.search.reference`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from secateur.distributed import (
     synced_pruner,
     world_size,
     writer_context,
+    writer_outcome,
 )
 from secateur.errors import ConfigError
 from secateur.export import EXPORT_FORMATS
@@ -58,8 +62,10 @@ from secateur.io.storage import atomic_write_bytes, save_model
 from secateur.progress import progress_bar
 from secateur.search.acceptance import Outcome, margin, within
 from secateur.search.bracket import SearchState, initial_state, next_strength, record
+from secateur.search.certify import Candidate, certification_setup, certified_outcome, certify
 from secateur.search.config import LEGACY, PruneConfig, with_options
 from secateur.search.pruner import Context, Evaluate, Pruner, PrunerState, Retrain
+from secateur.search.reference import BASELINE, CONTROL, check_control, note, stronger, train_control
 from secateur.search.schedules import SCHEDULES, Schedule
 from secateur.train import StepFn, TrainConfig, correctness, distill_step, fit, frozen_teacher, resolve_device
 from secateur.train import evaluate as evaluate_on
@@ -107,6 +113,13 @@ class _Run:
     history: list[dict]
     prior_seconds: float = 0.0  # wall time of rounds completed before a resume
     pruner_state: PrunerState = field(default_factory=dict)  # the best model's pruner state
+    keep: int = 0  # accepted rounds kept as certification fallbacks (certify_tries when certifying)
+    accepted: list[Candidate] = field(default_factory=list)  # the last ``keep`` accepted rounds, oldest first
+    reference: str = BASELINE  # what drops are measured against: the baseline or its dense control
+    reference_model: nn.Module | None = None  # the dense control, when it is the reference
+    own_val: Outcome | None = None  # the baseline's own outcome, when the control replaced it in baseline_val
+    control: dict | None = None  # the dense control's record (results.json's reference.control)
+    control_model: nn.Module | None = None  # the dense control, whether or not it is the reference
 
 
 def default_callables(data: Dataset | Loaders, retrain: TrainConfig, step: StepFn | None = None
@@ -191,6 +204,9 @@ def _run_round(run: _Run, strength: float) -> dict:
     row = agree(row)  # under torchrun: rank 0's row, and so its decision, on every rank
     if row["feasible"]:
         run.best, run.pruner_state = candidate, pruner_state
+        if run.keep:
+            kept = Candidate(int(row["round"]), candidate, float(row["compression"]))  # type: ignore[arg-type]
+            run.accepted = [*run.accepted, kept][-run.keep:]
     run.state = record(run.state, strength, bool(row["feasible"]), run.config.search_settings())
     return row
 
@@ -279,8 +295,10 @@ def check_unedited(config: PruneConfig, recorded: Mapping | None, out: Path) -> 
     """
     if recorded is None:  # a round written before the configuration was recorded
         return
-    saved = config.to_dict()
+    saved, defaults = config.to_dict(), PruneConfig().to_dict()
     for key in sorted(set(saved) | set(recorded)):
+        if key not in recorded and saved.get(key) == defaults.get(key):
+            continue  # an option added since that round was written, at its default (e.g. certify 0)
         if saved.get(key) != recorded.get(key):
             raise ConfigError(f"{out / rundir.CONFIG}: prune.{key} is {saved.get(key)!r} but the run's rounds ran with "
                               f"{recorded.get(key)!r}; restore the file or start a new run in another --out")
@@ -296,7 +314,8 @@ def prune(model: nn.Module, *, data: Dataset | Loaders | str | None = None, trai
           out: str | Path | None = None, resume: bool = False, force: bool = False, progress: bool = False,
           input_shape: tuple[int, ...] | None = None, meta: Mapping | None = None,
           polish: Retrain | None = None, on_round: Callable[[dict], None] | None = None,
-          distributed: bool | None = None, **options: object) -> PruneResult:
+          distributed: bool | None = None, certify_evaluate: Evaluate | None = None,
+          **options: object) -> PruneResult:
     """Prune ``model`` to the smallest size whose validation drop stays within ``max_drop``.
 
     Give either ``data`` (a dataset, its name, or your own PyTorch data as
@@ -334,13 +353,19 @@ def prune(model: nn.Module, *, data: Dataset | Loaders | str | None = None, trai
     ``distributed`` (None: when launched by ``torchrun``, or a process group is initialised) runs the
     search on every rank: retraining data-parallel, each cut, decision and evaluation rank 0's,
     files written by rank 0 alone (:mod:`secateur.distributed`); False: this process alone.
+    ``certify=0.5`` holds half of ``data``'s validation split out of the search and certifies the
+    final model on it once (:mod:`secateur.search.certify`); with your own callables, give
+    ``certify_evaluate(model)`` (a bool tensor on images ``evaluate`` never scores) instead.
+    ``dense_control=True`` measures every drop against the stronger of the baseline and the
+    baseline given the polish's training (:mod:`secateur.search.reference`).
     """
     _check_arguments(model, data, (config, train_config), out, input_shape, meta,
                      {"train": train, "evaluate": evaluate, "test_evaluate": test_evaluate, "polish": polish,
-                      "on_round": on_round})
+                      "on_round": on_round, "certify_evaluate": certify_evaluate})
     run = functools.partial(_prune, model, data=data, train=train, evaluate=evaluate, test_evaluate=test_evaluate,
                             config=config, train_config=train_config, out=out, resume=resume, progress=progress,
-                            input_shape=input_shape, meta=meta, polish=polish, on_round=on_round, **options)
+                            input_shape=input_shape, meta=meta, polish=polish, on_round=on_round,
+                            certify_evaluate=certify_evaluate, **options)
     if out is None and resume:
         raise ConfigError("resume needs the run folder (out=...)")
     with session(distributed):
@@ -364,19 +389,22 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
            out: str | Path | None, resume: bool, progress: bool,
            input_shape: tuple[int, ...] | None, meta: Mapping | None,
            polish: Retrain | None, on_round: Callable[[dict], None] | None,
-           **options: object) -> PruneResult:
+           certify_evaluate: Evaluate | None = None, **options: object) -> PruneResult:
     """:func:`prune`, once its run folder (if any) is claimed."""
     config = settings(config, options, out, resume)
     check_exports(config.exports)
     if isinstance(data, str):
         data = load_dataset(data)
+    data, certify_evaluate = certification_setup(config, data, evaluate, certify_evaluate)
     config = _explicit(config, data, train, train_config)
     step = _distiller(model, config, train, train_config)
     make_train, evaluate, test_evaluate = _callables(data, train, evaluate, test_evaluate,
                                                      retrain_config(config, train_config), step)
     polish_config = (train_config or TrainConfig()).replace(seed=config.seed + POLISH_SEED)
     polish = checked(polish, "polish") if polish else _polisher(data, train, polish_config, config.polish_epochs, step)
+    check_control(config.dense_control, polish)
     make_train, evaluate, test_evaluate, polish = prune_hooks(make_train, evaluate, test_evaluate, polish)
+    certify_evaluate = writer_outcome(certify_evaluate, "certify_evaluate") if certify_evaluate else None
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
     meta = run_meta(model, data, meta, input_shape)
     out_dir = Path(out) if out is not None else None
@@ -388,9 +416,12 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
                   meta, batches))
     run.out = run.out if is_writer() else None  # under torchrun only rank 0 writes the run folder
     sync_module(run.best, "starting model")  # e.g. every rank loaded the same round: now bitwise rank 0's
+    _keep_fallbacks(run, certify_evaluate is not None)
+    _control(run, polish)
     _search(run, progress and is_writer(), on_round)
     polished = _polish(run, polish)
-    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished)
+    certified = _certify(run, polished, certify_evaluate)
+    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished, certified)
     result.results, result.out = agree(result.results), out_dir  # rank 0's results (its file sizes) everywhere
     return result
 
@@ -599,31 +630,109 @@ def _polish(run: _Run, train: Retrain | None) -> dict | None:
             "val_accuracy_after": outcome.accuracy, "drop": drop, "margin": extra}
 
 
+def _keep_fallbacks(run: _Run, certifying: bool) -> None:
+    """Keep the last ``certify_tries`` accepted rounds as fallbacks (a resumed run: its best so far)."""
+    run.keep = run.config.certify_tries if certifying else 0
+    best = run.state.best_round
+    if run.keep and best:  # rounds before a resume are on disk as the best so far only
+        run.accepted = [Candidate(best, run.best, run.history[best - 1]["compression"])]
+
+
+def _control(run: _Run, polish: Retrain | None) -> None:
+    """With ``dense_control``: the baseline given the polish's training, the reference if stronger."""
+    if not run.config.dense_control or polish is None:
+        return
+    control = train_control(run.baseline, polish)
+    outcome = measure(run.evaluate, control, run.baseline_val)
+    used = stronger(run.baseline_val, outcome)
+    run.own_val = run.baseline_val
+    run.control_model = control
+    run.control = {"epochs": run.config.polish_epochs, "val": {"accuracy": outcome.accuracy}}
+    if used == CONTROL:
+        run.baseline_val, run.reference, run.reference_model = outcome, CONTROL, control
+
+
+def _certify(run: _Run, polished: dict | None, certify_evaluate: Evaluate | None) -> dict | None:
+    """Certify the final candidate, else the next most compressed accepted rounds; sets ``run.best``."""
+    if certify_evaluate is None:
+        return None
+    reference = certified_outcome(certify_evaluate, run.reference_model or run.baseline)
+    candidates = _candidates(run, polished)
+    chosen, record = certify(candidates, reference, certify_evaluate, run.config)
+    run.best = candidates[chosen].model if chosen is not None else copy.deepcopy(run.baseline)
+    record["reference"] = run.reference
+    record["search_images"] = _count(run.baseline_val)
+    return record
+
+
+def _candidates(run: _Run, polished: dict | None) -> list[Candidate]:
+    """The final model first, then the other kept accepted rounds, most compressed first."""
+    best = run.state.best_round
+    if not best:
+        return []
+    final = Candidate(best, run.best, run.history[best - 1]["compression"], bool(polished and polished["kept"]))
+    return [final, *(c for c in reversed(run.accepted) if c.round != best)]
+
+
+def _chosen(run: _Run, polished: dict | None, certified: dict | None) -> tuple[int | None, float, float]:
+    """``(round, search-images val accuracy, margin)`` of the model returned."""
+    best = run.state.best_round
+    if certified is not None:
+        best = certified["chosen_round"]
+        rows = [row for row in certified["candidates"] if row["certified"]]
+        if rows and not rows[0]["polished"]:
+            polished = None
+    if not best:
+        return None, (run.own_val or run.baseline_val).accuracy, 0.0
+    if polished and polished["kept"]:
+        return best, polished["val_accuracy_after"], polished["margin"]
+    row = run.history[best - 1]
+    return best, row["val_accuracy"], row.get("margin", 0.0)
+
+
+def _reference(run: _Run, test_evaluate: Evaluate | None, test_baseline: float | None,
+               pruned: tuple[float, float | None]) -> tuple[dict, float | None]:
+    """``results.json``'s ``reference``, and the reference's test accuracy."""
+    own = run.own_val or run.baseline_val
+    control, test_reference = None, test_baseline
+    if run.control is not None:
+        test_control = (measure(test_evaluate, run.control_model, source="test_evaluate").accuracy
+                        if test_evaluate and run.control_model is not None else None)
+        control = {**run.control, "test": {"accuracy": test_control}}
+        test_reference = test_control if run.reference == CONTROL else test_baseline
+    control_val = None if run.control is None else Outcome(run.control["val"]["accuracy"])
+    record = {"used": run.reference, "control": control, "note": note(run.reference, own, control_val),
+              "drop_vs_baseline": {"val": 100 * (own.accuracy - pruned[0]), "test": _points(test_baseline, pruned[1])}}
+    return record, test_reference
+
+
 def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: float,
-            polished: dict | None = None) -> PruneResult:
+            polished: dict | None = None, certified: dict | None = None) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
     chosen, baseline = run.best, run.baseline
     test_baseline = measure(test_evaluate, baseline, source="test_evaluate").accuracy if test_evaluate else None
     test_pruned = measure(test_evaluate, chosen, source="test_evaluate").accuracy if test_evaluate else None
-    best = run.state.best_round
-    pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val.accuracy
-    margin_points = run.history[best - 1].get("margin", 0.0) if best else 0.0
-    if polished and polished["kept"]:
-        pruned_val, margin_points = polished["val_accuracy_after"], polished["margin"]
+    chosen_round, pruned_val, margin_points = _chosen(run, polished, certified)
+    reference, test_reference = _reference(run, test_evaluate, test_baseline, (pruned_val, test_pruned))
     results = {
         "method": run.config.method, "model": _class_name(baseline),  # a rebuild record in meta wins
         "schedule": run.config.schedule, "granularity": run.config.granularity, "max_drop": run.config.max_drop,
         **meta,
-        "baseline": {"val": {"accuracy": run.baseline_val.accuracy}, "test": {"accuracy": test_baseline}},
+        "baseline": {"val": {"accuracy": (run.own_val or run.baseline_val).accuracy},
+                     "test": {"accuracy": test_baseline}},
         "pruned": {"val": {"accuracy": pruned_val}, "test": {"accuracy": test_pruned}},
         "acceptance": {"confidence": run.config.confidence, "paired": run.baseline_val.correct is not None,
                        "margin": margin_points},
         "polish": polished,
         "drop": {"val": 100 * (run.baseline_val.accuracy - pruned_val),
-                 "test": _points(test_baseline, test_pruned)},
+                 "test": _points(test_reference, test_pruned),
+                 "certified": None if certified is None else certified["drop"],
+                 "certified_ucb": None if certified is None else certified["ucb"]},
+        "reference": reference,
+        "certification": certified,
         **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.physical),
         "seconds": seconds + run.prior_seconds,
-        "rounds": len(run.history), "chosen_round": run.state.best_round, "saturated": saturated(run.history),
+        "rounds": len(run.history), "chosen_round": chosen_round, "saturated": saturated(run.history),
         "processes": world_size(),
     }
     if run.out is not None:

@@ -59,6 +59,10 @@ OWN_TRAINING = ("retrain_epochs", "retrain_lr", "retrain_lr_factor", "polish_epo
                 "steps_per_round")
 
 
+# PruneConfig options only secateur.prune honours: certification after the search, the dense control.
+PRUNE_ONLY = ("certify", "certify_tries", "certify_level", "dense_control")
+
+
 def session_config(config: PruneConfig | None, options: Mapping[str, object], *,
                    trainer: bool = False) -> PruneConfig:
     """``config`` with ``options``, validated, and refused where the caller's loop cannot honour it.
@@ -74,6 +78,10 @@ def session_config(config: PruneConfig | None, options: Mapping[str, object], *,
         if not (trainer and name == "retrain_epochs") and getattr(config, name) != getattr(defaults, name):
             raise ConfigError(f"option {name} configures secateur's own retraining (secateur.prune with data=); "
                               "here your loop trains the model, so drop it")
+    for name in PRUNE_ONLY:
+        if getattr(config, name) != getattr(defaults, name):
+            raise ConfigError(f"option {name} needs secateur.prune (it holds images out of the search or trains a "
+                              "dense control after the rounds); a session driven by your loop cannot, so drop it")
     if SCHEDULES.get(config.schedule).continuous:
         raise ConfigError(f"the {config.schedule} schedule prunes inside secateur's own training loop; "
                           "with your loop use iterative or oneshot")

@@ -5,8 +5,10 @@ shape, loader), so adding a dataset is one registry entry. Images stay in memory
 ``(N, C, H, W)`` tensors and are normalised per batch by :func:`batches`.
 
 Files are looked up in ``data_dir`` (or ``data_dir/<name>``), then ``$SECATEUR_DATA/<name>``,
-then ``~/.cache/secateur/<name>``; if absent they are downloaded into the cache folder, streamed
-to a temporary file, verified against the official md5 and only then renamed into place.
+then ``~/.cache/secateur/<name>``, then Debian's dataset packages' fixed place
+``/usr/share/datasets/<name>`` (e.g. ``apt-get install dataset-fashion-mnist``); if absent they
+are downloaded into the cache folder, streamed to a temporary file, verified against the
+official md5 and only then renamed into place.
 """
 
 from __future__ import annotations
@@ -296,6 +298,9 @@ _register(DatasetSpec(
 
 # --------------------------------------------------------------------------- file lookup
 
+SYSTEM_DATASETS = Path("/usr/share/datasets")  # where Debian's dataset-* packages install (last looked up)
+
+
 def _cache_root() -> Path:
     return Path.home() / ".cache" / "secateur"
 
@@ -310,7 +315,7 @@ def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     env = os.environ.get("SECATEUR_DATA")
     if env:
         dirs.append(Path(env).expanduser() / spec.name)
-    dirs.append(_cache_root() / spec.name)
+    dirs += [_cache_root() / spec.name, SYSTEM_DATASETS / spec.name]
     return list(dict.fromkeys(dirs))
 
 
