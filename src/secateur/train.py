@@ -3,8 +3,9 @@
 :func:`fit` trains any ``nn.Module`` on a :class:`~secateur.zoo.data.Dataset` (or your own
 PyTorch data, as :class:`~secateur.zoo.loaders.Loaders`) with SGD (momentum,
 L2 weight decay) or Adam/AdamW, a per-step learning-rate schedule, optional random-shift
-augmentation and a progress bar. Masked weights (``secateur.unstructured.masks``) stay zero through it
-because the mask is part of the forward pass.
+augmentation and a progress bar. Masked weights (``secateur.unstructured.masks``) stay exactly zero
+through it: its fresh optimizer lets it trust the masks (:func:`~secateur.unstructured.masks.trusted_masks`:
+gradients masked before each step instead of weight x mask in every forward and backward).
 
 A user's own training step plugs in through ``step``: a callable
 ``step(model, x, y) -> loss`` returning the scalar loss to minimise (the loop does the
@@ -34,6 +35,7 @@ from secateur.errors import ConfigError
 from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.progress import Advance, progress_bar
 from secateur.registry import Registry
+from secateur.unstructured.masks import trusted_masks
 from secateur.zoo.data import Dataset
 from secateur.zoo.loaders import Loaders, epoch_batches, split_batches, steps_per_epoch
 
@@ -431,7 +433,7 @@ def fit(model: nn.Module, data: Dataset | Loaders, config: TrainConfig | None = 
     if step is None and config.label_smoothing > 0:
         step = functools.partial(smoothed_step, smoothing=config.label_smoothing)
     result, start = TrainResult(), time.perf_counter()
-    with progress_bar(progress, state["total"], "training") as advance:
+    with progress_bar(progress, state["total"], "training") as advance, trusted_masks(model, state["optimizer"]):
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             advance(0, description=f"epoch {epoch}/{config.epochs}")
