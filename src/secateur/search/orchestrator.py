@@ -42,12 +42,14 @@ from secateur.arguments import (
     expect_shape,
 )
 from secateur.distributed import (
+    active,
     agree,
     is_writer,
     prune_hooks,
     session,
     sync_module,
     synced_pruner,
+    synced_train,
     world_size,
     writer_context,
 )
@@ -71,6 +73,7 @@ from secateur.zoo.models import rebuild_record
 ROUND_CONFIG = "config"  # the key of the configuration in every round's checkpoint header
 RUN_COMPACT_CODEC = "zlib"  # model.compact's coder: standard library, fast; `secateur export` offers smaller
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
+RAMP_SEED = 20_000  # offset of the final ramp's seed
 MakeTrain = Callable[[int], Retrain]  # round index -> that round's retraining
 
 
@@ -390,7 +393,8 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
     sync_module(run.best, "starting model")  # e.g. every rank loaded the same round: now bitwise rank 0's
     _search(run, progress and is_writer(), on_round)
     polished = _polish(run, polish)
-    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished)
+    ramped = _ramp(run, *_ramper(data, train, polish_config.replace(seed=config.seed + RAMP_SEED), config, step))
+    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished, ramped)
     result.results, result.out = agree(result.results), out_dir  # rank 0's results (its file sizes) everywhere
     return result
 
@@ -599,8 +603,52 @@ def _polish(run: _Run, train: Retrain | None) -> dict | None:
             "val_accuracy_after": outcome.accuracy, "drop": drop, "margin": extra}
 
 
+def _ramper(data: Dataset | Loaders | None, train: Retrain | None, base: TrainConfig, config: PruneConfig,
+            step: StepFn | None) -> tuple[Retrain | None, int]:
+    """The final ramp's training (the baseline's recipe for ``ramp_epochs``; dataset path only) and its steps."""
+    ramp = _polisher(data, train, base, config.ramp_epochs, step)
+    if ramp is None or data is None:
+        return None, 0
+    steps = config.ramp_epochs * steps_per_epoch(data, base.batch_size)
+    return (synced_train(ramp) if active() else ramp), steps
+
+
+def _ramp(run: _Run, train: Retrain | None, steps: int) -> dict | None:
+    """One smooth ramp from the dense baseline to the chosen strength, kept only if no worse.
+
+    The search reaches its strength in steps, each judged and some rolled back; knowing the
+    answer, one gradual ramp (Zhu & Gupta's cubic schedule, pruning while training) from the
+    dense model, at the baseline's learning rate (rewinding), wastes no round. It replaces the
+    chosen model only if it passes the search's own rule (with the margin) and has no lower
+    validation accuracy and no more nonzero weights than the chosen model.
+    """
+    if train is None or not run.state.best_round:
+        return None
+    start, chosen = time.perf_counter(), _chosen_stats(run)
+    candidate = copy.deepcopy(run.baseline)
+    state = SCHEDULES.get("gradual").run(candidate, 0.0, run.state.best_strength, run.pruner, train, steps, {})
+    outcome = measure(run.evaluate, candidate, run.baseline_val)
+    drop, extra, feasible = _judge(run, outcome)
+    nonzero = round_stats(candidate, run.baseline, run.pruner.targets, run.input_shape)["params_nonzero"]
+    kept = bool(agree({"kept": feasible and outcome.accuracy >= chosen["val_accuracy"]
+                       and nonzero <= chosen["params_nonzero"]})["kept"])
+    if kept:
+        run.best, run.pruner_state = candidate, state
+    return {"epochs": run.config.ramp_epochs, "strength": run.state.best_strength, "kept": kept,
+            "val_accuracy_before": chosen["val_accuracy"], "val_accuracy_after": outcome.accuracy,
+            "params_nonzero_before": chosen["params_nonzero"], "params_nonzero_after": nonzero,
+            "drop": drop, "margin": extra, "seconds": time.perf_counter() - start}
+
+
+def _chosen_stats(run: _Run) -> dict:
+    """Validation accuracy (measured again: after any polish) and nonzero weights of the chosen model."""
+    stats = round_stats(run.best, run.baseline, run.pruner.targets, run.input_shape)
+    return {"val_accuracy": measure(run.evaluate, run.best, run.baseline_val).accuracy,
+            "params_nonzero": stats["params_nonzero"]}
+
+
 def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: float,
-            polished: dict | None = None) -> PruneResult:
+            polished: dict | None = None, ramped: dict | None = None) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
     chosen, baseline = run.best, run.baseline
     test_baseline = measure(test_evaluate, baseline, source="test_evaluate").accuracy if test_evaluate else None
@@ -608,8 +656,9 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
     best = run.state.best_round
     pruned_val = run.history[best - 1]["val_accuracy"] if best else run.baseline_val.accuracy
     margin_points = run.history[best - 1].get("margin", 0.0) if best else 0.0
-    if polished and polished["kept"]:
-        pruned_val, margin_points = polished["val_accuracy_after"], polished["margin"]
+    for final in (polished, ramped):  # the later step, when kept, made the chosen model
+        if final and final["kept"]:
+            pruned_val, margin_points = final["val_accuracy_after"], final["margin"]
     results = {
         "method": run.config.method, "model": _class_name(baseline),  # a rebuild record in meta wins
         "schedule": run.config.schedule, "granularity": run.config.granularity, "max_drop": run.config.max_drop,
@@ -618,7 +667,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         "pruned": {"val": {"accuracy": pruned_val}, "test": {"accuracy": test_pruned}},
         "acceptance": {"confidence": run.config.confidence, "paired": run.baseline_val.correct is not None,
                        "margin": margin_points},
-        "polish": polished,
+        "polish": polished, "ramp": ramped,
         "drop": {"val": 100 * (run.baseline_val.accuracy - pruned_val),
                  "test": _points(test_baseline, test_pruned)},
         **size_summary(chosen, run.baseline, run.pruner.targets, run.input_shape, run.config.physical),

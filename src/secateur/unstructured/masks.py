@@ -39,8 +39,8 @@ round-trips, in ``deepcopy``. Design choices, and why:
 
 from __future__ import annotations
 
-import difflib
 import contextlib
+import difflib
 from collections.abc import Iterator, Mapping
 from typing import NoReturn, cast
 
@@ -413,10 +413,10 @@ def _trusted_originals(model: nn.Module) -> dict[int, tuple[nn.Parameter, Mask, 
 
 def _mask_gradients(keeps: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
     """Multiply each parameter's gradient by its keep-mask (1 kept, 0 pruned), in place."""
-    with torch.no_grad():
-        for param, keep in keeps:
-            if param.grad is not None:
-                param.grad.mul_(keep)
+    present = [(param.grad, keep) for param, keep in keeps if param.grad is not None]
+    if present:
+        with torch.no_grad():
+            torch._foreach_mul_([grad for grad, _ in present], [keep for _, keep in present])
 
 
 @contextlib.contextmanager
