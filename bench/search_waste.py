@@ -35,7 +35,7 @@ from secateur.zoo.baseline import default_config, train_baseline
 from secateur.zoo.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from han_table import torch_prune_peer, weight_sparsity  # noqa: E402  (the peer of the Han table)
+from han_table import torch_prune_peer, weight_sparsity  # the peer of the Han table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = {  # shortened budgets for the 2-core CPU (None: the full recipe and search defaults)
@@ -104,6 +104,7 @@ def markdown(rows: list[dict]) -> str:
         b, a, p = r["before"], r["after"], r["torch_prune"]
         ramp = a["ramp"] or {}
         verdict = "kept" if ramp.get("kept") else "not kept"
+        errors = [100 * (1 - ramp.get(f"val_accuracy_{when}", 1)) for when in ("before", "after")]
         lines += [
             f"| {r['model']} | baseline ({r['baseline_epochs']} epochs, {r['train_size']:,} training images) | - | "
             f"1.0x | {b['baseline_val_error']:.2f}% | {b['baseline_test_error']:.2f}% | "
@@ -112,7 +113,7 @@ def markdown(rows: list[dict]) -> str:
             f"({b['rolled_back']}) | {b['compression']:.1f}x | {b['val_error']:.2f}% | {b['test_error']:.2f}% | "
             f"{b['seconds'] / 60:.1f} min |",
             f"| {r['model']} | after: same search + ramp ({ramp.get('epochs')} epochs, {verdict}: val "
-            f"{100 * (1 - ramp.get('val_accuracy_before', 1)):.2f}% -> {100 * (1 - ramp.get('val_accuracy_after', 1)):.2f}%, "
+            f"{errors[0]:.2f}% -> {errors[1]:.2f}%, "
             f"nonzero {ramp.get('params_nonzero_before')} -> {ramp.get('params_nonzero_after')}) | {a['rounds']} "
             f"({a['rolled_back']}) | {a['compression']:.1f}x | {a['val_error']:.2f}% | {a['test_error']:.2f}% | "
             f"{a['seconds'] / 60:.1f} min |",

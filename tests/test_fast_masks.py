@@ -118,22 +118,37 @@ def test_drifted_originals_are_zeroed_on_entry() -> None:
     _assert_exact(model, masks)
 
 
-def test_pruning_during_fit_stays_exact() -> None:
-    """A mask ANDed mid-training (the gradual schedule's forward pre-hook) falls back to where at once."""
-    model, masks = _masked(keep=0.6)
-    further = {"fc1.weight": masks["fc1.weight"] & (torch.rand(16, 144, generator=torch.Generator().manual_seed(3))
-                                                     < 0.5)}
+def _prune_during_fit(model: nn.Module, further: dict[str, torch.Tensor], seen: list[bool]) -> None:
+    """fit, with ``further`` ANDed into the masks at the third forward (as the gradual schedule does)."""
     calls = {"n": 0}
 
     def hook(module: nn.Module, args: object) -> None:
         calls["n"] += 1
+        mask = module.fc1.parametrizations.weight[0]
         if calls["n"] == 3 and module.training:
             apply_masks(module, further)
+        if calls["n"] == 5:  # trusted again at the next step
+            seen.append(mask.trusted == (id(mask.mask), mask.mask._version))
 
     handle = model.register_forward_pre_hook(hook)
     fit(model, _data(), OPTIMIZERS["sgd"], progress=False)
     handle.remove()
-    _assert_exact(model, {**masks, **further})
+
+
+def test_pruning_during_fit_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mask ANDed mid-training falls back to where at once, then is trusted again: same weights."""
+    fast, masks = _masked(keep=0.6)
+    slow = copy.deepcopy(fast)
+    further = {"fc1.weight": masks["fc1.weight"] & (torch.rand(16, 144, generator=torch.Generator().manual_seed(3))
+                                                     < 0.5)}
+    seen: list[bool] = []
+    _prune_during_fit(fast, further, seen)
+    assert seen == [True]
+    _assert_exact(fast, {**masks, **further})
+    monkeypatch.setattr(train_module, "trusted_masks", _untrusted)
+    _prune_during_fit(slow, further, [])
+    for key, value in effective_state_dict(slow).items():
+        assert torch.equal(effective_state_dict(fast)[key], value), key
 
 
 def test_trust_ends_on_error_and_copies_are_never_trusted() -> None:
