@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import secateur  # first: sets OMP_WAIT_POLICY before torch loads
+from secateur.app.pipeline import load_baseline
 from secateur.search.orchestrator import PruneConfig, retrain_config
 from secateur.zoo.baseline import default_config, train_baseline
 from secateur.zoo.data import load_dataset
@@ -67,7 +68,7 @@ def secateur_row(baseline: torch.nn.Module, data, recipe, options: dict) -> dict
     }
 
 
-def run_model(name: str, max_drop: float, full: bool, smoke: bool = False) -> dict:
+def run_model(name: str, max_drop: float, full: bool, smoke: bool = False, baseline_dir: Path | None = None) -> dict:
     """Baseline, before, after and the torch.nn.utils.prune peer for one network."""
     budget = SMOKE if smoke else None if full else BUDGETS[name]
     data = load_dataset("mnist")
@@ -77,7 +78,10 @@ def run_model(name: str, max_drop: float, full: bool, smoke: bool = False) -> di
     if budget:
         recipe = recipe.replace(epochs=budget["baseline_epochs"])
     start = time.perf_counter()
-    baseline = train_baseline(name, data, config=recipe, progress=False).model
+    if baseline_dir is not None:  # a baseline trained before (e.g. on the full training set)
+        baseline = load_baseline(baseline_dir).model
+    else:
+        baseline = train_baseline(name, data, config=recipe, progress=False).model
     train_seconds = time.perf_counter() - start
     prune_options = {"max_drop": max_drop, **(budget["prune"] if budget else {})}
     ramp_epochs = budget["ramp_epochs"] if budget else recipe.epochs
@@ -93,8 +97,15 @@ def run_model(name: str, max_drop: float, full: bool, smoke: bool = False) -> di
                 compression=after["params_nonzero"] * after["compression"] / max(peer["params_nonzero"], 1),
                 retrain_rounds=budget_rounds, final_epochs=final_epochs)
     return {"model": name, "budget": budget, "max_drop": max_drop, "train_seconds": train_seconds,
+            "baseline_dir": None if baseline_dir is None else str(baseline_dir),
             "baseline_epochs": recipe.epochs, "train_size": len(data.train), "before": before, "after": after,
             "torch_prune": peer}
+
+
+def _baseline_label(row: dict) -> str:
+    if row.get("baseline_dir"):
+        return f"trained before, loaded; rounds retrain on {row['train_size']:,} images"
+    return f"{row['baseline_epochs']} epochs, {row['train_size']:,} training images"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -106,7 +117,7 @@ def markdown(rows: list[dict]) -> str:
         verdict = "kept" if ramp.get("kept") else "not kept"
         errors = [100 * (1 - ramp.get(f"val_accuracy_{when}", 1)) for when in ("before", "after")]
         lines += [
-            f"| {r['model']} | baseline ({r['baseline_epochs']} epochs, {r['train_size']:,} training images) | - | "
+            f"| {r['model']} | baseline ({_baseline_label(r)}) | - | "
             f"1.0x | {b['baseline_val_error']:.2f}% | {b['baseline_test_error']:.2f}% | "
             f"{r['train_seconds'] / 60:.1f} min |",
             f"| {r['model']} | before: secateur search (han, max-drop {r['max_drop']:g}) | {b['rounds']} "
@@ -131,6 +142,7 @@ def main() -> None:
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--max-drop", type=float, default=0.1)
     parser.add_argument("--full", action="store_true", help="the full recipe and search defaults (hours on a CPU)")
+    parser.add_argument("--baseline-dir", type=Path, help="a trained baseline folder to start from (one model)")
     parser.add_argument("--smoke", action="store_true", help="a tiny budget: checks the script runs")
     parser.add_argument("--json", type=Path, default=RESULTS / "search_waste.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "search_waste.md")
@@ -139,7 +151,7 @@ def main() -> None:
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     rows = {row["model"]: row for row in previous.get("rows", [])}
     for name in args.models.split(","):
-        rows[name] = run_model(name, args.max_drop, args.full, args.smoke)
+        rows[name] = run_model(name, args.max_drop, args.full, args.smoke, args.baseline_dir)
         args.json.write_text(json.dumps({"threads": 1, "torch": torch.__version__, "rows": list(rows.values())},
                                         indent=2) + "\n")
         args.md.write_text("# A search that wastes less\n\n" + markdown(list(rows.values())))
