@@ -32,6 +32,7 @@ import torch
 import secateur  # first: sets OMP_WAIT_POLICY before torch loads
 from secateur.app.pipeline import load_baseline
 from secateur.search.orchestrator import PruneConfig, retrain_config
+from secateur.unstructured.masks import effective_state_dict
 from secateur.zoo.baseline import default_config, train_baseline
 from secateur.zoo.data import load_dataset
 
@@ -79,7 +80,8 @@ def run_model(name: str, max_drop: float, full: bool, smoke: bool = False, basel
         recipe = recipe.replace(epochs=budget["baseline_epochs"])
     start = time.perf_counter()
     if baseline_dir is not None:  # a baseline trained before (e.g. on the full training set)
-        baseline = load_baseline(baseline_dir).model
+        baseline = secateur.build_model(name)  # plain modules, as torch.nn.utils.prune needs
+        baseline.load_state_dict(effective_state_dict(load_baseline(baseline_dir).model))
     else:
         baseline = train_baseline(name, data, config=recipe, progress=False).model
     train_seconds = time.perf_counter() - start
