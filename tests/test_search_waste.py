@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -86,3 +88,10 @@ def test_ramp_is_refused_where_it_cannot_run() -> None:
         PruningSession(_model(), lambda m: 1.0, ramp_epochs=2)
     with pytest.raises(ConfigError, match="ramp epochs must be"):
         PruneConfig(ramp_epochs=-1).validate()
+
+
+def test_the_report_says_what_the_ramp_did(tmp_path: Path) -> None:
+    prune(_model(), data=_data(), train_config=RECIPE, input_shape=(20,), max_drop=5.0, rounds=2,
+          retrain_epochs=1, polish_epochs=0, ramp_epochs=1, out=tmp_path / "run")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "final ramp" in report and "1 epochs from the dense model" in report
