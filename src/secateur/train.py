@@ -4,7 +4,9 @@
 PyTorch data, as :class:`~secateur.zoo.loaders.Loaders`) with SGD (momentum,
 L2 weight decay) or Adam/AdamW, an optional L1 penalty on the weights (``l1``), a per-step
 learning-rate schedule, optional random-shift augmentation and a progress bar. Masked weights
-(``secateur.unstructured.masks``) stay zero through it because the mask is part of the forward pass.
+(``secateur.unstructured.masks``) stay exactly zero through it: its fresh optimizer lets it trust the
+masks (:func:`~secateur.unstructured.masks.trusted_masks`: gradients masked before each step instead
+of weight x mask in every forward and backward).
 
 A user's own training step plugs in through ``step``: a callable
 ``step(model, x, y) -> loss`` returning the scalar loss to minimise (the loop does the
@@ -34,7 +36,7 @@ from secateur.errors import ConfigError
 from secateur.io.schemas import INT64_MAX, MAX_EPOCHS, RECIPE_HINT, OptionsSchema
 from secateur.progress import Advance, progress_bar
 from secateur.registry import Registry
-from secateur.unstructured.masks import prunable_names
+from secateur.unstructured.masks import prunable_names, trusted_masks
 from secateur.zoo.data import Dataset
 from secateur.zoo.loaders import Loaders, epoch_batches, split_batches, steps_per_epoch
 
@@ -449,7 +451,7 @@ def fit(model: nn.Module, data: Dataset | Loaders, config: TrainConfig | None = 
     if config.l1 > 0:
         step = functools.partial(l1_step, step=step or default_step, l1=config.l1)
     result, start = TrainResult(), time.perf_counter()
-    with progress_bar(progress, state["total"], "training") as advance:
+    with progress_bar(progress, state["total"], "training") as advance, trusted_masks(model, state["optimizer"]):
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             advance(0, description=f"epoch {epoch}/{config.epochs}")

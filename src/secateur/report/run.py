@@ -69,6 +69,8 @@ def _header(results: Mapping[str, Any]) -> Meta:
     if "reference" in results:  # runs from before the dense control and certification have neither
         rows += [("drops measured against", _reference(results["reference"])),
                  ("certification", _certification(results.get("certification")))]
+    if results.get("ramp"):
+        rows.append(("final ramp", _ramp(results["ramp"])))
     return Meta((*rows, ("wall time", fmt_duration(results.get("seconds"))), ("rounds", rounds)))
 
 
@@ -114,6 +116,14 @@ def _polish(polish: Mapping[str, Any] | None) -> str:
     verdict = "kept" if polish.get("kept") else "not kept (validation accuracy went down)"
     return (f"{polish.get('epochs')} epochs, val accuracy {fmt_pct(polish.get('val_accuracy_before'))} -> "
             f"{fmt_pct(polish.get('val_accuracy_after'))}: {verdict}")
+
+
+def _ramp(ramp: Mapping[str, Any]) -> str:
+    """What the final smooth ramp reached, and whether it replaced the chosen model."""
+    verdict = "kept" if ramp.get("kept") else "not kept (over the bound, or worse than the chosen model)"
+    return (f"{ramp.get('epochs')} epochs from the dense model, val accuracy {fmt_pct(ramp.get('val_accuracy_before'))}"
+            f" -> {fmt_pct(ramp.get('val_accuracy_after'))}, nonzero {ramp.get('params_nonzero_before')} -> "
+            f"{ramp.get('params_nonzero_after')}: {verdict}")
 
 
 def _before_after(results: Mapping[str, Any]) -> Table:

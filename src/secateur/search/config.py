@@ -70,6 +70,10 @@ class PruneConfig:
     retrain_lr_factor: float = option(0.5, "retraining learning rate as a share of the baseline's", "float>0")
     polish_epochs: int | None = option(None, "final retraining of the chosen model, kept if within max drop "
                                              "(default: the baseline's epochs; 0: none)", "epochs")
+    ramp_epochs: int = option(0, "finish with one smooth ramp: the gradual schedule from the dense baseline to the "
+                                 "chosen strength over this many epochs at the baseline's learning rate, kept if "
+                                 "within max drop and no worse (val accuracy, nonzero weights) than the chosen model "
+                                 "(0: none; secateur's own retraining, data=)", "epochs")
     distill: float = option(0.0, "share of the dense model's soft targets in the retraining loss (0..1)",
                             "float>=0")
     temperature: float = option(4.0, "softening of the dense model's targets with distill", "float>0")
@@ -116,6 +120,7 @@ class PruneConfig:
                                      start=spec.start if self.start is None else self.start)
         config._check_method(spec)
         config._check_schedule(spec)
+        config._check_ramp(spec)
         config._check_options(spec)
         config._check_numbers()
         if spec.check is not None:
@@ -133,6 +138,11 @@ class PruneConfig:
         if schedule.continuous and not spec.continuous:
             raise ConfigError(f"the {self.schedule} schedule prunes during training, which granularity "
                               f"{self.granularity!r} cannot; use iterative or oneshot")
+
+    def _check_ramp(self, spec: Granularity) -> None:
+        if self.ramp_epochs and not spec.continuous:
+            raise ConfigError(f"ramp epochs prune during training (the gradual schedule), which granularity "
+                              f"{self.granularity!r} cannot; drop ramp_epochs or use a mask granularity")
 
     def _check_options(self, spec: Granularity) -> None:
         """Options that only other granularities read must keep their defaults."""
@@ -152,6 +162,7 @@ class PruneConfig:
              f"recovery passes must be in [0, {MAX_RECOVERY}], got {self.recovery}"),
             (0 <= self.retrain_epochs <= MAX_EPOCHS,
              f"retrain epochs must be in [0, {MAX_EPOCHS}], got {self.retrain_epochs}"),
+            (0 <= self.ramp_epochs <= MAX_EPOCHS, f"ramp epochs must be in [0, {MAX_EPOCHS}], got {self.ramp_epochs}"),
             (self.polish_epochs is None or 0 <= self.polish_epochs <= MAX_EPOCHS,
              f"polish epochs must be in [0, {MAX_EPOCHS}], got {self.polish_epochs}"),
             (0 <= self.certify < 1, f"certify must be a share in [0, 1) of the validation split, got {self.certify}"),

@@ -45,12 +45,14 @@ from secateur.arguments import (
     expect_shape,
 )
 from secateur.distributed import (
+    active,
     agree,
     is_writer,
     prune_hooks,
     session,
     sync_module,
     synced_pruner,
+    synced_train,
     world_size,
     writer_context,
     writer_outcome,
@@ -77,6 +79,7 @@ from secateur.zoo.models import rebuild_record
 ROUND_CONFIG = "config"  # the key of the configuration in every round's checkpoint header
 RUN_COMPACT_CODEC = "zlib"  # model.compact's coder: standard library, fast; `secateur export` offers smaller
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
+RAMP_SEED = 20_000  # offset of the final ramp's seed
 MakeTrain = Callable[[int], Retrain]  # round index -> that round's retraining
 
 
@@ -420,8 +423,9 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
     _control(run, polish)
     _search(run, progress and is_writer(), on_round)
     polished = _polish(run, polish)
-    certified = _certify(run, polished, certify_evaluate)
-    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished, certified)
+    ramped = _ramp(run, *_ramper(data, train, polish_config.replace(seed=config.seed + RAMP_SEED), config, step))
+    certified = _certify(run, _final_step(polished, ramped), certify_evaluate)
+    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished, certified, ramped)
     result.results, result.out = agree(result.results), out_dir  # rank 0's results (its file sizes) everywhere
     return result
 
@@ -652,12 +656,17 @@ def _control(run: _Run, polish: Retrain | None) -> None:
         run.baseline_val, run.reference, run.reference_model = outcome, CONTROL, control
 
 
-def _certify(run: _Run, polished: dict | None, certify_evaluate: Evaluate | None) -> dict | None:
+def _final_step(polished: dict | None, ramped: dict | None) -> dict | None:
+    """The later of the polish and the final ramp that was kept: the step that made the chosen model."""
+    return next((step for step in (ramped, polished) if step and step["kept"]), None)
+
+
+def _certify(run: _Run, final: dict | None, certify_evaluate: Evaluate | None) -> dict | None:
     """Certify the final candidate, else the next most compressed accepted rounds; sets ``run.best``."""
     if certify_evaluate is None:
         return None
     reference = certified_outcome(certify_evaluate, run.reference_model or run.baseline)
-    candidates = _candidates(run, polished)
+    candidates = _candidates(run, final)
     chosen, record = certify(candidates, reference, certify_evaluate, run.config)
     run.best = candidates[chosen].model if chosen is not None else copy.deepcopy(run.baseline)
     record["reference"] = run.reference
@@ -665,27 +674,27 @@ def _certify(run: _Run, polished: dict | None, certify_evaluate: Evaluate | None
     return record
 
 
-def _candidates(run: _Run, polished: dict | None) -> list[Candidate]:
+def _candidates(run: _Run, final: dict | None) -> list[Candidate]:
     """The final model first, then the other kept accepted rounds, most compressed first."""
     best = run.state.best_round
     if not best:
         return []
-    final = Candidate(best, run.best, run.history[best - 1]["compression"], bool(polished and polished["kept"]))
-    return [final, *(c for c in reversed(run.accepted) if c.round != best)]
+    last = Candidate(best, run.best, run.history[best - 1]["compression"], bool(final and final["kept"]))
+    return [last, *(c for c in reversed(run.accepted) if c.round != best)]
 
 
-def _chosen(run: _Run, polished: dict | None, certified: dict | None) -> tuple[int | None, float, float]:
+def _chosen(run: _Run, final: dict | None, certified: dict | None) -> tuple[int | None, float, float]:
     """``(round, search-images val accuracy, margin)`` of the model returned."""
     best = run.state.best_round
     if certified is not None:
         best = certified["chosen_round"]
         rows = [row for row in certified["candidates"] if row["certified"]]
         if rows and not rows[0]["polished"]:
-            polished = None
+            final = None
     if not best:
         return None, (run.own_val or run.baseline_val).accuracy, 0.0
-    if polished and polished["kept"]:
-        return best, polished["val_accuracy_after"], polished["margin"]
+    if final and final["kept"]:
+        return best, final["val_accuracy_after"], final["margin"]
     row = run.history[best - 1]
     return best, row["val_accuracy"], row.get("margin", 0.0)
 
@@ -706,13 +715,58 @@ def _reference(run: _Run, test_evaluate: Evaluate | None, test_baseline: float |
     return record, test_reference
 
 
+def _ramper(data: Dataset | Loaders | None, train: Retrain | None, base: TrainConfig, config: PruneConfig,
+            step: StepFn | None) -> tuple[Retrain | None, int]:
+    """The final ramp's training (the baseline's recipe for ``ramp_epochs``; dataset path only) and its steps."""
+    ramp = _polisher(data, train, base, config.ramp_epochs, step)
+    if ramp is None or data is None:
+        return None, 0
+    steps = config.ramp_epochs * steps_per_epoch(data, base.batch_size)
+    return (synced_train(ramp) if active() else ramp), steps
+
+
+def _ramp(run: _Run, train: Retrain | None, steps: int) -> dict | None:
+    """One smooth ramp from the dense baseline to the chosen strength, kept only if no worse.
+
+    The search reaches its strength in steps, each judged and some rolled back; knowing the
+    answer, one gradual ramp (Zhu & Gupta's cubic schedule, pruning while training) from the
+    dense model, at the baseline's learning rate (rewinding), wastes no round. It replaces the
+    chosen model only if it passes the search's own rule (with the margin) and has no lower
+    validation accuracy and no more nonzero weights than the chosen model.
+    """
+    if train is None or not run.state.best_round:
+        return None
+    start, chosen = time.perf_counter(), _chosen_stats(run)
+    candidate = copy.deepcopy(run.baseline)
+    state = SCHEDULES.get("gradual").run(candidate, 0.0, run.state.best_strength, run.pruner, train, steps, {})
+    outcome = measure(run.evaluate, candidate, run.baseline_val)
+    drop, extra, feasible = _judge(run, outcome)
+    nonzero = round_stats(candidate, run.baseline, run.pruner.targets, run.input_shape)["params_nonzero"]
+    kept = bool(agree({"kept": feasible and outcome.accuracy >= chosen["val_accuracy"]
+                       and nonzero <= chosen["params_nonzero"]})["kept"])
+    if kept:
+        run.best, run.pruner_state = candidate, state
+    return {"epochs": run.config.ramp_epochs, "strength": run.state.best_strength, "kept": kept,
+            "val_accuracy_before": chosen["val_accuracy"], "val_accuracy_after": outcome.accuracy,
+            "params_nonzero_before": chosen["params_nonzero"], "params_nonzero_after": nonzero,
+            "drop": drop, "margin": extra, "seconds": time.perf_counter() - start}
+
+
+def _chosen_stats(run: _Run) -> dict:
+    """Validation accuracy (measured again: after any polish) and nonzero weights of the chosen model."""
+    stats = round_stats(run.best, run.baseline, run.pruner.targets, run.input_shape)
+    return {"val_accuracy": measure(run.evaluate, run.best, run.baseline_val).accuracy,
+            "params_nonzero": stats["params_nonzero"]}
+
+
 def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: float,
-            polished: dict | None = None, certified: dict | None = None) -> PruneResult:
+            polished: dict | None = None, certified: dict | None = None,
+            ramped: dict | None = None) -> PruneResult:
     """Measure the chosen model, write the model, results and report, and return them."""
     chosen, baseline = run.best, run.baseline
     test_baseline = measure(test_evaluate, baseline, source="test_evaluate").accuracy if test_evaluate else None
     test_pruned = measure(test_evaluate, chosen, source="test_evaluate").accuracy if test_evaluate else None
-    chosen_round, pruned_val, margin_points = _chosen(run, polished, certified)
+    chosen_round, pruned_val, margin_points = _chosen(run, _final_step(polished, ramped), certified)
     reference, test_reference = _reference(run, test_evaluate, test_baseline, (pruned_val, test_pruned))
     results = {
         "method": run.config.method, "model": _class_name(baseline),  # a rebuild record in meta wins
@@ -723,7 +777,7 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         "pruned": {"val": {"accuracy": pruned_val}, "test": {"accuracy": test_pruned}},
         "acceptance": {"confidence": run.config.confidence, "paired": run.baseline_val.correct is not None,
                        "margin": margin_points},
-        "polish": polished,
+        "polish": polished, "ramp": ramped,
         "drop": {"val": 100 * (run.baseline_val.accuracy - pruned_val),
                  "test": _points(test_reference, test_pruned),
                  "certified": None if certified is None else certified["drop"],

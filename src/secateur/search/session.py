@@ -56,7 +56,7 @@ from secateur.unstructured.masks import apply_masks, masks_of, prunable_names
 
 # PruneConfig options that only secateur's own retraining reads (secateur.prune with data=).
 OWN_TRAINING = ("retrain_epochs", "retrain_lr", "retrain_lr_factor", "polish_epochs", "distill", "temperature",
-                "steps_per_round")
+                "steps_per_round", "ramp_epochs")
 
 
 # PruneConfig options only secateur.prune honours: certification after the search, the dense control.
