@@ -59,7 +59,7 @@ from secateur.progress import progress_bar
 from secateur.search.acceptance import Outcome, margin, within
 from secateur.search.bracket import SearchState, initial_state, next_strength, record
 from secateur.search.config import LEGACY, PruneConfig, with_options
-from secateur.search.pruner import Context, Evaluate, Pruner, PrunerState, Retrain
+from secateur.search.pruner import Context, Evaluate, Pruner, PrunerState, Retrain, Step, Trainer
 from secateur.search.schedules import SCHEDULES, Schedule
 from secateur.train import StepFn, TrainConfig, correctness, distill_step, fit, frozen_teacher, resolve_device
 from secateur.train import evaluate as evaluate_on
@@ -71,6 +71,7 @@ from secateur.zoo.models import rebuild_record
 ROUND_CONFIG = "config"  # the key of the configuration in every round's checkpoint header
 RUN_COMPACT_CODEC = "zlib"  # model.compact's coder: standard library, fast; `secateur export` offers smaller
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
+LEARN_SEED = 20_000  # offset of a learned method's training phase's seed
 MakeTrain = Callable[[int], Retrain]  # round index -> that round's retraining
 
 
@@ -227,14 +228,15 @@ def _search(run: _Run, progress: bool, on_round: Callable[[dict], None] | None =
 
 def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: MakeTrain,
            input_shape: tuple[int, ...] | None, out: Path | None, meta: Mapping,
-           batches: Callable[[], Iterable] | None = None) -> _Run:
-    """A fresh run: baseline measured, pruner ready, config and baseline written to ``out``."""
+           batches: Callable[[], Iterable] | None = None, trainer: Trainer | None = None) -> _Run:
+    """A fresh run: baseline measured, pruner ready (a learned method's training phase run), config and
+    baseline written to ``out``."""
     targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
     if not targets:
         raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
     spec = config.spec
     baseline = spec.prepare(model, targets)
-    context = Context(targets, input_shape, evaluate, batches, out)
+    context = Context(targets, input_shape, evaluate, batches, out, trainer)
     pruner, config = spec.build(baseline, config, context)
     pruner = synced_pruner(pruner)  # under torchrun: every cut rank 0's
     baseline_val = measure(evaluate, baseline)  # per-example results kept for paired comparisons
@@ -258,10 +260,12 @@ def saved_config(out: Path) -> PruneConfig:
 
 
 def _resume(model: nn.Module, evaluate: Evaluate, make_train: MakeTrain,
-            input_shape: tuple[int, ...] | None, out: Path, batches: Callable[[], Iterable] | None = None) -> _Run:
-    """Continue an interrupted run from its last completed round."""
+            input_shape: tuple[int, ...] | None, out: Path, batches: Callable[[], Iterable] | None = None,
+            trainer: Trainer | None = None) -> _Run:
+    """Continue an interrupted run from its last completed round (a learned method's phase runs again,
+    seeded, so its pruner is the one the rounds used)."""
     config = saved_config(out)
-    run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches)
+    run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches, trainer)
     run.out = out
     run.best, state, header = rundir.load_round(out, copy.deepcopy(run.baseline))
     check_unedited(run.config, header.get(ROUND_CONFIG), out)
@@ -382,10 +386,11 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
     out_dir = Path(out) if out is not None else None
     started = time.perf_counter()
     batches = _taylor_batches(data) if data is not None else None
-    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches)
+    trainer = learning_trainer(data, train_config, config) if data is not None and train is None else None
+    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches, trainer)
            if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
            _start(model, config, evaluate, make_train, input_shape, out_dir if is_writer() else None,
-                  meta, batches))
+                  meta, batches, trainer))
     run.out = run.out if is_writer() else None  # under torchrun only rank 0 writes the run folder
     sync_module(run.best, "starting model")  # e.g. every rank loaded the same round: now bitwise rank 0's
     _search(run, progress and is_writer(), on_round)
@@ -503,6 +508,25 @@ def _distiller(model: nn.Module, config: PruneConfig, train: Retrain | None,
         raise ConfigError("distill applies to secateur's own retraining (data=); a train= callable must distil itself")
     teacher = frozen_teacher(model).to(resolve_device((train_config or TrainConfig()).device))
     return functools.partial(distill_step, teacher=teacher, weight=config.distill, temperature=config.temperature)
+
+
+def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: PruneConfig) -> Trainer:
+    """The training loop a learned method's phase runs with: :func:`fit` on ``data`` with the baseline
+    recipe (the method changes what it needs, e.g. the optimizer) for ``learn_epochs`` (default: the
+    baseline's epochs)."""
+    recipe = (base or TrainConfig()).replace(seed=config.seed + LEARN_SEED)
+    epochs = config.learn_epochs if config.learn_epochs is not None else recipe.epochs
+
+    def run(model: nn.Module, step: Step, changes: dict) -> None:
+        fit(model, data, recipe.replace(epochs=epochs, **changes), step=step, progress=False)
+
+    return Trainer(run, train_examples(data), epochs, steps_per_epoch(data, recipe.batch_size))
+
+
+def train_examples(data: Dataset | Loaders) -> int:
+    """Examples in the training split (your Loaders: in the train DataLoader's dataset)."""
+    source = data.train
+    return len(getattr(source, "dataset", source))
 
 
 def _taylor_batches(data: Dataset | Loaders) -> Callable[[], Iterable]:
