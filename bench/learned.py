@@ -4,7 +4,7 @@ For each network: the baseline with secateur's default recipe (trained once, or 
 ``--out``), then
 
 - ``paper``: the method alone, as its paper prunes (Sparse VD: the variational training phase
-  from the baseline, then the weights with log α > 3 zeroed; no retraining);
+  from the baseline, then the weights with log alpha > 3 zeroed; no retraining);
 - ``bound``: ``secateur prune --method sparse-vd --max-drop 0.1`` (the same phase, then the
   search, retraining and polish);
 - ``l0`` : ``secateur prune --granularity neuron|channel --method l0 --max-drop 0.1``.
@@ -13,7 +13,7 @@ The papers' rows are printed beside as reference. Epochs of the learned phase ar
 the papers' 200 on this 2-core CPU (``--learn-epochs``; stated in the table).
 
     python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30]
-                            [--out /work/bench-runs/learned] [--json FILE] [--md FILE]
+                            [--out /work/bench-runs/learned] [--baselines DIR] [--short] [--json FILE] [--md FILE]
 
 Parts may run as separate processes on the same ``--out`` (each merges its rows into the JSON).
 """
@@ -51,10 +51,14 @@ PAPERS = {  # published (compression, test error %) and their dense error
                "L0-sep 2018 (9-18-65-25)": (None, 1.0)},
 }
 STRUCTURED = {"lenet300": "neuron", "lenet5": "channel"}
+SHORT = {"retrain_epochs": 1, "rounds": 10, "polish_epochs": 5}  # --short: the search's budget on a busy CPU
 
 
-def baseline_of(name: str, data, out: Path) -> Path:
-    """The baseline's folder under ``out``, trained there first if it is not yet."""
+def baseline_of(name: str, data, out: Path, baselines: Path | None) -> Path:
+    """The baseline's folder: ``baselines/NAME/baseline`` (read only) if given, else under ``out``, trained
+    there first if it is not yet."""
+    if baselines is not None:
+        return baselines / name / "baseline"
     folder = out / name / "baseline"
     if not rundir.has_checkpoint(folder):
         train_baseline(name, data, out=folder, progress=False)
@@ -67,7 +71,7 @@ def compression(model: nn.Module) -> float:
 
 
 def paper_row(name: str, data, folder: Path, epochs: int) -> dict:
-    """Sparse VD alone: the phase from the baseline, log α > 3 zeroed, no retraining."""
+    """Sparse VD alone: the phase from the baseline, log alpha > 3 zeroed, no retraining."""
     loaded = load_baseline(folder)
     model = loaded.model
     start = time.perf_counter()
@@ -76,7 +80,7 @@ def paper_row(name: str, data, folder: Path, epochs: int) -> dict:
     pruned = copy.deepcopy(model)
     start_from(pruned, learned, {})
     apply_masks(pruned, threshold_masks(learned))
-    return {"method": "sparse-vd (log α > 3, no retraining)", "network": name, "epochs": epochs,
+    return {"method": "sparse-vd (log alpha > 3, no retraining)", "network": name, "epochs": epochs,
             "compression": compression(pruned), **_errors(model, pruned, data),
             "seconds": time.perf_counter() - start}
 
@@ -86,11 +90,11 @@ def _errors(before: nn.Module, after: nn.Module, data) -> dict:
             for split in ("val", "test") for when, m in (("before", before), ("after", after))}
 
 
-def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str) -> dict:
+def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, short: bool) -> dict:
     """``secateur prune --method sparse-vd`` (or l0 on neurons / channels) within 0.1 points."""
     options = ({"method": "sparse-vd"} if part == "bound" else
                {"method": "l0", "granularity": STRUCTURED[name]})
-    config = PruneConfig(max_drop=0.1, learn_epochs=epochs, **options)
+    config = PruneConfig(max_drop=0.1, learn_epochs=epochs, **options, **(SHORT if short else {}))
     start = time.perf_counter()
     result = prune_run(out=out / name / part, from_dir=folder, dataset=data.name, config=config, force=True,
                        progress=False)
@@ -105,7 +109,7 @@ def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str) 
             "network": name, "epochs": epochs, "compression": r["compression"],
             "val_error_before": error("baseline", "val"), "val_error_after": error("pruned", "val"),
             "test_error_before": error("baseline", "test"), "test_error_after": error("pruned", "test"),
-            "rounds": r["rounds"], "seconds": time.perf_counter() - start,
+            "rounds": r["rounds"], "seconds": time.perf_counter() - start, "budget": SHORT if short else "default",
             "layers": {row["name"]: row.get("kept") for row in r.get("layers", [])}}
 
 
@@ -126,7 +130,8 @@ def table(data: dict) -> str:
     lines = ["| network | method | learn epochs | compression | val error before → after | "
              "test error before → after | wall time |", "|---|---|---|---|---|---|---|"]
     for row in data.get("rows", {}).values():
-        lines.append(f"| {row['network']} | {row['method']} | {row['epochs']} | {row['compression']:.1f}x | "
+        budget = " (short budget)" if row.get("budget", "default") != "default" else ""
+        lines.append(f"| {row['network']} | {row['method']}{budget} | {row['epochs']} | {row['compression']:.1f}x | "
                      f"{row['val_error_before']:.2f}% → {row['val_error_after']:.2f}% | "
                      f"{row['test_error_before']:.2f}% → {row['test_error_after']:.2f}% | {row['seconds']:.0f} s |")
     for network, rows in PAPERS.items():
@@ -144,16 +149,19 @@ def main() -> None:
     parser.add_argument("--parts", default="paper,bound")
     parser.add_argument("--learn-epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("/work/bench-runs/learned"))
+    parser.add_argument("--baselines", type=Path, default=None,
+                        help="reuse trained baselines in DIR/NAME/baseline (e.g. the Han table's), read only")
+    parser.add_argument("--short", action="store_true", help=f"the search's budget shortened to {SHORT}")
     parser.add_argument("--json", type=Path, default=RESULTS / "learned.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "learned.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("mnist")
     for name in args.models.split(","):
-        folder = baseline_of(name, data, args.out)
+        folder = baseline_of(name, data, args.out, args.baselines)
         for part in args.parts.split(","):
             row = (paper_row(name, data, folder, args.learn_epochs) if part == "paper" else
-                   bound_row(name, data, folder, args.out, args.learn_epochs, part))
+                   bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short))
             merged = merge(args.json, f"{name}/{part}", row)
             args.md.write_text(table(merged))
             print(table(merged), flush=True)

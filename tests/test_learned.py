@@ -19,7 +19,7 @@ from secateur.search.orchestrator import learning_trainer, prune
 from secateur.search.pruner import start_from
 from secateur.structured.graph import analyse
 from secateur.structured.importance import GROUP_METHODS
-from secateur.structured.l0 import BETA, GAMMA, ZETA, Gates, expected_l0, learn_l0, sample_gates, deterministic_gates
+from secateur.structured.l0 import BETA, GAMMA, ZETA, Gates, deterministic_gates, expected_l0, learn_l0, sample_gates
 from secateur.structured.plan import build_plan
 from secateur.structured.surgery import apply_plan
 from secateur.train import TrainConfig, evaluate
@@ -39,7 +39,7 @@ TARGETS = ("fc1.weight", "fc2.weight", "fc3.weight")
 
 
 def _true_neg_kl(log_alpha: float, samples: int = 400_000) -> float:
-    """−KL(N(θ, αθ²) ‖ log-uniform) up to a constant: ½ log α − E log|ε|, ε ~ N(1, α) (Monte Carlo)."""
+    """-KL(N(θ, alphaθ²) ‖ log-uniform) up to a constant: ½ log alpha - E log|ε|, ε ~ N(1, alpha) (Monte Carlo)."""
     g = torch.Generator().manual_seed(0)
     eps = 1.0 + math.exp(log_alpha / 2) * torch.randn(samples, generator=g, dtype=torch.float64)
     return 0.5 * log_alpha - float(torch.log(eps.abs()).mean())
@@ -51,7 +51,7 @@ def test_kl_term_is_molchanovs_approximation_and_tracks_the_true_kl():
     assert torch.allclose(kl_approximation(points), torch.tensor(expected), atol=1e-6)
     assert float(kl_approximation(torch.tensor(0.0))) == pytest.approx(0.4313, abs=1e-3)
     assert float(kl_approximation(torch.tensor(40.0))) == pytest.approx(0.0, abs=1e-6)  # pure noise: free
-    # −KL ≈ k1·σ(k2 + k3 log α) − ½ log(1 + 1/α) − k1: the gap to the true −KL is one constant (paper: C = −k1)
+    # -KL ≈ k1·sigma(k2 + k3 log alpha) - ½ log(1 + 1/alpha) - k1: off the true -KL by one constant (C = -k1)
     gaps = [_true_neg_kl(a) + float(kl_approximation(torch.tensor(a))) for a in (-2.0, -1.0, 0.0, 1.0, 2.0)]
     assert max(gaps) - min(gaps) < 0.03
 
@@ -104,6 +104,8 @@ def test_sparse_vd_under_the_search_keeps_the_bound_and_writes_the_run_folder(tr
     assert (tmp_path / "run" / rundir.WEIGHTS).exists() and (tmp_path / "run" / "report.md").exists()
     saved = yaml.safe_load((tmp_path / "run" / rundir.CONFIG).read_text())["prune"]
     assert saved["method"] == "sparse-vd" and saved["learn_epochs"] == 1
+    _, _, header = rundir.load_round(tmp_path / "run", copy.deepcopy(result.model))
+    assert header["learned"] is True  # the rounds started from the learned weights; a resume knows it
 
 
 def test_cli_and_recipe_run_sparse_vd_and_l0(tmp_path):
@@ -180,6 +182,9 @@ def test_l0_phase_trains_the_gates_and_folds_them(trained_lenet300, small):
 
 def test_l0_under_the_search_removes_neurons(trained_lenet5, small, tmp_path):
     result = prune(copy.deepcopy(trained_lenet5), data=small, granularity="channel", method="l0", max_drop=5.0,
-                   rounds=1, retrain_epochs=1, learn_epochs=1, polish_epochs=0, train_config=TrainConfig(epochs=1))
+                   rounds=1, retrain_epochs=1, learn_epochs=1, polish_epochs=0, train_config=TrainConfig(epochs=1),
+                   out=tmp_path / "run")
     assert result.results["compression"] > 1.0 and result.results["drop"]["val"] <= 5.0
     assert result.model.conv1.out_channels < 20
+    _, _, header = rundir.load_round(tmp_path / "run", copy.deepcopy(trained_lenet5))
+    assert header["learned"] is True

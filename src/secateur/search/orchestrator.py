@@ -526,7 +526,7 @@ def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: 
 def train_examples(data: Dataset | Loaders) -> int:
     """Examples in the training split (your Loaders: in the train DataLoader's dataset)."""
     source = data.train
-    return len(getattr(source, "dataset", source))
+    return len(getattr(source, "dataset", source))  # type: ignore[arg-type]  # a DataLoader's, or a sized Dataset
 
 
 def _taylor_batches(data: Dataset | Loaders) -> Callable[[], Iterable]:

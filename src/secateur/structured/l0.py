@@ -1,12 +1,12 @@
 """L0 hard-concrete gates (Louizos, Welling & Kingma 2018): the ``l0`` neuron / channel method.
 
 Every prunable group of coupled channels (:mod:`secateur.structured.graph`) gets one gate per
-channel, z = min(1, max(0, s·(ζ − γ) + γ)) with s = sigmoid((log u − log(1 − u) + log α) / β),
-u ~ U(0, 1), β = 2/3, γ = −0.1, ζ = 1.1 (the paper's). A training phase on a copy of the
+channel, z = min(1, max(0, s·(ζ - gamma) + gamma)) with s = sigmoid((log u - log(1 - u) + log alpha) / β),
+u ~ U(0, 1), β = 2/3, gamma = -0.1, ζ = 1.1 (the paper's). A training phase on a copy of the
 baseline minimises the cross-entropy plus λ · Σ cost · P(z ≠ 0) / examples, where
-P(z ≠ 0) = sigmoid(log α − β·log(−γ / ζ)) is the expected L0 norm and a channel's cost is the
+P(z ≠ 0) = sigmoid(log alpha - β·log(-gamma / ζ)) is the expected L0 norm and a channel's cost is the
 number of weights attached to it (so a gate on a wide filter costs more). At test time the gate
-is deterministic, z = min(1, max(0, sigmoid(log α)·(ζ − γ) + γ)), and is folded into the
+is deterministic, z = min(1, max(0, sigmoid(log alpha)·(ζ - gamma) + gamma)), and is folded into the
 layer that produces the channel (its rows and bias; the norm layer's scale and shift when the
 group has one), so a closed gate leaves a channel whose weights are exactly zero. The search
 then removes channels physically with the existing surgery, lowest gated norm first: the closed
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,17 +38,17 @@ PHASE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "c
 
 
 def expected_l0(log_alpha: torch.Tensor) -> torch.Tensor:
-    """P(z ≠ 0) of each hard-concrete gate: sigmoid(log α − β·log(−γ / ζ))."""
+    """P(z ≠ 0) of each hard-concrete gate: sigmoid(log alpha - β·log(-gamma / ζ))."""
     return torch.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
 
 
 def deterministic_gates(log_alpha: torch.Tensor) -> torch.Tensor:
-    """The deterministic test-time gates: min(1, max(0, sigmoid(log α)·(ζ − γ) + γ))."""
+    """The deterministic test-time gates: min(1, max(0, sigmoid(log alpha)·(ζ - gamma) + gamma))."""
     return (torch.sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 
 
 def sample_gates(log_alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gates drawn from the hard-concrete distribution (differentiable in log α)."""
+    """Gates drawn from the hard-concrete distribution (differentiable in log alpha)."""
     u = torch.rand(log_alpha.shape, generator=generator).to(log_alpha.device).clamp(1e-6, 1 - 1e-6)
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / BETA)
     return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
@@ -88,8 +88,7 @@ class Gates(nn.Module):
         super().__init__()
         self.groups = list(graph.groups)
         self.log_alpha = nn.ParameterList([nn.Parameter(torch.full((g.size,), LOG_ALPHA_INIT)) for g in self.groups])
-        self.register_buffer("costs", torch.cat([_costs(model, g) for g in self.groups]) if self.groups
-                             else torch.zeros(0))
+        self.costs = torch.cat([_costs(model, g) for g in self.groups]) if self.groups else torch.zeros(0)
         self._current: list[torch.Tensor] = []
         self._handles: list[Any] = []
 
@@ -99,10 +98,11 @@ class Gates(nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """Σ cost · P(z ≠ 0) over every gate (the expected number of weights kept)."""
-        return (torch.cat([expected_l0(la) for la in self.log_alpha]) * self.costs).sum()
+        kept = torch.cat([expected_l0(la) for la in self.log_alpha])
+        return (kept * self.costs.to(kept.device)).sum()
 
     def attach(self, model: nn.Module) -> None:
-        """Hook the gates into ``model`` and put their log α among its parameters, so an optimiser
+        """Hook the gates into ``model`` and put their log alpha among its parameters, so an optimiser
         built from ``model.parameters()`` trains them (both undone by :meth:`detach`)."""
         def draw(module: nn.Module, args: object) -> None:
             self._current = self.values(module.training)
@@ -114,7 +114,7 @@ class Gates(nn.Module):
                 self._handles.append(model.get_submodule(site.module).register_forward_hook(
                     self._gate_hook(index, site)))
 
-    def _gate_hook(self, index: int, site: Member):  # noqa: ANN202  (a forward hook)
+    def _gate_hook(self, index: int, site: Member) -> Callable[[nn.Module, object, torch.Tensor], torch.Tensor]:
         def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
             z = self._current[index][site.channel.to(output.device)]
             dim = _channel_dim(module) % output.dim()
@@ -140,12 +140,11 @@ class Gates(nn.Module):
         for group, z in zip(self.groups, self.values(training=False)):
             for site in _sites(group):
                 module = model.get_submodule(site.module)
-                gates = z[site.channel].to(module.weight.device)
                 for name in ("weight", "bias"):
                     p = getattr(module, name, None)
                     if isinstance(p, torch.Tensor):
                         shape = [-1] + [1] * (p.dim() - 1)
-                        p[site.positions] *= gates.view(shape).to(p.dtype)
+                        p[site.positions] *= z[site.channel].view(shape).to(p.device, p.dtype)
 
 
 def _check_sites(model: nn.Module, graph: DependencyGraph) -> None:
@@ -187,7 +186,7 @@ def learn_l0(baseline: nn.Module, targets: tuple[str, ...], trainer: Trainer, *,
 
 
 @group_method("l0", needs=("learned",), learn=learn_l0)
-def l0(model: nn.Module, graph: DependencyGraph, **_: Any) -> Mapping[str, torch.Tensor]:
+def l0(model: nn.Module, graph: DependencyGraph, **_: Any) -> dict[str, torch.Tensor]:
     """Louizos et al. 2018: hard-concrete L0 gates trained first, folded in; closed gates go first, then the weakest."""
     def per(member: Member) -> torch.Tensor | None:
         if member.role == "in":

@@ -119,8 +119,10 @@ class ChannelPruner:
         """Shrink ``model`` in place to ``strength``.
 
         The surgery records on the model its plan over the original architecture (composed
-        with any it carried), which its checkpoint stores; the JSON state stays as given.
+        with any it carried), which its checkpoint stores; the JSON state stays as given (but for
+        a learned method, whose first cut starts from its learned weights: the state records it).
         """
+        state = start_from(model, self.learned, state)
         x = example_input(model, self.input_shape)
         graph = analyse(model, x, ignore=self.ignore)
         scores = self._scores(model, graph, strength)
