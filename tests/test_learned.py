@@ -69,7 +69,7 @@ def test_learned_methods_refuse_what_they_cannot_do(trained_lenet300, small):
         PruneConfig(method="sparse-vd", schedule="gradual").validate()
     with pytest.raises(ConfigError, match="learn epochs apply"):
         PruneConfig(method="han", learn_epochs=3).validate()
-    with pytest.raises(ConfigError, match="use granularity weight"):
+    with pytest.raises(ConfigError, match="does not apply to granularity 'kernel'"):
         PruneConfig(method="sparse-vd", granularity="kernel").validate()
     with pytest.raises(ConfigError, match="pass data="):
         prune(copy.deepcopy(trained_lenet300), train=lambda m: None, evaluate=lambda m: 0.5, method="sparse-vd")

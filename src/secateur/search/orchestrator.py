@@ -386,7 +386,8 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
     out_dir = Path(out) if out is not None else None
     started = time.perf_counter()
     batches = _taylor_batches(data) if data is not None else None
-    trainer = learning_trainer(data, train_config, config) if data is not None and train is None else None
+    trainer = (learning_trainer(data, train_config, config)
+               if data is not None and train is None and learns(config) else None)
     run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches, trainer)
            if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
            _start(model, config, evaluate, make_train, input_shape, out_dir if is_writer() else None,
@@ -523,10 +524,19 @@ def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: 
     return Trainer(run, train_examples(data), epochs, steps_per_epoch(data, recipe.batch_size))
 
 
+def learns(config: PruneConfig) -> bool:
+    """Whether the configured method declares a training phase of its own (``learn``)."""
+    return getattr(config.spec.methods.get(str(config.method)), "learn", None) is not None
+
+
 def train_examples(data: Dataset | Loaders) -> int:
     """Examples in the training split (your Loaders: in the train DataLoader's dataset)."""
-    source = data.train
-    return len(getattr(source, "dataset", source))  # type: ignore[arg-type]  # a DataLoader's, or a sized Dataset
+    source = getattr(data.train, "dataset", data.train)
+    try:
+        return len(source)  # type: ignore[arg-type]  # Sized, or the TypeError below
+    except TypeError:  # an iterable dataset
+        raise ConfigError("a learned method scales its penalty by the number of training examples: give the "
+                          "train data a __len__ (a map-style Dataset)") from None
 
 
 def _taylor_batches(data: Dataset | Loaders) -> Callable[[], Iterable]:

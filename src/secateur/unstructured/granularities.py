@@ -18,6 +18,7 @@ from torch import nn
 from secateur.analysis.sensitivity import magnitude_factors, sensitivity
 from secateur.errors import ConfigError
 from secateur.io.rundir import write_sensitivity
+from secateur.registry import Subset
 from secateur.search.acceptance import Outcome
 from secateur.search.config import PruneConfig, check_learned
 from secateur.search.pruner import (
@@ -112,12 +113,8 @@ def _prepare_kernels(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:
     return masked_copy(model, kernel_targets(model, targets))
 
 
-def _mask_weights_only(config: PruneConfig) -> None:
-    """Kernels and N:M patterns rank weights by magnitude; a learned method's scores are per weight."""
-    method = WEIGHT_METHODS.get(str(config.method))
-    if method.learn is not None:
-        raise ConfigError(f"method {method.name!r} learns which single weights to drop: use granularity weight, "
-                          f"not {config.granularity!r}")
+MASK_METHODS = Subset(WEIGHT_METHODS, lambda method: method.learn is None)
+"""The weight methods kernels and N:M patterns take: a learned method's scores are per single weight."""
 
 
 def _build_kernel(baseline: nn.Module, config: PruneConfig, context: Context) -> tuple[KernelPruner, PruneConfig]:
@@ -130,8 +127,8 @@ def _build_kernel(baseline: nn.Module, config: PruneConfig, context: Context) ->
 
 register(Granularity(
     name="kernel", doc="whole 2-D kernels of conv layers, zeroed by masks (weight methods on kernel norms)",
-    methods=WEIGHT_METHODS, default_method="magnitude", start=1.5, options=frozenset(), physical=False,
-    continuous=True, prepare=_prepare_kernels, build=_build_kernel, check=_mask_weights_only))
+    methods=MASK_METHODS, default_method="magnitude", start=1.5, options=frozenset(), physical=False,
+    continuous=True, prepare=_prepare_kernels, build=_build_kernel))
 
 
 def _nm_granularity(match: re.Match[str]) -> Granularity:
@@ -150,9 +147,8 @@ def _nm_granularity(match: re.Match[str]) -> Granularity:
         return NMPruner(method, n, m, order, nm_sizes(baseline, order), config.seed), config
 
     return Granularity(
-        name=f"{n}:{m}", doc=f"layers made {n}:{m} sparse", methods=WEIGHT_METHODS, default_method="magnitude",
-        start=1.0, options=frozenset(), physical=False, continuous=False, prepare=prepare, build=build,
-        check=_mask_weights_only)
+        name=f"{n}:{m}", doc=f"layers made {n}:{m} sparse", methods=MASK_METHODS, default_method="magnitude",
+        start=1.0, options=frozenset(), physical=False, continuous=False, prepare=prepare, build=build)
 
 
 GRANULARITIES.add_pattern(
