@@ -113,6 +113,23 @@ def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, 
             "layers": {row["name"]: row.get("kept") for row in r.get("layers", [])}}
 
 
+def partial_row(name: str, data, folder: Path, out: Path, part: str, epochs: int) -> dict:
+    """A ``bound`` / ``l0`` run stopped before its end (a deadline): its best round so far, measured from
+    the round checkpoint (no polish); the history's rounds and times."""
+    run = out / name / part
+    history = rundir.read_history(run)
+    baseline = load_baseline(folder).model
+    best, _, _ = rundir.load_round(run, copy.deepcopy(baseline))
+    return {"method": f"secateur prune --method {'sparse-vd' if part == 'bound' else 'l0'} --max-drop 0.1 "
+                      f"(stopped after {len(history)} rounds, best round so far, no polish)",
+            "network": name, "epochs": epochs, "compression": compression(best) if part == "bound" else
+            count_params(baseline) / max(1, count_params(best, nonzero=True)),
+            **_errors(baseline, best, data), "rounds": len(history),
+            "seconds": sum(row["seconds"] for row in history), "budget": SHORT, "partial": True,
+            "history": [{k: row[k] for k in ("round", "strength", "compression", "drop", "feasible")}
+                        for row in history]}
+
+
 def merge(path: Path, key: str, row: dict) -> dict:
     """Add ``row`` under ``key`` to the JSON at ``path`` (other processes' rows kept)."""
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -152,6 +169,8 @@ def main() -> None:
     parser.add_argument("--baselines", type=Path, default=None,
                         help="reuse trained baselines in DIR/NAME/baseline (e.g. the Han table's), read only")
     parser.add_argument("--short", action="store_true", help=f"the search's budget shortened to {SHORT}")
+    parser.add_argument("--partial", action="store_true",
+                        help="report the best round so far of a bound / l0 run in --out that was stopped early")
     parser.add_argument("--json", type=Path, default=RESULTS / "learned.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "learned.md")
     args = parser.parse_args()
@@ -160,8 +179,12 @@ def main() -> None:
     for name in args.models.split(","):
         folder = baseline_of(name, data, args.out, args.baselines)
         for part in args.parts.split(","):
-            row = (paper_row(name, data, folder, args.learn_epochs) if part == "paper" else
-                   bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short))
+            if args.partial:
+                row = partial_row(name, data, folder, args.out, part, args.learn_epochs)
+            elif part == "paper":
+                row = paper_row(name, data, folder, args.learn_epochs)
+            else:
+                row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short)
             merged = merge(args.json, f"{name}/{part}", row)
             args.md.write_text(table(merged))
             print(table(merged), flush=True)
