@@ -96,7 +96,7 @@ def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, 
                {"method": "l0", "granularity": STRUCTURED[name]})
     config = PruneConfig(max_drop=0.1, learn_epochs=epochs, **options, **(SHORT if short else {}))
     start = time.perf_counter()
-    result = prune_run(out=out / name / part, from_dir=folder, dataset=data.name, config=config, force=True,
+    result = prune_run(out=out / name / (part + ("-short" if short else "")), from_dir=folder, dataset=data.name, config=config, force=True,
                        progress=False)
     r = result.results
 
@@ -116,7 +116,7 @@ def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, 
 def partial_row(name: str, data, folder: Path, out: Path, part: str, epochs: int) -> dict:
     """A ``bound`` / ``l0`` run stopped before its end (a deadline): its best round so far, measured from
     the round checkpoint (no polish); the history's rounds and times."""
-    run = out / name / part
+    run = out / name / part  # its folder: the part's name, "-short" included
     history = rundir.read_history(run)
     baseline = load_baseline(folder).model
     best, _, _ = rundir.load_round(run, copy.deepcopy(baseline))
@@ -185,7 +185,7 @@ def main() -> None:
                 row = paper_row(name, data, folder, args.learn_epochs)
             else:
                 row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short)
-            merged = merge(args.json, f"{name}/{part}", row)
+            merged = merge(args.json, f"{name}/{part}" + ("-short" if args.short else ""), row)
             args.md.write_text(table(merged))
             print(table(merged), flush=True)
 
