@@ -659,10 +659,18 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         "seconds": seconds + run.prior_seconds,
         "rounds": len(run.history), "chosen_round": run.state.best_round, "saturated": saturated(run.history),
         "processes": world_size(),
+        "learned": learned_info(run.pruner),
     }
     if run.out is not None:
         _write_outputs(run, run.out, chosen, results, meta)
     return PruneResult(chosen, run.history, results, run.out)
+
+
+def learned_info(pruner: Pruner) -> dict | None:
+    """What a learned method's training phase reported (None for other methods): its epochs, and
+    e.g. the weights Sparse VD keeps at its own threshold, or the gates L0 left open."""
+    learned = getattr(pruner, "learned", None)
+    return json_safe(learned.info) if learned is not None else None
 
 
 def _class_name(model: nn.Module) -> str:
