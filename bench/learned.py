@@ -6,7 +6,8 @@ For each network: the baseline with secateur's default recipe (trained once, or 
 - ``paper``: the method alone, as its paper prunes (Sparse VD: the variational training phase
   from the baseline, then the weights with log alpha > 3 zeroed; no retraining);
 - ``bound``: ``secateur prune --method sparse-vd --max-drop 0.1`` (the same phase, then the
-  search, retraining and polish);
+  search, retraining and polish, the rounds starting from the learned means);
+- ``order``: ``--method sparse-vd-order`` (the phase's log alpha order on the baseline's weights);
 - ``l0`` : ``secateur prune --granularity neuron|channel --method l0 --max-drop 0.1``.
 
 The papers' rows are printed beside as reference. Epochs of the learned phase are fewer than
@@ -92,11 +93,12 @@ def _errors(before: nn.Module, after: nn.Module, data) -> dict:
 
 def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, short: bool) -> dict:
     """``secateur prune --method sparse-vd`` (or l0 on neurons / channels) within 0.1 points."""
-    options = ({"method": "sparse-vd"} if part == "bound" else
+    options = ({"method": "sparse-vd"} if part == "bound" else {"method": "sparse-vd-order"} if part == "order" else
                {"method": "l0", "granularity": STRUCTURED[name]})
     config = PruneConfig(max_drop=0.1, learn_epochs=epochs, **options, **(SHORT if short else {}))
     start = time.perf_counter()
-    result = prune_run(out=out / name / (part + ("-short" if short else "")), from_dir=folder, dataset=data.name, config=config, force=True,
+    folder_name = part + ("-short" if short else "")
+    result = prune_run(out=out / name / folder_name, from_dir=folder, dataset=data.name, config=config, force=True,
                        progress=False)
     r = result.results
 
@@ -120,9 +122,10 @@ def partial_row(name: str, data, folder: Path, out: Path, part: str, epochs: int
     history = rundir.read_history(run)
     baseline = load_baseline(folder).model
     best, _, _ = rundir.load_round(run, copy.deepcopy(baseline))
-    return {"method": f"secateur prune --method {'sparse-vd' if part == 'bound' else 'l0'} --max-drop 0.1 "
+    method = {"bound": "sparse-vd", "order": "sparse-vd-order"}.get(part.removesuffix("-short"), "l0")
+    return {"method": f"secateur prune --method {method} --max-drop 0.1 "
                       f"(stopped after {len(history)} rounds, best round so far, no polish)",
-            "network": name, "epochs": epochs, "compression": compression(best) if part == "bound" else
+            "network": name, "epochs": epochs, "compression": compression(best) if method != "l0" else
             count_params(baseline) / max(1, count_params(best, nonzero=True)),
             **_errors(baseline, best, data), "rounds": len(history),
             "seconds": sum(row["seconds"] for row in history), "budget": SHORT, "partial": True,

@@ -140,3 +140,21 @@ def sparse_vd_masks(weights: Mapping[str, torch.Tensor], level: Level, *, learne
                           "secateur.prune / secateur prune with data (a fixed amount has no training phase)")
     keep = keep_largest_globally({name: learned.scores[name].to(w.device) for name, w in weights.items()}, level)
     return {name: keep[name] & (w != 0) for name, w in weights.items()}
+
+
+def learn_order(baseline: nn.Module, targets: tuple[str, ...], trainer: Trainer) -> Learned:
+    """Sparse VD's phase for its order alone: the rounds start from the baseline's own weights.
+
+    The learned means lose accuracy to the noise they were trained under (on LeNet-300, 0.3 to 0.5
+    validation points that three-epoch rounds did not win back), so under a tight bound the
+    baseline's weights, cut in the learned log alpha order, can be the better start.
+    """
+    learned = learn_sparse_vd(baseline, targets, trainer)
+    return Learned({}, learned.scores, {**learned.info, "start": "baseline weights"})
+
+
+@weight_method("sparse-vd-order", scope="global", needs=("learned",), learn=learn_order)
+def sparse_vd_order_masks(weights: Mapping[str, torch.Tensor], level: Level, *, learned: Learned | None = None,
+                          **_: object) -> Masks:
+    """Sparse VD's learned log alpha order applied to the baseline's weights (rounds start from them)."""
+    return sparse_vd_masks(weights, level, learned=learned)
