@@ -128,7 +128,8 @@ def partial_row(name: str, data, folder: Path, out: Path, part: str, epochs: int
             "network": name, "epochs": epochs, "compression": compression(best) if method != "l0" else
             count_params(baseline) / max(1, count_params(best, nonzero=True)),
             **_errors(baseline, best, data), "rounds": len(history),
-            "seconds": sum(row["seconds"] for row in history), "budget": SHORT, "partial": True,
+            "seconds": sum(row["seconds"] for row in history), "partial": True,
+            "budget": SHORT if part.endswith("-short") else "default",
             "history": [{k: row[k] for k in ("round", "strength", "compression", "drop", "feasible")}
                         for row in history]}
 

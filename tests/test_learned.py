@@ -190,3 +190,14 @@ def test_l0_under_the_search_removes_neurons(trained_lenet5, small, tmp_path):
     assert result.results["learned"]["channels"] == {"conv1": 20, "conv2": 50, "fc1": 500}
     _, _, header = rundir.load_round(tmp_path / "run", copy.deepcopy(trained_lenet5))
     assert header["learned"] is True
+
+
+def test_sparse_vd_order_keeps_the_baselines_weights(trained_lenet300, small):
+    from secateur.unstructured.variational import learn_order
+
+    trainer = learning_trainer(small, TrainConfig(epochs=1), PruneConfig(method="sparse-vd-order", learn_epochs=1))
+    learned = learn_order(trained_lenet300, TARGETS, trainer)
+    assert learned.weights == {} and set(learned.scores) == set(TARGETS)
+    model = copy.deepcopy(trained_lenet300)
+    assert start_from(model, learned, {}) == {"learned": True}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), trained_lenet300.parameters()))
