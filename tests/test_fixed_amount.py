@@ -63,6 +63,10 @@ def test_magnitude_is_torch_l1_unstructured_layer_by_layer():
 @pytest.mark.parametrize("method", WEIGHT_METHODS.names())
 def test_every_weight_method_removes_the_amount_of_what_survives_in_place(method):
     model = _zoo("lenet300")
+    if WEIGHT_METHODS.get(method).learn is not None:  # sparse-vd: no training phase in a fixed cut
+        with pytest.raises(ConfigError, match="training phase"):
+            secateur.prune_weights(model, amount=0.5, method=method)
+        return
     exact = WEIGHT_METHODS.get(method).amount_to_level is float  # han: the q of a Gaussian layer
     first = secateur.prune_weights(model, amount=0.5, method=method, seed=3)
     assert set(first) == set(prunable_names(model)) and all(m.dtype == torch.bool for m in first.values())
@@ -159,6 +163,10 @@ def test_global_scope_removes_the_amount_of_all_channels():
 def test_every_channel_method_cuts_a_working_smaller_model(method, small):
     model = _zoo("vgg-mnist")
     params = secateur.count_params(model)
+    if GROUP_METHODS.get(method).learn is not None:  # l0: no training phase in a fixed cut
+        with pytest.raises(ConfigError, match="training phase"):
+            secateur.prune_channels(model, amount=0.25, method=method, data=small)
+        return
     secateur.prune_channels(model, amount=0.25, method=method, data=small)
     assert secateur.count_params(model) < 0.8 * params
     assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)

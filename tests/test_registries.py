@@ -21,7 +21,7 @@ from secateur.io import rundir
 from secateur.io.storage import load_model
 from secateur.search.config import PruneConfig
 from secateur.search.orchestrator import prune, saved_config
-from secateur.search.pruner import GRANULARITIES, method_names
+from secateur.search.pruner import GRANULARITIES, Learned, method_names
 from secateur.search.schedules import SCHEDULES
 from secateur.structured import analyse, prune_channels
 from secateur.structured.importance import GROUP_METHODS
@@ -40,7 +40,8 @@ def select_at(method: str, weights: dict[str, torch.Tensor], strength: float) ->
     level = entry.strength_to_level(strength)
     levels = level if entry.scope == "global" else dict.fromkeys(weights, level)
     context = {"reference_std": {n: float(w.std()) for n, w in weights.items()},
-               "generator": torch.Generator().manual_seed(1)}
+               "generator": torch.Generator().manual_seed(1),
+               "learned": Learned({}, {n: w.abs() for n, w in weights.items()}, {})}  # a learned method's scores
     return entry.select(weights, levels, **{need: context[need] for need in entry.needs})
 
 
@@ -72,9 +73,14 @@ def test_group_methods_score_every_channel_and_prune_to_a_working_model(method, 
     model, x = lenet5_example
     graph = analyse(model, x)
     batches = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
-    scores = GROUP_METHODS.get(method)(model, graph, batches=batches, generator=torch.Generator().manual_seed(0))
+    scores = GROUP_METHODS.get(method)(model, graph, batches=batches, generator=torch.Generator().manual_seed(0),
+                                       learned=Learned({}, {}, {}))
     for group in graph.groups:
         assert scores[group.name].shape == (group.size,) and torch.isfinite(scores[group.name]).all()
+    if GROUP_METHODS.get(method).learn is not None:  # a fixed amount has no training phase: refused in one line
+        with pytest.raises(ConfigError, match="training phase"):
+            prune_channels(model, x, 0.5, method=method, batches=batches, inplace=False)
+        return
     pruned, _ = prune_channels(model, x, 0.5, method=method, batches=batches,
                                generator=torch.Generator().manual_seed(0), inplace=False)
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
@@ -109,7 +115,7 @@ def test_options_of_other_granularities_are_refused(granularity):
     spec = GRANULARITIES.get(granularity)
     others = {name for g in granularity_names() for name in GRANULARITIES.get(g).options} - spec.options
     changed = {"scope": "global", "min_channels": 2, "round_to": 2, "ignore": ("fc1",), "allocation": "uniform",
-               "factors": {"fc1.weight": 1.0}, "tolerance": 2.0}
+               "factors": {"fc1.weight": 1.0}, "tolerance": 2.0, "learn_epochs": 2}
     for option in sorted(others):
         with pytest.raises(ConfigError, match=f"option {option} applies to granularity"):
             PruneConfig(granularity=granularity, **{option: changed[option]}).validate()

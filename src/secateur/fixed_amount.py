@@ -73,7 +73,7 @@ def prune_weights(model: nn.Module, amount: float | None = None, method: str = "
     context = {"reference_std": None, "generator": torch.Generator().manual_seed(int(seed))}
     with torch.no_grad():
         masks = entry.select(weights, _levels(entry, weights, amount, level),
-                             **{need: context[need] for need in entry.needs})
+                             **{need: context.get(need) for need in entry.needs})  # learned: none here
         apply_masks(model, masks, optimizer=optimizer)
     now = masks_of(model)
     return {name: now[name] for name in names}

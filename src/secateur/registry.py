@@ -113,3 +113,26 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         self._load()
         return len(self._items) + len(self._patterns)
+
+
+class Subset(Registry[T]):
+    """A read-only view of another registry's entries for which ``keep(entry)`` holds.
+
+    A granularity that takes only some of a registry's methods names this view as its methods
+    (e.g. the kernel and N:M granularities take the weight methods without a training phase),
+    so its choices, errors and ``secateur list`` say what it takes. Entries registered in the
+    source later are seen too.
+    """
+
+    def __init__(self, source: Registry[T], keep: Callable[[T], bool], kind: str | None = None) -> None:
+        super().__init__(kind or source.kind)
+        self._source, self._keep = source, keep
+
+    def add(self, name: str, obj: T, help: str = "") -> None:
+        """Entries are registered in the source registry."""
+        raise ValueError(f"register {name!r} in the source {self._source.kind} registry, not in a view of it")
+
+    def _load(self) -> None:
+        self._source._load()
+        self._items = {key: obj for key, obj in self._source._items.items() if self._keep(obj)}
+        self._help = {key: self._source._help.get(key, "") for key in self._items}

@@ -544,6 +544,7 @@ class ResultsFile(BaseModel):
     rounds: int | None = None
     chosen_round: int | None = None
     saturated: bool | None = None
+    learned: dict[str, Any] | None = None
 
 
 class SensitivityPoint(BaseModel):

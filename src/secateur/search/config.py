@@ -98,6 +98,8 @@ class PruneConfig:
     certify_level: float = option(0.95, "confidence of the certified upper bound", "level")
     dense_control: bool = option(False, "also give the dense baseline the polish's training and measure every drop "
                                         "against the stronger of the two", "flag")
+    learn_epochs: int | None = option(None, "epochs of a learned method's own training phase before the search "
+                                            "(sparse-vd, l0; default: the baseline's epochs)", "epochs")
     exports: tuple[str, ...] | None = option(None, "export formats also written into the run folder as model.<suffix> "
                                              "(e.g. onnx: checked by onnxruntime, its latency in the report)", "names")
 
@@ -169,6 +171,8 @@ class PruneConfig:
             (1 <= self.certify_tries <= MAX_CERTIFY_TRIES,
              f"certify tries must be in [1, {MAX_CERTIFY_TRIES}], got {self.certify_tries}"),
             (0.5 <= self.certify_level < 1, f"certify level must be in [0.5, 1), got {self.certify_level}"),
+            (self.learn_epochs is None or 1 <= self.learn_epochs <= MAX_EPOCHS,
+             f"learn epochs must be in [1, {MAX_EPOCHS}], got {self.learn_epochs}"),
             (0 <= self.seed <= INT64_MAX, f"seed must be in [0, 2**63), got {self.seed}"),
             (0 <= self.distill <= 1 and self.temperature > 0,
              f"distill must be in [0, 1] and temperature > 0, got {self.distill} and {self.temperature}"),
@@ -207,6 +211,19 @@ class PruneConfig:
             return config.validate()
         except ConfigError as error:
             raise type(error)(f"{where}: {error}" if where else str(error)) from None
+
+
+def check_learned(method: str, learn: object, config: PruneConfig) -> None:
+    """A learned method (one with a training phase) runs rounds that start from its learned weights:
+    not inside a training loop (``gradual``); ``learn_epochs`` applies to learned methods only."""
+    if learn is None:
+        if config.learn_epochs is not None:
+            raise ConfigError(f"learn epochs apply to methods with a training phase of their own (e.g. sparse-vd, "
+                              f"l0), not {method!r}; drop it or change the method")
+        return
+    if SCHEDULES.get(config.schedule).continuous:
+        raise ConfigError(f"method {method!r} learns its sparsity in a training phase of its own; the "
+                          f"{config.schedule} schedule prunes inside training: use iterative or oneshot")
 
 
 PRUNE_OPTIONS: OptionsSchema[PruneConfig] = OptionsSchema(PruneConfig)

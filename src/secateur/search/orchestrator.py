@@ -66,7 +66,7 @@ from secateur.search.acceptance import Outcome, margin, within
 from secateur.search.bracket import SearchState, initial_state, next_strength, record
 from secateur.search.certify import Candidate, certification_setup, certified_outcome, certify
 from secateur.search.config import LEGACY, PruneConfig, with_options
-from secateur.search.pruner import Context, Evaluate, Pruner, PrunerState, Retrain
+from secateur.search.pruner import Context, Evaluate, Pruner, PrunerState, Retrain, Step, Trainer
 from secateur.search.reference import BASELINE, CONTROL, check_control, note, stronger, train_control
 from secateur.search.schedules import SCHEDULES, Schedule
 from secateur.train import StepFn, TrainConfig, correctness, distill_step, fit, frozen_teacher, resolve_device
@@ -80,6 +80,7 @@ ROUND_CONFIG = "config"  # the key of the configuration in every round's checkpo
 RUN_COMPACT_CODEC = "zlib"  # model.compact's coder: standard library, fast; `secateur export` offers smaller
 POLISH_SEED = 10_000  # offset of the polish's seed, away from the rounds' (seed + round index)
 RAMP_SEED = 20_000  # offset of the final ramp's seed
+LEARN_SEED = 30_000  # offset of a learned method's training phase's seed
 MakeTrain = Callable[[int], Retrain]  # round index -> that round's retraining
 
 
@@ -246,14 +247,15 @@ def _search(run: _Run, progress: bool, on_round: Callable[[dict], None] | None =
 
 def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: MakeTrain,
            input_shape: tuple[int, ...] | None, out: Path | None, meta: Mapping,
-           batches: Callable[[], Iterable] | None = None) -> _Run:
-    """A fresh run: baseline measured, pruner ready, config and baseline written to ``out``."""
+           batches: Callable[[], Iterable] | None = None, trainer: Trainer | None = None) -> _Run:
+    """A fresh run: baseline measured, pruner ready (a learned method's training phase run), config and
+    baseline written to ``out``."""
     targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
     if not targets:
         raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
     spec = config.spec
     baseline = spec.prepare(model, targets)
-    context = Context(targets, input_shape, evaluate, batches, out)
+    context = Context(targets, input_shape, evaluate, batches, out, trainer)
     pruner, config = spec.build(baseline, config, context)
     pruner = synced_pruner(pruner)  # under torchrun: every cut rank 0's
     baseline_val = measure(evaluate, baseline)  # per-example results kept for paired comparisons
@@ -277,10 +279,12 @@ def saved_config(out: Path) -> PruneConfig:
 
 
 def _resume(model: nn.Module, evaluate: Evaluate, make_train: MakeTrain,
-            input_shape: tuple[int, ...] | None, out: Path, batches: Callable[[], Iterable] | None = None) -> _Run:
-    """Continue an interrupted run from its last completed round."""
+            input_shape: tuple[int, ...] | None, out: Path, batches: Callable[[], Iterable] | None = None,
+            trainer: Trainer | None = None) -> _Run:
+    """Continue an interrupted run from its last completed round (a learned method's phase runs again,
+    seeded, so its pruner is the one the rounds used)."""
     config = saved_config(out)
-    run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches)
+    run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches, trainer)
     run.out = out
     run.best, state, header = rundir.load_round(out, copy.deepcopy(run.baseline))
     check_unedited(run.config, header.get(ROUND_CONFIG), out)
@@ -413,10 +417,12 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
     out_dir = Path(out) if out is not None else None
     started = time.perf_counter()
     batches = _taylor_batches(data) if data is not None else None
-    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches)
+    trainer = (learning_trainer(data, train_config, config)
+               if data is not None and train is None and learns(config) else None)
+    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches, trainer)
            if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
            _start(model, config, evaluate, make_train, input_shape, out_dir if is_writer() else None,
-                  meta, batches))
+                  meta, batches, trainer))
     run.out = run.out if is_writer() else None  # under torchrun only rank 0 writes the run folder
     sync_module(run.best, "starting model")  # e.g. every rank loaded the same round: now bitwise rank 0's
     _keep_fallbacks(run, certify_evaluate is not None)
@@ -538,6 +544,34 @@ def _distiller(model: nn.Module, config: PruneConfig, train: Retrain | None,
         raise ConfigError("distill applies to secateur's own retraining (data=); a train= callable must distil itself")
     teacher = frozen_teacher(model).to(resolve_device((train_config or TrainConfig()).device))
     return functools.partial(distill_step, teacher=teacher, weight=config.distill, temperature=config.temperature)
+
+
+def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: PruneConfig) -> Trainer:
+    """The training loop a learned method's phase runs with: :func:`fit` on ``data`` with the baseline
+    recipe (the method changes what it needs, e.g. the optimizer) for ``learn_epochs`` (default: the
+    baseline's epochs)."""
+    recipe = (base or TrainConfig()).replace(seed=config.seed + LEARN_SEED)
+    epochs = config.learn_epochs if config.learn_epochs is not None else recipe.epochs
+
+    def run(model: nn.Module, step: Step, changes: dict) -> None:
+        fit(model, data, recipe.replace(epochs=epochs, **changes), step=step, progress=False)
+
+    return Trainer(run, train_examples(data), epochs, steps_per_epoch(data, recipe.batch_size))
+
+
+def learns(config: PruneConfig) -> bool:
+    """Whether the configured method declares a training phase of its own (``learn``)."""
+    return getattr(config.spec.methods.get(str(config.method)), "learn", None) is not None
+
+
+def train_examples(data: Dataset | Loaders) -> int:
+    """Examples in the training split (your Loaders: in the train DataLoader's dataset)."""
+    source = getattr(data.train, "dataset", data.train)
+    try:
+        return len(source)  # type: ignore[arg-type]  # Sized, or the TypeError below
+    except TypeError:  # an iterable dataset
+        raise ConfigError("a learned method scales its penalty by the number of training examples: give the "
+                          "train data a __len__ (a map-style Dataset)") from None
 
 
 def _taylor_batches(data: Dataset | Loaders) -> Callable[[], Iterable]:
@@ -788,10 +822,18 @@ def _finish(run: _Run, test_evaluate: Evaluate | None, meta: dict, seconds: floa
         "seconds": seconds + run.prior_seconds,
         "rounds": len(run.history), "chosen_round": chosen_round, "saturated": saturated(run.history),
         "processes": world_size(),
+        "learned": learned_info(run.pruner),
     }
     if run.out is not None:
         _write_outputs(run, run.out, chosen, results, meta)
     return PruneResult(chosen, run.history, results, run.out)
+
+
+def learned_info(pruner: Pruner) -> dict | None:
+    """What a learned method's training phase reported (None for other methods): its epochs, and
+    e.g. the weights Sparse VD keeps at its own threshold, or the gates L0 left open."""
+    learned = getattr(pruner, "learned", None)
+    return json_safe(learned.info) if learned is not None else None
 
 
 def _class_name(model: nn.Module) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from secateur.errors import ConfigError
 from secateur.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: search.config imports this module (a cycle at run time)
@@ -72,6 +73,76 @@ class Pruner(Protocol):
         ...
 
 
+LEARNED = "learned"  # pruner-state key: the method's learned weights are already in the model
+Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> loss
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """secateur's training loop on the run's data, for methods with a training phase of their own.
+
+    ``fit(model, step, changes)`` trains ``model`` in place for ``epochs`` with the loss
+    ``step(model, x, y)`` and the baseline recipe with ``changes`` (TrainConfig fields, e.g. the
+    optimizer); ``examples`` is the size of the training split (a per-example penalty's scale),
+    ``steps_per_epoch`` the optimiser steps of one epoch (for ramps over the phase).
+    """
+
+    fit: Callable[[nn.Module, Step, dict[str, Any]], None]
+    examples: int
+    epochs: int
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What a method's training phase produced, from the baseline's architecture.
+
+    ``weights``: tensors by qualified name (``fc1.weight``) that rounds start from;
+    ``scores``: per target (or per group) importance, higher = keep; ``info``: what to report.
+    """
+
+    weights: dict[str, torch.Tensor]
+    scores: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+
+def set_tensor(model: nn.Module, qualified: str, value: torch.Tensor) -> None:
+    """Write ``value`` into a parameter or buffer of ``model`` (under a mask: its unmasked original)."""
+    path, _, leaf = qualified.rpartition(".")
+    module = model.get_submodule(path)
+    parametrizations = getattr(module, "parametrizations", None)
+    if parametrizations is not None and leaf in parametrizations:
+        target = parametrizations[leaf].original
+    else:
+        target = getattr(module, leaf)
+    with torch.no_grad():
+        target.copy_(value.to(target.device, target.dtype))
+
+
+def start_from(model: nn.Module, learned: Learned | None, state: PrunerState) -> PrunerState:
+    """Load the learned weights into ``model`` once (the first cut from the baseline); the state records it.
+
+    Rounds that restart from the baseline start again with empty state, so they load them again;
+    rounds that continue from an accepted model keep that model's (retrained) weights.
+    """
+    if learned is None or state.get(LEARNED):
+        return dict(state)
+    for name, value in learned.weights.items():
+        set_tensor(model, name, value)
+    return {**state, LEARNED: True}
+
+
+def learn_phase(method: str, learn: Callable[..., Learned] | None, baseline: nn.Module, targets: tuple[str, ...],
+                context: Context, **extra: Any) -> Learned | None:
+    """Run a learned method's training phase on a copy of ``baseline`` (None for other methods)."""
+    if learn is None:
+        return None
+    if context.trainer is None:
+        raise ConfigError(f"method {method!r} trains the model itself before the search: pass data= (a dataset "
+                          "or its name); with your own train= / evaluate= callables or a PruningSession it cannot run")
+    return learn(baseline, targets, context.trainer, **extra)
+
+
 @dataclass(frozen=True)
 class Context:
     """What a granularity may use to build its pruner (each piece but ``targets`` may be absent)."""
@@ -81,6 +152,7 @@ class Context:
     evaluate: Evaluate
     batches: Callable[[], Iterable] | None  # a few (inputs, targets) training batches
     out: Path | None  # the run folder, for analyses worth keeping (e.g. sensitivity.json)
+    trainer: Trainer | None = None  # training on the run's data (methods with a training phase)
 
 
 @dataclass(frozen=True)

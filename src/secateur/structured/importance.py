@@ -23,6 +23,7 @@ from torch import nn
 
 from secateur.errors import ConfigError
 from secateur.registry import Registry
+from secateur.search.pruner import Learned
 from secateur.structured.attention import weight_view
 from secateur.structured.graph import DependencyGraph, Group, Member
 from secateur.structured.tracker import split_param_key
@@ -33,32 +34,40 @@ ScoreFn = Callable[..., Scores]
 
 @dataclass(frozen=True)
 class GroupMethod:
-    """A channel importance score and what it needs (``"batches"``, ``"generator"``), declared.
+    """A channel importance score and what it needs (``"batches"``, ``"generator"``, ``"learned"``), declared.
 
     Calling it passes only the declared context, and a missing need is a one-line error.
+    ``learn(model, targets, trainer, input_shape=, ignore=) -> Learned``: a training phase of the
+    method's own (e.g. L0 gates), run once on a copy of the baseline before the search; its
+    weights are where the first cut starts.
     """
 
     name: str
     score: ScoreFn
     doc: str
     needs: frozenset[str] = frozenset()
+    learn: Callable[..., Learned] | None = None
 
     def __call__(self, model: nn.Module, graph: DependencyGraph, **context: Any) -> Scores:
         missing = sorted(need for need in self.needs if context.get(need) is None)
+        if "learned" in missing:
+            raise ConfigError(f"method {self.name!r} ranks channels after a training phase of its own: run it "
+                              "through secateur.prune / secateur prune with data (a fixed amount has no such phase)")
         if missing:
             raise ConfigError(f"method {self.name!r} needs {', '.join(missing)} (e.g. training batches: pass data=)")
         return self.score(model, graph, **{need: context[need] for need in self.needs})
 
 
-GROUP_METHODS: Registry[GroupMethod] = Registry("neuron / channel method")
+GROUP_METHODS: Registry[GroupMethod] = Registry("neuron / channel method", builtins=("secateur.structured.l0",))
 
 
-def group_method(name: str, *, needs: tuple[str, ...] = ()) -> Callable[[ScoreFn], ScoreFn]:
+def group_method(name: str, *, needs: tuple[str, ...] = (),
+                 learn: Callable[..., Learned] | None = None) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: register a score function as a neuron / channel method."""
 
     def decorate(score: ScoreFn) -> ScoreFn:
         doc = (score.__doc__ or "").strip().splitlines()[0] if score.__doc__ else ""
-        GROUP_METHODS.add(name, GroupMethod(name, score, doc, frozenset(needs)), doc)
+        GROUP_METHODS.add(name, GroupMethod(name, score, doc, frozenset(needs), learn), doc)
         return score
 
     return decorate

@@ -23,14 +23,18 @@ import torch
 from torch import nn
 
 from secateur.errors import ConfigError
-from secateur.search.config import PruneConfig
+from secateur.search.config import PruneConfig, check_learned
 from secateur.search.pruner import (
+    LEARNED,
     SCOPES,
     Context,
     Granularity,
+    Learned,
     PrunerState,
+    learn_phase,
     register,
     removed_fraction,
+    start_from,
     strength_generator,
 )
 from secateur.structured.graph import DependencyGraph, Group, analyse
@@ -103,7 +107,8 @@ class ChannelPruner:
     seed: int = 0
     batches: Callable[[], Iterable] | None = None  # (inputs, targets) batches for methods that need them
     targets: tuple[str, ...] = ()  # weight tensors reported per layer
-    state_keys: tuple[str, ...] = ()  # the plan lives on the model (secateur.provenance)
+    state_keys: tuple[str, ...] = ()  # the plan lives on the model (secateur.provenance); learned: its flag
+    learned: Learned | None = None  # a method's training phase (its weights start the first cut)
 
     def levels(self, strength: float) -> float:
         """The fraction of channels removed at ``strength``."""
@@ -114,8 +119,10 @@ class ChannelPruner:
         """Shrink ``model`` in place to ``strength``.
 
         The surgery records on the model its plan over the original architecture (composed
-        with any it carried), which its checkpoint stores; the JSON state stays as given.
+        with any it carried), which its checkpoint stores; the JSON state stays as given (but for
+        a learned method, whose first cut starts from its learned weights: the state records it).
         """
+        state = start_from(model, self.learned, state)
         x = example_input(model, self.input_shape)
         graph = analyse(model, x, ignore=self.ignore)
         scores = self._scores(model, graph, strength)
@@ -130,7 +137,7 @@ class ChannelPruner:
         device = model_device(model)
         batches = [(x.to(device), y.to(device)) for x, y in self.batches()] if self.batches is not None else None
         with torch.enable_grad():
-            return GROUP_METHODS.get(self.method)(model, graph, batches=batches,
+            return GROUP_METHODS.get(self.method)(model, graph, batches=batches, learned=self.learned,
                                                   generator=strength_generator(self.seed, strength))
 
 
@@ -141,6 +148,8 @@ def _conv_paths(model: nn.Module) -> tuple[str, ...]:
 
 def _check(config: PruneConfig) -> None:
     SCOPES.get(config.scope)
+    method = GROUP_METHODS.get(str(config.method))
+    check_learned(method.name, method.learn, config)
     check_counts(config.min_channels, config.round_to)
 
 
@@ -159,15 +168,17 @@ def _builder(keep_whole: Callable[[nn.Module], tuple[str, ...]]) -> Callable[...
         if not original:
             raise ConfigError(f"the model has no prunable {config.granularity}s (the output layer is never pruned; "
                               "check ignore=)")
+        learned = learn_phase(method.name, method.learn, baseline, context.targets, context,
+                              input_shape=tuple(context.input_shape), ignore=ignore)
         pruner = ChannelPruner(method.name, tuple(context.input_shape), original, config.scope, ignore,
                                config.min_channels, config.round_to, config.seed, context.batches,
-                               context.targets)
+                               context.targets, (LEARNED,) if learned is not None else (), learned)
         return pruner, config
 
     return build
 
 
-STRUCTURED_OPTIONS = frozenset({"scope", "min_channels", "round_to", "ignore"})
+STRUCTURED_OPTIONS = frozenset({"scope", "min_channels", "round_to", "ignore", "learn_epochs"})
 
 
 def _copy(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:

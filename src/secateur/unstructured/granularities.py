@@ -18,9 +18,18 @@ from torch import nn
 from secateur.analysis.sensitivity import magnitude_factors, sensitivity
 from secateur.errors import ConfigError
 from secateur.io.rundir import write_sensitivity
+from secateur.registry import Subset
 from secateur.search.acceptance import Outcome
-from secateur.search.config import PruneConfig
-from secateur.search.pruner import ALLOCATIONS, GRANULARITIES, Context, Granularity, register
+from secateur.search.config import PruneConfig, check_learned
+from secateur.search.pruner import (
+    ALLOCATIONS,
+    GRANULARITIES,
+    LEARNED,
+    Context,
+    Granularity,
+    learn_phase,
+    register,
+)
 from secateur.unstructured.masks import apply_masks, effective
 from secateur.unstructured.methods import WEIGHT_METHODS
 from secateur.unstructured.pruner import (
@@ -75,8 +84,10 @@ def allocation_of(config: PruneConfig) -> str:
 def _check_weight(config: PruneConfig) -> None:
     ALLOCATIONS.get(allocation_of(config))
     per_layer = config.factors or allocation_of(config) != "uniform"
-    if WEIGHT_METHODS.get(str(config.method)).scope == "global" and per_layer:
+    method = WEIGHT_METHODS.get(str(config.method))
+    if method.scope == "global" and per_layer:
         raise ConfigError(f"per-layer factors do not apply to {config.method} (one threshold for all layers)")
+    check_learned(method.name, method.learn, config)
 
 
 def _build_weight(baseline: nn.Module, config: PruneConfig, context: Context) -> tuple[WeightPruner, PruneConfig]:
@@ -86,18 +97,24 @@ def _build_weight(baseline: nn.Module, config: PruneConfig, context: Context) ->
         if factors is not None:
             config = dataclasses.replace(config, factors=factors)
     method = WEIGHT_METHODS.get(str(config.method))
-    pruner = WeightPruner(method, targets, dict(config.factors or {}), reference_stds(baseline, targets), config.seed)
+    learned = learn_phase(method.name, method.learn, baseline, targets, context)
+    pruner = WeightPruner(method, targets, dict(config.factors or {}), reference_stds(baseline, targets), config.seed,
+                          (LEARNED,) if learned is not None else (), learned)
     return pruner, config
 
 
 register(Granularity(
     name="weight", doc="single weights, zeroed by masks (unstructured sparsity)", methods=WEIGHT_METHODS,
-    default_method="han", start=2.0, options=frozenset({"allocation", "factors", "tolerance"}), physical=False,
-    continuous=True, prepare=masked_copy, build=_build_weight, check=_check_weight))
+    default_method="han", start=2.0, options=frozenset({"allocation", "factors", "tolerance", "learn_epochs"}),
+    physical=False, continuous=True, prepare=masked_copy, build=_build_weight, check=_check_weight))
 
 
 def _prepare_kernels(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:
     return masked_copy(model, kernel_targets(model, targets))
+
+
+MASK_METHODS = Subset(WEIGHT_METHODS, lambda method: method.learn is None)
+"""The weight methods kernels and N:M patterns take: a learned method's scores are per single weight."""
 
 
 def _build_kernel(baseline: nn.Module, config: PruneConfig, context: Context) -> tuple[KernelPruner, PruneConfig]:
@@ -110,7 +127,7 @@ def _build_kernel(baseline: nn.Module, config: PruneConfig, context: Context) ->
 
 register(Granularity(
     name="kernel", doc="whole 2-D kernels of conv layers, zeroed by masks (weight methods on kernel norms)",
-    methods=WEIGHT_METHODS, default_method="magnitude", start=1.5, options=frozenset(), physical=False,
+    methods=MASK_METHODS, default_method="magnitude", start=1.5, options=frozenset(), physical=False,
     continuous=True, prepare=_prepare_kernels, build=_build_kernel))
 
 
@@ -130,7 +147,7 @@ def _nm_granularity(match: re.Match[str]) -> Granularity:
         return NMPruner(method, n, m, order, nm_sizes(baseline, order), config.seed), config
 
     return Granularity(
-        name=f"{n}:{m}", doc=f"layers made {n}:{m} sparse", methods=WEIGHT_METHODS, default_method="magnitude",
+        name=f"{n}:{m}", doc=f"layers made {n}:{m} sparse", methods=MASK_METHODS, default_method="magnitude",
         start=1.0, options=frozenset(), physical=False, continuous=False, prepare=prepare, build=build)
 
 

@@ -30,7 +30,7 @@ import torch
 
 from secateur.errors import ConfigError
 from secateur.registry import Registry
-from secateur.search.pruner import removed_fraction
+from secateur.search.pruner import Learned, removed_fraction
 
 Level = float | Mapping[str, float]
 Masks = dict[str, torch.Tensor]
@@ -53,7 +53,10 @@ class WeightMethod:
       inside small groups (the ``n:m`` granularity);
     - ``amount_to_level``: a fraction of the weights to remove -> this method's level, for
       :func:`secateur.prune_weights` (the fraction itself for the sparsity methods; han's q
-      that removes it from a Gaussian layer).
+      that removes it from a Gaussian layer);
+    - ``learn(model, targets, trainer) -> Learned``: a training phase of the method's own (e.g.
+      Sparse VD's variational training), run once on a copy of the baseline before the search;
+      its weights are where the first cut starts, and ``select`` gets it as ``learned``.
     """
 
     name: str
@@ -65,9 +68,10 @@ class WeightMethod:
     allocation: str = "uniform"
     score: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = lambda w, _g: w.abs()
     amount_to_level: Callable[[float], float] = float
+    learn: Callable[..., Learned] | None = None
 
 
-WEIGHT_METHODS: Registry[WeightMethod] = Registry("weight method")
+WEIGHT_METHODS: Registry[WeightMethod] = Registry("weight method", builtins=("secateur.unstructured.variational",))
 
 
 def _sparsity_from_strength(x: float) -> float:
@@ -78,7 +82,7 @@ def _sparsity_from_strength(x: float) -> float:
 def weight_method(name: str, *, level: Callable[[float], float] = _sparsity_from_strength, scope: str = "layer",
                   needs: tuple[str, ...] = (), allocation: str = "uniform",
                   score: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
-                  amount: Callable[[float], float] | None = None,
+                  amount: Callable[[float], float] | None = None, learn: Callable[..., Learned] | None = None,
                   ) -> Callable[[Callable[..., Masks]], Callable[..., Masks]]:
     """Decorator: register a mask function as a weight method; its docstring's first line is its help."""
 
@@ -87,6 +91,8 @@ def weight_method(name: str, *, level: Callable[[float], float] = _sparsity_from
         extra: dict[str, Callable] = {"score": score} if score is not None else {}
         if amount is not None:
             extra["amount_to_level"] = amount
+        if learn is not None:
+            extra["learn"] = learn
         WEIGHT_METHODS.add(name, WeightMethod(name, select, level, doc, scope, frozenset(needs), allocation, **extra),
                            doc)
         return select

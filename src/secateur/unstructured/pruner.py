@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from secateur.search.pruner import Level, PrunerState, removed_fraction, strength_generator
+from secateur.search.pruner import Learned, Level, PrunerState, removed_fraction, start_from, strength_generator
 from secateur.unstructured.masks import apply_masks, effective
 from secateur.unstructured.methods import WeightMethod
 
@@ -36,9 +36,11 @@ def reference_stds(model: nn.Module, targets: tuple[str, ...]) -> dict[str, floa
     return {name: float(effective(model, name).detach().float().std()) for name in targets}
 
 
-def _context(method: WeightMethod, reference_std: Mapping[str, float], seed: int, strength: float) -> dict:
+def _context(method: WeightMethod, reference_std: Mapping[str, float], seed: int, strength: float,
+             learned: Learned | None = None) -> dict:
     """The keyword arguments ``method`` declared it needs."""
-    available = {"reference_std": dict(reference_std) or None, "generator": strength_generator(seed, strength)}
+    available = {"reference_std": dict(reference_std) or None, "generator": strength_generator(seed, strength),
+                 "learned": learned}
     return {need: available[need] for need in method.needs}
 
 
@@ -51,7 +53,8 @@ class WeightPruner:
     factors: Mapping[str, float] = field(default_factory=dict)
     reference_std: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
-    state_keys: tuple[str, ...] = ()  # masks live in the model
+    state_keys: tuple[str, ...] = ()  # masks live in the model; a learned method: whether its weights are in
+    learned: Learned | None = None  # a method's training phase (its weights start the first cut)
 
     def levels(self, strength: float) -> Level:
         """The method's level per target (one level for global methods)."""
@@ -61,12 +64,16 @@ class WeightPruner:
 
     @torch.no_grad()
     def prune(self, model: nn.Module, strength: float, state: PrunerState | None = None) -> PrunerState:
-        """Zero the weights the method selects at ``strength`` (masks only grow)."""
+        """Zero the weights the method selects at ``strength`` (masks only grow).
+
+        A learned method's first cut starts from the weights its training phase learned.
+        """
+        state = start_from(model, self.learned, dict(state or {}))
         weights = {name: effective(model, name).detach() for name in self.targets}
         masks = self.method.select(weights, self.levels(strength),
-                                   **_context(self.method, self.reference_std, self.seed, strength))
+                                   **_context(self.method, self.reference_std, self.seed, strength, self.learned))
         apply_masks(model, masks)
-        return dict(state or {})
+        return state
 
 
 def kernel_norms(weight: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,203 @@
+"""Learned sparsity: Sparse VD (``sparse-vd``) for weights, L0 hard-concrete gates (``l0``) for neurons / channels."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from secateur.app.cli import main
+from secateur.errors import ConfigError
+from secateur.io import rundir
+from secateur.search.config import PruneConfig
+from secateur.search.orchestrator import learning_trainer, prune
+from secateur.search.pruner import start_from
+from secateur.structured.graph import analyse
+from secateur.structured.importance import GROUP_METHODS
+from secateur.structured.l0 import BETA, GAMMA, ZETA, Gates, deterministic_gates, expected_l0, learn_l0, sample_gates
+from secateur.structured.plan import build_plan
+from secateur.structured.surgery import apply_plan
+from secateur.train import TrainConfig, evaluate
+from secateur.unstructured.masks import apply_masks, effective
+from secateur.unstructured.methods import WEIGHT_METHODS
+from secateur.unstructured.variational import (
+    K1,
+    K2,
+    K3,
+    THRESHOLD,
+    kl_approximation,
+    learn_sparse_vd,
+    threshold_masks,
+)
+
+TARGETS = ("fc1.weight", "fc2.weight", "fc3.weight")
+
+
+def _true_neg_kl(log_alpha: float, samples: int = 400_000) -> float:
+    """-KL(N(θ, alphaθ²) ‖ log-uniform) up to a constant: ½ log alpha - E log|ε|, ε ~ N(1, alpha) (Monte Carlo)."""
+    g = torch.Generator().manual_seed(0)
+    eps = 1.0 + math.exp(log_alpha / 2) * torch.randn(samples, generator=g, dtype=torch.float64)
+    return 0.5 * log_alpha - float(torch.log(eps.abs()).mean())
+
+
+def test_kl_term_is_molchanovs_approximation_and_tracks_the_true_kl():
+    points = torch.tensor([-4.0, -1.0, 0.0, 1.0, 3.0, 6.0])
+    expected = [K1 - K1 / (1 + math.exp(-(K2 + K3 * a))) + 0.5 * math.log1p(math.exp(-a)) for a in points.tolist()]
+    assert torch.allclose(kl_approximation(points), torch.tensor(expected), atol=1e-6)
+    assert float(kl_approximation(torch.tensor(0.0))) == pytest.approx(0.4313, abs=1e-3)
+    assert float(kl_approximation(torch.tensor(40.0))) == pytest.approx(0.0, abs=1e-6)  # pure noise: free
+    # -KL ≈ k1·sigma(k2 + k3 log alpha) - ½ log(1 + 1/alpha) - k1: off the true -KL by one constant (C = -k1)
+    gaps = [_true_neg_kl(a) + float(kl_approximation(torch.tensor(a))) for a in (-2.0, -1.0, 0.0, 1.0, 2.0)]
+    assert max(gaps) - min(gaps) < 0.03
+
+
+def test_methods_are_registered_and_listed(capsys):
+    assert "sparse-vd" in WEIGHT_METHODS and WEIGHT_METHODS.get("sparse-vd").learn is not None
+    assert "l0" in GROUP_METHODS and GROUP_METHODS.get("l0").learn is not None
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "sparse-vd" in listed and "Molchanov" in listed and "l0" in listed and "Louizos" in listed
+
+
+def test_learned_methods_refuse_what_they_cannot_do(trained_lenet300, small):
+    with pytest.raises(ConfigError, match="gradual"):
+        PruneConfig(method="sparse-vd", schedule="gradual").validate()
+    with pytest.raises(ConfigError, match="learn epochs apply"):
+        PruneConfig(method="han", learn_epochs=3).validate()
+    with pytest.raises(ConfigError, match="does not apply to granularity 'kernel'"):
+        PruneConfig(method="sparse-vd", granularity="kernel").validate()
+    with pytest.raises(ConfigError, match="pass data="):
+        prune(copy.deepcopy(trained_lenet300), train=lambda m: None, evaluate=lambda m: 0.5, method="sparse-vd")
+    from secateur import prune_weights
+    with pytest.raises(ConfigError, match="training phase"):
+        prune_weights(copy.deepcopy(trained_lenet300), amount=0.5, method="sparse-vd")
+
+
+def test_sparse_vd_phase_then_threshold_gives_exact_zeros(trained_lenet300, small):
+    trainer = learning_trainer(small, TrainConfig(epochs=1), PruneConfig(method="sparse-vd", learn_epochs=1))
+    learned = learn_sparse_vd(trained_lenet300, TARGETS, trainer)
+    assert set(learned.scores) == set(TARGETS) and "vd_log_sigma2" not in str(learned.weights.keys())
+    model = copy.deepcopy(trained_lenet300)
+    assert start_from(model, learned, {}) == {"learned": True}
+    assert start_from(model, learned, {"learned": True}) == {"learned": True}  # loaded once only
+    assert torch.equal(model.fc1.weight, learned.weights["fc1.weight"])
+    masks = threshold_masks(learned)
+    apply_masks(model, masks)
+    for name in TARGETS:
+        w, noisy = effective(model, name), -learned.scores[name] > THRESHOLD
+        assert bool(noisy.any()) and torch.all(w[noisy] == 0)
+        assert torch.equal(w[~noisy], learned.weights[name][~noisy])
+    assert learned.info["kept_at_threshold"] == sum(int(m.sum()) for m in masks.values())
+
+
+def test_sparse_vd_under_the_search_keeps_the_bound_and_writes_the_run_folder(trained_lenet300, small, tmp_path):
+    result = prune(copy.deepcopy(trained_lenet300), data=small, method="sparse-vd", max_drop=1.0, rounds=2,
+                   retrain_epochs=1, learn_epochs=1, polish_epochs=0, train_config=TrainConfig(epochs=1),
+                   out=tmp_path / "run")
+    assert result.results["method"] == "sparse-vd"
+    assert result.results["learned"]["epochs"] == 1 and result.results["learned"]["kept_at_threshold"] > 0
+    assert result.results["drop"]["val"] <= 1.0
+    assert (tmp_path / "run" / rundir.WEIGHTS).exists() and (tmp_path / "run" / "report.md").exists()
+    saved = yaml.safe_load((tmp_path / "run" / rundir.CONFIG).read_text())["prune"]
+    assert saved["method"] == "sparse-vd" and saved["learn_epochs"] == 1
+    _, _, header = rundir.load_round(tmp_path / "run", copy.deepcopy(result.model))
+    assert header["learned"] is True  # the rounds started from the learned weights; a resume knows it
+
+
+def test_cli_and_recipe_run_sparse_vd_and_l0(tmp_path):
+    flags = ["--model", "lenet300", "--dataset", "digits", "--epochs", "1", "--rounds", "1", "--retrain-epochs", "1",
+             "--polish-epochs", "0", "--learn-epochs", "1", "--max-drop", "50", "--quiet"]
+    assert main(["prune", "--method", "sparse-vd", *flags, "--out", str(tmp_path / "vd")]) == 0
+    results = json.loads((tmp_path / "vd" / rundir.RESULTS).read_text())
+    assert results["method"] == "sparse-vd" and results["rounds"] == 1
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: lenet300\ndataset: digits\nepochs: 1\nrounds: 1\nretrain_epochs: 1\npolish_epochs: 0\n"
+                      "granularity: neuron\nmethod: l0\nlearn_epochs: 1\nmax_drop: 50\n")
+    assert main(["prune", "--config", str(recipe), "--out", str(tmp_path / "l0"), "--quiet"]) == 0
+    results = json.loads((tmp_path / "l0" / rundir.RESULTS).read_text())
+    assert results["method"] == "l0" and results["granularity"] == "neuron"
+
+
+def test_expected_l0_and_test_time_gates_follow_the_hard_concrete_formulas():
+    log_alpha = torch.tensor([-6.0, -1.0, 0.0, 1.0, 6.0])
+    p = torch.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA))
+    assert torch.allclose(expected_l0(log_alpha), p)
+    draws = torch.stack([sample_gates(log_alpha, torch.Generator().manual_seed(s)) for s in range(4000)])
+    assert torch.allclose((draws > 0).float().mean(0), p, atol=0.03)  # P(z != 0) is the expected L0
+    assert float(draws.min()) >= 0 and float(draws.max()) <= 1
+    z = deterministic_gates(log_alpha)
+    assert torch.equal(z, deterministic_gates(log_alpha))  # deterministic
+    assert float(z[0]) == 0.0 and float(z[-1]) == 1.0
+    assert float(z[2]) == pytest.approx(0.5 * (ZETA - GAMMA) + GAMMA)
+
+
+def _gated_cnn() -> tuple[nn.Module, Gates, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 3))
+    x = torch.randn(5, 1, 8, 8)
+    gates = Gates(model, analyse(model, x[:1]))
+    with torch.no_grad():
+        for la in gates.log_alpha:
+            la.copy_(torch.linspace(-5, 5, la.numel()))  # some gates closed, some half, some open
+    return model, gates, x
+
+
+def test_closed_gates_are_removed_physically_and_outputs_equal_the_gated_model():
+    model, gates, x = _gated_cnn()
+    gates.attach(model)
+    model.eval()
+    with torch.no_grad():
+        gated = model(x)
+    gates.detach(model)
+    assert not any("l0_log_alpha" in name for name, _ in model.named_parameters())
+    before = sum(p.numel() for p in model.parameters())
+    gates.fold(model)
+    graph = analyse(model, x[:1])
+    z = {g.name: v for g, v in zip(gates.groups, gates.values(training=False))}
+    assert all(bool((v == 0).any()) for v in z.values())
+    apply_plan(model, build_plan(graph, {g.name: z[g.name] > 0 for g in graph.groups}), x[:1])
+    assert sum(p.numel() for p in model.parameters()) < before
+    assert model[0].out_channels == int((z[graph.groups[0].name] > 0).sum())
+    with torch.no_grad():
+        assert torch.allclose(model(x), gated, atol=1e-5)
+
+
+def test_l0_phase_trains_the_gates_and_folds_them(trained_lenet300, small):
+    trainer = learning_trainer(small, TrainConfig(epochs=1), PruneConfig(method="l0", granularity="neuron",
+                                                                         learn_epochs=1))
+    learned = learn_l0(trained_lenet300, TARGETS, trainer, input_shape=(1, 28, 28))
+    assert set(learned.scores) == {"fc1", "fc2"}
+    model = copy.deepcopy(trained_lenet300)
+    start_from(model, learned, {})
+    assert not any("l0_log_alpha" in k for k in learned.weights)
+    closed = learned.scores["fc1"] == 0
+    assert torch.all(model.fc1.weight[closed] == 0) and torch.all(model.fc1.bias[closed] == 0)
+    assert evaluate(model, small) > 0.5
+
+
+def test_l0_under_the_search_removes_neurons(trained_lenet5, small, tmp_path):
+    result = prune(copy.deepcopy(trained_lenet5), data=small, granularity="channel", method="l0", max_drop=5.0,
+                   rounds=1, retrain_epochs=1, learn_epochs=1, polish_epochs=0, train_config=TrainConfig(epochs=1),
+                   out=tmp_path / "run")
+    assert result.results["compression"] > 1.0 and result.results["drop"]["val"] <= 5.0
+    assert result.model.conv1.out_channels < 20
+    assert result.results["learned"]["channels"] == {"conv1": 20, "conv2": 50, "fc1": 500}
+    _, _, header = rundir.load_round(tmp_path / "run", copy.deepcopy(trained_lenet5))
+    assert header["learned"] is True
+
+
+def test_sparse_vd_order_keeps_the_baselines_weights(trained_lenet300, small):
+    from secateur.unstructured.variational import learn_order
+
+    trainer = learning_trainer(small, TrainConfig(epochs=1), PruneConfig(method="sparse-vd-order", learn_epochs=1))
+    learned = learn_order(trained_lenet300, TARGETS, trainer)
+    assert learned.weights == {} and set(learned.scores) == set(TARGETS)
+    model = copy.deepcopy(trained_lenet300)
+    assert start_from(model, learned, {}) == {"learned": True}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), trained_lenet300.parameters()))
