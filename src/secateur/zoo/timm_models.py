@@ -11,6 +11,7 @@ built, and a missing timm is one line saying how to install it.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ INSTALL = "pip install 'timm>=1.0,<2'"
 
 
 def _timm() -> Any:
+    """The timm module (imported by name: type checking need not read all of timm)."""
     try:
-        import timm
+        timm = importlib.import_module("timm")
     except ImportError:
         raise ConfigError(f"timm: models need the timm package; install it ({INSTALL})") from None
     return timm
