@@ -76,6 +76,8 @@ def pruned_by_kind(channels: dict[str, dict]) -> dict[str, dict[str, int]]:
 def run_dataset(name: str, args: argparse.Namespace) -> dict:
     """Baseline, prune within the bound, and the row for one dataset."""
     data = dataset(name)
+    if args.subset:  # a smoke run: the first N training images, N/4 for validation and test
+        data = data.subset(train=args.subset, val=args.subset // 4, test=args.subset // 4)
     out = args.out / name
     start = time.perf_counter()
     model, meta, train_seconds = baseline(data, rundir.baseline_dir(out), args.reuse, args.train_epochs)
@@ -136,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--retrain-subset", type=int, help="retrain on the first N training images (faster)")
     parser.add_argument("--polish-epochs", type=int, default=1)
+    parser.add_argument("--subset", type=int, help="smoke run on N training images (N/4 val and test)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=RESULTS / "vit_mnist.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "vit_mnist.md")
