@@ -10,7 +10,7 @@ Torch-Pruning). Torch-Pruning (``pip install torch-pruning``, the ``bench`` extr
 timm models (``pip install timm``, also in ``bench``) are built through secateur's ``timm:<name>``.
 
     python bench/structured.py [--zoo torchvision,timm] [--models a,b | all] [--family vit,convnext]
-                               [--json FILE] [--md FILE] [--no-latency] [--timeout S] [--max-gb G]
+                               [--json FILE] [--md FILE] [--update] [--no-latency] [--timeout S] [--max-gb G]
 
 ``--models`` takes names of the chosen zoos (``resnet18``, ``timm:resnet18``); without it each
 zoo's default set runs (``all`` for torchvision: every classifier). Models run one at a time,
@@ -445,8 +445,9 @@ def _summary(results: dict[str, dict], args: argparse.Namespace, wall: float) ->
                for tool in TOOLS}
     less = sum(r["secateur"]["param_ratio"] < LESS * r["torch_pruning"]["param_ratio"] for r in both)
     latency = "skipped" if args.no_latency else f"median of {args.repeats}"
-    return (f"# Structured pruning benchmark ({RATIO:.0%} channels, L1, local)\n\n"
-            f"- command: `python bench/structured.py {' '.join(sys.argv[1:])}`\n"
+    commands = "".join(f"- {'command' if i == 0 else 'then'}: `python bench/structured.py {' '.join(c)}`\n"
+                       for i, c in enumerate(getattr(args, "commands", [sys.argv[1:]])))
+    return (f"# Structured pruning benchmark ({RATIO:.0%} channels, L1, local)\n\n{commands}"
             f"- torch {torch.__version__}, {_versions()}, {platform.machine()}, {os.cpu_count()} CPUs, "
             f"{torch.get_num_threads()} threads, latency {latency}; wall time {wall / 60:.1f} min\n"
             f"- models handled: secateur {ok['secateur']}/{len(results)}, "
@@ -488,7 +489,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per model and tool before giving up")
     parser.add_argument("--max-gb", type=float, default=8, help="memory per model and tool before giving up")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows already in --json and (re)run only the selected models into it")
     return parser.parse_args(argv)
+
+
+def previous(args: argparse.Namespace) -> tuple[dict[str, dict], float]:
+    """With ``--update``: the rows and wall seconds already in ``--json`` (rows run again are replaced),
+    and the earlier runs' commands noted in ``args.commands``."""
+    args.commands = [sys.argv[1:]]
+    if not args.update:
+        return {}, 0.0
+    if not args.json or not args.json.is_file():
+        raise SystemExit("--update needs --json FILE holding an earlier run")
+    earlier = json.loads(args.json.read_text())
+    args.commands = list(earlier.get("commands") or [earlier.get("command") or []]) + args.commands
+    return dict(earlier["models"]), float(earlier.get("wall_seconds") or 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = select(args)
-    results: dict[str, dict] = {}
-    start = time.perf_counter()
+    results, earlier = previous(args)
+    start = time.perf_counter() - earlier
     for name in names:
         results[name] = bench_model(name, args)
         s, t = results[name]["secateur"], results[name]["torch_pruning"]
@@ -505,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(t.get('param_ratio'))}x ({t['seconds']:.0f}s)", file=sys.stderr, flush=True)
         wall = time.perf_counter() - start
         if args.json:
-            write_atomic(args.json, json.dumps({"command": sys.argv[1:], "wall_seconds": wall, "models": results,
+            write_atomic(args.json, json.dumps({"commands": args.commands, "wall_seconds": wall, "models": results,
                                                 "families": family_rows(results)}, indent=1))
         if args.md:
             write_atomic(args.md, markdown(results, args, wall))
