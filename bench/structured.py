@@ -391,12 +391,23 @@ def _layers(e: dict) -> str:
 LESS = 0.99  # secateur's ratio below this share of Torch-Pruning's counts as "removes less"
 
 
+def works(entry: dict) -> bool:
+    """A working model of the right output came out (pruned, or unchanged: ratio 1)."""
+    return bool(entry["ok"] or (entry.get("error") or "").endswith("nothing was pruned"))
+
+
+def both_work(results: dict[str, dict]) -> list[dict]:
+    """The rows where both tools gave a working model (a tool that removed nothing counts, at 1.00x)."""
+    return [r for r in results.values() if works(r["secateur"]) and works(r["torch_pruning"])]
+
+
 def family_rows(results: dict[str, dict]) -> list[dict]:
-    """Per family: models, successes, median / minimum ratios per tool on the models both prune."""
+    """Per family: models, successes, median / minimum ratios per tool on the models both handle."""
     rows = []
     for fam in sorted({r["secateur"].get("family", family(n)) for n, r in results.items()}):
-        members = [r for n, r in results.items() if r["secateur"].get("family", family(n)) == fam]
-        both = [r for r in members if r["secateur"]["ok"] and r["torch_pruning"]["ok"]]
+        members = {n: r for n, r in results.items() if r["secateur"].get("family", family(n)) == fam}
+        both = both_work(members)
+        members = list(members.values())
         row: dict[str, Any] = {"family": fam, "models": len(members), "both": len(both)}
         for tool in TOOLS:
             row[f"{tool}_ok"] = sum(r[tool]["ok"] for r in members)
@@ -426,33 +437,38 @@ def family_table(rows: list[dict]) -> list[str]:
 
 def markdown(results: dict[str, dict], args: argparse.Namespace, wall: float) -> str:
     """The header (exact command, versions, wall time), the family table, the per-model table."""
-    return "\n".join([_summary(results, args, wall), "", "## Per family (on the models both tools prune)", "",
+    return "\n".join([_summary(results, args, wall), "", "## Per family (ratios on the models both tools handle)", "",
                       *family_table(family_rows(results)), "", "## Per model", "", *model_table(results), "",
                       _legend()])
 
 
 def _legend() -> str:
-    return ("Ratios are before / after (higher = more removed). *unpruned layers*: conv / linear layers "
-            "(classifier excluded) whose output width is unchanged. *secateur kept*: the share of output "
-            "channels its analysis locked (kept whole) and the first op it could not follow (or its first note). "
+    return ("Ratios are before / after (higher = more removed). *ok*: a smaller working model; a tool that "
+            "returns the model unchanged is FAIL (\"nothing was pruned\") but counts at 1.00x in the family "
+            "table, where a model is counted when both tools return a working model. *unpruned layers*: "
+            "conv / linear layers (classifier excluded) whose output width is unchanged. *secateur kept*: "
+            "the share of output channels its analysis locked (kept whole) and the first op it could not "
+            "follow (or its first note). "
             f"*secateur < tp*: models where secateur's parameter ratio is below {LESS:.0%} of Torch-Pruning's.")
 
 
 def _summary(results: dict[str, dict], args: argparse.Namespace, wall: float) -> str:
     ok = {tool: sum(r[tool]["ok"] for r in results.values()) for tool in TOOLS}
-    both = [r for r in results.values() if r["secateur"]["ok"] and r["torch_pruning"]["ok"]]
+    both = both_work(results)
     medians = {tool: statistics.median([r[tool]["param_ratio"] for r in both]) if both else float("nan")
                for tool in TOOLS}
     less = sum(r["secateur"]["param_ratio"] < LESS * r["torch_pruning"]["param_ratio"] for r in both)
-    latency = "skipped" if args.no_latency else f"median of {args.repeats}"
+    first = parse_args(args.commands[0]) if getattr(args, "commands", None) else args  # the run's own settings
+    latency = "skipped" if first.no_latency else f"median of {first.repeats}"
+    threads = first.threads or torch.get_num_threads()
     commands = "".join(f"- {'command' if i == 0 else 'then'}: `python bench/structured.py {' '.join(c)}`\n"
                        for i, c in enumerate(getattr(args, "commands", [sys.argv[1:]])))
     return (f"# Structured pruning benchmark ({RATIO:.0%} channels, L1, local)\n\n{commands}"
             f"- torch {torch.__version__}, {_versions()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-            f"{torch.get_num_threads()} threads, latency {latency}; wall time {wall / 60:.1f} min\n"
+            f"{threads} thread(s), latency {latency}; wall time {wall / 60:.1f} min\n"
             f"- models handled: secateur {ok['secateur']}/{len(results)}, "
             f"torch-pruning {ok['torch_pruning']}/{len(results)}\n"
-            f"- on the {len(both)} models both prune: median parameter ratio secateur {medians['secateur']:.2f}x, "
+            f"- on the {len(both)} models both handle: median parameter ratio secateur {medians['secateur']:.2f}x, "
             f"torch-pruning {medians['torch_pruning']:.2f}x; secateur removes less on {less}")
 
 
@@ -489,6 +505,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per model and tool before giving up")
     parser.add_argument("--max-gb", type=float, default=8, help="memory per model and tool before giving up")
+    parser.add_argument("--redraw", action="store_true", help="only rewrite --md (and print it) from --json")
     parser.add_argument("--update", action="store_true",
                         help="keep the rows already in --json and (re)run only the selected models into it")
     return parser.parse_args(argv)
@@ -511,8 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = select(args)
+    names = [] if args.redraw else select(args)
+    args.update = args.update or args.redraw
     results, earlier = previous(args)
+    if args.redraw:
+        args.commands.pop()
     start = time.perf_counter() - earlier
     for name in names:
         results[name] = bench_model(name, args)
@@ -525,7 +545,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 "families": family_rows(results)}, indent=1))
         if args.md:
             write_atomic(args.md, markdown(results, args, wall))
-    print(markdown(results, args, time.perf_counter() - start))
+    wall = earlier if args.redraw else time.perf_counter() - start
+    if args.redraw and args.md:
+        write_atomic(args.md, markdown(results, args, wall))
+    print(markdown(results, args, wall))
     return 0
 
 

@@ -82,7 +82,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     model, meta, train_seconds = baseline(data, rundir.baseline_dir(out), args.reuse, args.train_epochs)
     config = PruneConfig(granularity=args.granularity, max_drop=args.max_drop, rounds=args.rounds,
-                         retrain_epochs=args.retrain_epochs, polish_epochs=args.polish_epochs)
+                         retrain_epochs=args.retrain_epochs, polish_epochs=args.polish_epochs,
+                         retrain_lr=args.retrain_lr)
     retrain_data = data.subset(train=args.retrain_subset) if args.retrain_subset else data
     shutil.rmtree(out / "prune", ignore_errors=True)
     prune_start = time.perf_counter()
@@ -101,7 +102,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "wall_seconds": time.perf_counter() - start, "train_epochs": meta["train"]["epochs"],
         "budget": {"granularity": args.granularity, "max_drop": args.max_drop, "rounds": args.rounds,
                    "retrain_epochs": args.retrain_epochs, "retrain_subset": args.retrain_subset,
-                   "polish_epochs": args.polish_epochs},
+                   "polish_epochs": args.polish_epochs, "retrain_lr": args.retrain_lr},
     }
 
 
@@ -138,6 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--retrain-subset", type=int, help="retrain on the first N training images (faster)")
     parser.add_argument("--polish-epochs", type=int, default=1)
+    parser.add_argument("--retrain-lr", type=float, help="retraining learning rate (default: half the recipe's)")
     parser.add_argument("--subset", type=int, help="smoke run on N training images (N/4 val and test)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=RESULTS / "vit_mnist.json")
