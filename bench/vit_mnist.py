@@ -112,8 +112,9 @@ def _what(row: dict) -> str:
 
 
 def markdown(rows: list[dict], argv: list[str]) -> str:
+    commands = list(dict.fromkeys(" ".join(r.get("command", argv)) for r in rows))
     lines = ["# vit-mnist pruned structurally within the drop bound\n",
-             f"- command: `python bench/vit_mnist.py {' '.join(argv)}`",
+             *(f"- command: `python bench/vit_mnist.py {c}`" for c in commands),
              f"- torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
              f"{torch.get_num_threads()} thread(s); a shared, loaded machine: wall times are upper bounds", "",
              "| dataset | test error before -> after | val drop | params | param ratio | MACs | MAC ratio | "
@@ -147,12 +148,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def earlier_rows(path: Path) -> list[dict]:
+    """Rows an earlier run wrote into ``path`` (none when there is no such file)."""
+    return list(json.loads(path.read_text())["rows"]) if path.is_file() else []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = []
-    for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        rows.append(run_dataset(name, args))
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    rows = [r for r in earlier_rows(args.json) if r["dataset"] not in names]  # other datasets' rows are kept
+    for name in names:
+        rows.append({**run_dataset(name, args), "command": sys.argv[1:]})
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": sys.argv[1:], "rows": rows}, indent=1))
         args.md.write_text(markdown(rows, sys.argv[1:]))
