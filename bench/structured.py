@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -417,13 +418,29 @@ def family_rows(results: dict[str, dict]) -> list[dict]:
                 row[f"{tool}_{key}_min"] = min(values) if values else None
         row["secateur_less"] = sum(r["secateur"]["param_ratio"] < LESS * r["torch_pruning"]["param_ratio"]
                                    for r in both)
+        alone = [r["secateur"]["param_ratio"] for r in members if works(r["secateur"])]
+        row["secateur_param_ratio_median_all"] = statistics.median(alone) if alone else None
+        row["secateur_main_lock"] = main_lock(members)
         rows.append(row)
     return rows
 
 
+def main_lock(members: list[dict]) -> str:
+    """The op secateur's notes name most often in a family (what its analysis most often stopped at)."""
+    ops: Counter[str] = Counter()
+    for r in members:
+        kept = r["secateur"].get("kept") or {}
+        found = {m.group(0) for note in kept.get("notes") or [] for m in [OP.search(note)] if m}
+        ops.update(found)
+    return ops.most_common(1)[0][0] if ops else ""
+
+
+OP = re.compile(r"(call_\w+|kept \S+ whole: fx cannot trace)( '[^']+')?")
+
+
 def family_table(rows: list[dict]) -> list[str]:
     head = ("| family | models | ok (sec / tp) | param ratio median (sec / tp) | param ratio min (sec / tp) | "
-            "MAC ratio median (sec / tp) | secateur < tp |")
+            "MAC ratio median (sec / tp) | secateur < tp | secateur median, all it handles | secateur's main lock |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -431,7 +448,8 @@ def family_table(rows: list[dict]) -> list[str]:
             f"{_fmt(r['secateur_param_ratio_median'])} / {_fmt(r['torch_pruning_param_ratio_median'])} | "
             f"{_fmt(r['secateur_param_ratio_min'])} / {_fmt(r['torch_pruning_param_ratio_min'])} | "
             f"{_fmt(r['secateur_mac_ratio_median'])} / {_fmt(r['torch_pruning_mac_ratio_median'])} | "
-            f"{r['secateur_less']} of {r['both']} |")
+            f"{r['secateur_less']} of {r['both']} | {_fmt(r.get('secateur_param_ratio_median_all'))} | "
+            f"{r.get('secateur_main_lock', '')} |")
     return lines
 
 
