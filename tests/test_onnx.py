@@ -33,14 +33,15 @@ def _ort_max_diff(path, model: nn.Module, shape: tuple[int, ...]) -> float:
     return worst
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if "<" not in n])  # zoo names, not families
 def test_every_zoo_model_exports_and_matches_pytorch(name, tmp_path):
     torch.manual_seed(0)
     model = build_model(name)
     done = export_model(model, tmp_path / "m.onnx", "onnx", **FAST)
     assert done.details["exporter"] == "torchscript" and done.details["verified_batches"] == [1, 3]
-    assert done.details["max_abs_diff"] <= done.details["tolerance"] == 1e-5
-    assert _ort_max_diff(done.path, model, (1, 28, 28)) <= 1e-5
+    tolerance = done.details["tolerance"]  # 1e-5, relative for outputs beyond 1 (a random ViT's logits)
+    assert done.details["max_abs_diff"] <= tolerance and 1e-5 <= tolerance <= 1e-4
+    assert _ort_max_diff(done.path, model, (1, 28, 28)) <= tolerance
 
 
 def test_the_default_exporter_is_dynamo_with_a_dynamic_batch(tmp_path):

@@ -29,6 +29,8 @@ from secateur.zoo.models import build_model, model_record
 RECIPES: dict[str, TrainConfig] = {
     "lenet300": TrainConfig(epochs=20, batch_size=64, lr=0.05, weight_decay=1e-4, augment=1),
     "lenet5": TrainConfig(epochs=15, batch_size=64, lr=0.01, weight_decay=5e-4, augment=1),
+    # A small ViT trains with AdamW (decoupled weight decay) at a larger batch: minutes on one CPU core.
+    "vit-mnist": TrainConfig(epochs=10, batch_size=128, optimizer="adamw", lr=2e-3, weight_decay=0.05),
 }
 GENERIC_RECIPE = TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=5e-4)
 

@@ -2,7 +2,8 @@
 
 A model name is one of:
 
-* a zoo name (``lenet300``, ``lenet5``, ``alexnet-mnist``, ``vgg-mnist``, ``resnet-mnist``);
+* a zoo name (``lenet300``, ``lenet5``, ``alexnet-mnist``, ``vgg-mnist``, ``resnet-mnist``, ``vit-mnist``);
+* ``timm:<name>``: any timm model (:mod:`secateur.zoo.timm_models`, a pattern family of ``MODELS``);
 * ``torchvision:<name>``: any torchvision classification model, built with ``weights=None``
   (secateur never downloads weights); for images of other than 3 channels its first
   convolution is rebuilt for them (``in_channels`` in its record);
@@ -43,7 +44,7 @@ from secateur.provenance import Factory, record_model, recorded_model
 from secateur.registry import Registry
 from secateur.unstructured.masks import effective_state_dict
 
-MODELS: Registry[Factory] = Registry("model")
+MODELS: Registry[Factory] = Registry("model", builtins=("secateur.zoo.timm_models",))  # + timm:<name>
 
 TORCHVISION_PREFIX = "torchvision:"
 IMAGENET = ((3, 224, 224), 1000)  # torchvision models' natural input shape and classes
@@ -82,8 +83,20 @@ def build_model(name: str, *, input_shape: Sequence[int] | None = None, num_clas
 
 def natural_defaults(name: str) -> tuple[tuple[int, ...], int]:
     """The (input shape, classes) ``name`` is built for when none are given: ImageNet's
-    (3x224x224, 1000) for ``torchvision:<name>``, MNIST's (1x28x28, 10) for every other model."""
-    return IMAGENET if _is_torchvision(name) else MNIST
+    (3x224x224, 1000) for ``torchvision:<name>``, what a registered factory's ``natural()``
+    says (``timm:<name>``: timm's default configuration), MNIST's (1x28x28, 10) otherwise."""
+    if _is_torchvision(name):
+        return IMAGENET
+    natural = getattr(_registered(name), "natural", None)
+    return natural() if callable(natural) else MNIST
+
+
+def _registered(name: object) -> Factory | None:
+    """The factory ``MODELS`` resolves ``name`` to (a zoo name or a pattern family's member), or None."""
+    try:
+        return MODELS.get(name.strip()) if isinstance(name, str) else None
+    except UnknownNameError:
+        return None
 
 
 def _is_torchvision(name: object) -> bool:
@@ -140,12 +153,13 @@ def _build(name: str, shape: tuple[int, ...], classes: int, kwargs: dict) -> nn.
     """Resolve ``name`` (torchvision, user factory or zoo) and build it."""
     if _is_torchvision(name):
         return _build_torchvision(name[len(TORCHVISION_PREFIX):], shape, classes, kwargs)
-    if ":" in name:
+    factory = _registered(name)
+    if factory is None and ":" in name:
         return _build_user(name, shape, classes, kwargs)
-    try:
-        factory = MODELS.get(name)
-    except UnknownNameError as err:
-        raise UnknownNameError(f"{err}; or torchvision:<name>, or package.module:factory") from None
+    if factory is None:
+        choices = ", ".join(MODELS.names())
+        raise UnknownNameError(f"unknown model {name!r}; choose one of: {choices}; or torchvision:<name>, "
+                               "or package.module:factory")
     _check_kwargs(name, factory, kwargs, skip=("input_shape", "num_classes"))
     try:
         return factory(input_shape=shape, num_classes=classes, **kwargs)
@@ -540,3 +554,84 @@ def resnet_mnist(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10
     model = ResNetMnist(shape[0], num_classes, tuple(int(w) for w in widths), int(blocks))
     _flat_size(model, shape, "resnet-mnist")  # fail early, with one line, on too-small inputs
     return model
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate ``q`` / ``k`` / ``v`` projections and an output ``proj``.
+
+    ``num_heads`` and ``head_dim`` are read by ``forward`` (not derived from the layers), so
+    pruning that removes whole heads or per-head dimensions keeps the module running by
+    updating them.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"vit-mnist's dim ({dim}) must be a multiple of heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[0], x.shape[1]
+        heads, width = self.num_heads, self.head_dim
+        q = self.q(x).reshape(b, t, heads, width).transpose(1, 2)  # (B, heads, T, head_dim)
+        k = self.k(x).reshape(b, t, heads, width).transpose(1, 2)
+        v = self.v(x).reshape(b, t, heads, width).transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(width), dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(b, t, heads * width)
+        return self.proj(out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))`` (GELU MLP)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(OrderedDict([("fc1", nn.Linear(dim, mlp_dim)), ("act", nn.GELU()),
+                                              ("fc2", nn.Linear(mlp_dim, dim))]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VitMnist(nn.Module):
+    """A small vision transformer: non-overlapping patches (a strided conv), a learned position
+    embedding, pre-norm blocks, mean pooling over the tokens, LayerNorm, linear head."""
+
+    def __init__(self, shape: tuple[int, int, int], num_classes: int, patch: int, dim: int, depth: int,
+                 heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        tokens = (shape[1] // patch) * (shape[2] // patch)
+        self.patch_embed = nn.Conv2d(shape[0], dim, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp_dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, dim)
+        x = self.blocks(x)
+        return self.head(self.norm(x.mean(dim=1)))
+
+
+@MODELS.register("vit-mnist",
+                 help="small vision transformer: 7x7 patches, dim 64, 4 heads, 4 blocks, MLP 128 (0.14M params)")
+def vit_mnist(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, patch: int = 7, dim: int = 64,
+              depth: int = 4, heads: int = 4, mlp_dim: int = 128) -> nn.Module:
+    """ViT (Dosovitskiy et al. 2021) scaled to 28x28: separate q/k/v Linear layers per block (so
+    whole heads can be pruned), mean pooling instead of a class token."""
+    shape = _conv_shape(tuple(input_shape), "vit-mnist")
+    if patch < 1 or shape[1] < patch or shape[2] < patch:
+        raise ConfigError(f"vit-mnist's patch ({patch}) must be between 1 and the image size {shape[1]}x{shape[2]}")
+    if min(dim, depth, heads, mlp_dim) < 1:
+        raise ConfigError(f"vit-mnist needs dim, depth, heads and mlp_dim >= 1, got {dim}, {depth}, {heads}, {mlp_dim}")
+    return VitMnist(shape, num_classes, int(patch), int(dim), int(depth), int(heads), int(mlp_dim))
