@@ -88,3 +88,17 @@ def test_vit_mnist_prunes_by_neurons_and_still_runs(small):
     assert pruned.blocks[3].mlp.fc1.out_features == 64 and pruned.blocks[3].mlp.fc2.in_features == 64
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert result.results["params"]["total"] < sum(p.numel() for p in build_model("vit-mnist").parameters())
+
+
+def test_vit_mnist_heads_are_pruned_exactly_and_its_forward_follows():
+    """The `qkv-proj` layout: whole heads (q / k / v rows, proj columns) go, `num_heads` follows."""
+    from structured_helpers import assert_equivalent, equivalence
+
+    torch.manual_seed(0)
+    model = build_model("vit-mnist").eval()
+    pruned, plan, diff, scale = equivalence(model, torch.randn(3, 1, 28, 28), ratio=0.5)
+    assert_equivalent(diff, scale)
+    attn = pruned.blocks[0].attn
+    assert attn.num_heads == 2 and attn.head_dim == 16
+    assert attn.q.out_features == attn.k.out_features == attn.v.out_features == attn.proj.in_features == 32
+    assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)

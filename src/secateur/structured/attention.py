@@ -204,6 +204,20 @@ def _llama(m: Any) -> Layout | None:
                       Slot("o_proj", "in"), ("q_proj", "k_proj", "v_proj"), ("o_proj", m.o_proj.out_features), "")
 
 
+@attention_layer("qkv-proj")
+def _qkv_proj(m: Any) -> Layout | None:
+    """Separate q / k / v / proj Linear layers with ``num_heads`` and ``head_dim`` read by the forward
+    (secateur's ``vit-mnist``, and the same pattern in your own models)."""
+    if not (all(_linear(getattr(m, p, None)) for p in ("q", "k", "v", "proj"))
+            and isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "head_dim", None), int)):
+        return None
+    h, d = int(m.num_heads), int(m.head_dim)
+    if m.q.out_features != h * d or m.k.out_features != h * d or m.v.out_features != h * d:
+        return None
+    return HeadLayout(h, h, d, Slot("q", "out"), Slot("k", "out"), Slot("v", "out"), Slot("proj", "in"),
+                      ("q", "k", "v"), ("proj", m.proj.out_features), "")
+
+
 @attention_layer("hf-gpt2-mlp", leaf=False)
 def _gpt2_mlp(m: Any) -> Layout | None:
     """Hugging Face GPT-2-style MLP hidden neurons: Conv1D c_fc -> c_proj."""
@@ -459,6 +473,12 @@ def _llama_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None
     return [(m, "num_heads", heads), (m, "num_key_value_heads", heads // per)]
 
 
+def _qkv_proj_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    if out is None:
+        return []
+    return [(m, "num_heads", len(_kept_heads(out, int(m.head_dim), path)))]
+
+
 def _conv1d_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     w, edits = m.weight, []
     if out is not None:
@@ -482,6 +502,7 @@ _EDITORS: list[tuple[Callable[[nn.Module], bool], Callable[..., list[Edit]]]] = 
     (_is_bert_self, _bert_self_edits),
     (lambda m: _gpt2(m) is not None, _gpt2_edits),
     (lambda m: _llama(m) is not None, _llama_edits),
+    (lambda m: _qkv_proj(m) is not None, _qkv_proj_edits),
     (_conv1d, _conv1d_edits),
     (lambda m: any(type(m) is r.kind for r in _embedding_attributes()), _embedding_edits),
 ]
