@@ -67,6 +67,8 @@ def test_methods_are_registered_and_listed(capsys):
 def test_learned_methods_refuse_what_they_cannot_do(trained_lenet300, small):
     with pytest.raises(ConfigError, match="gradual"):
         PruneConfig(method="sparse-vd", schedule="gradual").validate()
+    with pytest.raises(ConfigError, match="drop ramp_epochs"):
+        PruneConfig(method="sparse-vd", ramp_epochs=2).validate()
     with pytest.raises(ConfigError, match="learn epochs apply"):
         PruneConfig(method="han", learn_epochs=3).validate()
     with pytest.raises(ConfigError, match="does not apply to granularity 'kernel'"):

@@ -95,3 +95,28 @@ def test_the_report_says_what_the_ramp_did(tmp_path: Path) -> None:
           retrain_epochs=1, polish_epochs=0, ramp_epochs=1, out=tmp_path / "run")
     report = (tmp_path / "run" / "report.md").read_text()
     assert "final ramp" in report and "1 epochs from the dense model" in report
+
+
+def test_a_kept_ramp_is_the_model_certification_judges_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ramp runs before certification, so a kept ramp is the final candidate certified."""
+    real = orchestrator._chosen_stats
+    monkeypatch.setattr(orchestrator, "_chosen_stats", lambda run: {
+        "val_accuracy": -1.0, "params_nonzero": 4 * real(run)["params_nonzero"]})
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (64,), generator=g)
+    x = torch.randn(64, 20, generator=g) + 0.4 * y[:, None].float()
+
+    def held_out(model: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return model.eval()(x).argmax(1) == y
+
+    baseline = _model()
+    result = prune(baseline, data=_data(), train_config=RECIPE, input_shape=(20,), max_drop=100.0, rounds=3,
+                   retrain_epochs=1, polish_epochs=1, ramp_epochs=2, certify_evaluate=held_out)
+    returned_drop = 100 * (held_out(baseline).float().mean() - held_out(result.model).float().mean()).item()
+    # the returned model is the one certified
+    assert result.results["certification"]["drop"] == pytest.approx(returned_drop, abs=1e-6)
+    ramp, certified = result.results["ramp"], result.results["certification"]
+    assert ramp["kept"] and certified["candidates"][0]["certified"]
+    assert result.results["params"]["nonzero"] == ramp["params_nonzero_after"]
+    assert result.results["pruned"]["val"]["accuracy"] == ramp["val_accuracy_after"]

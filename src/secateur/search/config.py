@@ -224,6 +224,9 @@ def check_learned(method: str, learn: object, config: PruneConfig) -> None:
     if SCHEDULES.get(config.schedule).continuous:
         raise ConfigError(f"method {method!r} learns its sparsity in a training phase of its own; the "
                           f"{config.schedule} schedule prunes inside training: use iterative or oneshot")
+    if config.ramp_epochs:
+        raise ConfigError(f"method {method!r} learns its sparsity in a training phase of its own; the final ramp "
+                          f"prunes inside training from the dense model: drop ramp_epochs")
 
 
 PRUNE_OPTIONS: OptionsSchema[PruneConfig] = OptionsSchema(PruneConfig)
