@@ -85,26 +85,34 @@ class MlpLayout:
 Layout = HeadLayout | MlpLayout
 
 
+Editor = Callable[[str, Any, list[int] | None, list[int] | None], list[Edit]]
+
+
 @dataclass(frozen=True)
 class AttentionHandler:
-    """A registered layer layout: ``layout(module)`` (None if it does not apply) and
-    ``leaf``: traced as one op (attention) or only used when the model cannot be traced (MLPs)."""
+    """A registered layer layout: ``layout(module)`` (None if it does not apply),
+    ``leaf``: traced as one op (attention) or only used when the model cannot be traced (MLPs),
+    and ``edit``: the edits of the layer's own attributes (``num_heads`` ...) after its heads
+    are pruned (None: the layer is in ``_EDITORS``, or has no attribute to follow)."""
 
     name: str
     layout: Callable[[nn.Module], Layout | None]
     leaf: bool = True
+    edit: Editor | None = None
 
 
-ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer")
+# layouts in their own modules register on first use (timm's attention layers)
+ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer",
+                                                        builtins=("secateur.structured.attention_timm",))
 
 
-def attention_layer(name: str, *, leaf: bool = True) -> Callable[[Callable[[nn.Module], Layout | None]],
-                                                                Callable[[nn.Module], Layout | None]]:
+def attention_layer(name: str, *, leaf: bool = True, edit: Editor | None = None) -> Callable[
+        [Callable[[nn.Module], Layout | None]], Callable[[nn.Module], Layout | None]]:
     """Decorator: register a layout function as an attention (or MLP) layer handler."""
 
     def decorate(layout: Callable[[nn.Module], Layout | None]) -> Callable[[nn.Module], Layout | None]:
         doc = (layout.__doc__ or "").strip().splitlines()[0] if layout.__doc__ else ""
-        ATTENTION_LAYERS.add(name, AttentionHandler(name, layout, leaf), doc)
+        ATTENTION_LAYERS.add(name, AttentionHandler(name, layout, leaf, edit), doc)
         return layout
 
     return decorate
@@ -511,6 +519,10 @@ _EDITORS: list[tuple[Callable[[nn.Module], bool], Callable[..., list[Edit]]]] = 
 def edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit] | None:
     """The edits that shrink ``m`` (an attention layer or a Conv1D) to the kept indices; None
     when ``m`` is none of these."""
+    for name in ATTENTION_LAYERS:  # registered editors first (loads the layouts in their own modules)
+        handler = ATTENTION_LAYERS.get(name)
+        if handler.edit is not None and handler.layout(m) is not None:
+            return handler.edit(path, m, out, inp)
     for matches, edit in _EDITORS:
         if matches(m):
             return edit(path, m, out, inp)
