@@ -13,7 +13,9 @@ head:
 - ``hf-bert``, ``hf-gpt2``, ``hf-llama``: Hugging Face BERT-style (``self.query`` / ``key`` /
   ``value`` + ``output.dense``), GPT-2-style (packed ``Conv1D`` ``c_attn``, weights stored
   (in, out)) and LLaMA-style (``q_proj`` ... ``o_proj``) attention, grouped-query included;
-- ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons.
+- ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons;
+- timm's layers, in their own module (:mod:`secateur.structured.attention_timm`, a built-in of
+  the registry): ``timm-vit``.
 
 A head is one coupled channel (``union_rows`` of its positions), so a group's ``size`` is its
 number of heads and every group method scores a head by summing its rows' and columns' scores.
