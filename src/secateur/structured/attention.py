@@ -73,6 +73,8 @@ class HeadLayout:
     inputs: tuple[str, ...]  # modules reading the layer's input (their columns)
     output: tuple[str, int]  # the module writing the layer's output and its width
     owner: str | None  # the module whose head attributes follow (None: the packed q/k/v module itself)
+    head_first: bool = False  # packed q / k / v rows head by head ([q_h, k_h, v_h] ...), not q block first
+    channel_dim: int = -1  # the dim of the layer's input and output channels (1: NCHW)
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,8 @@ def label_layer(tr: Tracker, path: str, layout: Layout, in_lab: Labels | None, n
         tr.record(_join(path, layout.down), "in", hidden)
         return None
     _record_heads(tr, path, layout)
-    if in_lab is not None and in_lab[0] == ndim - 1:
+    channels = layout.channel_dim % ndim if ndim else -1
+    if in_lab is not None and in_lab[0] == channels:
         for name in layout.inputs:
             tr.record(_join(path, name), "in", in_lab[1])
     else:
@@ -280,7 +283,7 @@ def label_layer(tr: Tracker, path: str, layout: Layout, in_lab: Labels | None, n
     module, width = layout.output
     out = tr.produce(_join(path, module), width)
     tr.record(_join(path, module), "out", out)
-    return (ndim - 1, out)
+    return (channels, out)
 
 
 def _record_heads(tr: Tracker, path: str, lay: HeadLayout) -> None:
@@ -301,7 +304,11 @@ def _record_heads(tr: Tracker, path: str, lay: HeadLayout) -> None:
     for slot, tags in pieces:
         by_key.setdefault((_join(path, slot.path), slot.role), []).append((slot.offset, tags))
     for (module, role), parts in by_key.items():
-        tr.record(module, role, torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])]))
+        ordered = [t for _, t in sorted(parts, key=lambda p: p[0])]
+        if lay.head_first and len(ordered) > 1:  # one block per (key / value) head: its q, k, v rows
+            tr.record(module, role, torch.cat([t.reshape(kv, -1) for t in ordered], dim=1).reshape(-1))
+        else:
+            tr.record(module, role, torch.cat(ordered))
 
 
 def blocks(model: nn.Module) -> Iterator[tuple[str, Layout]]:

@@ -13,11 +13,13 @@ as before (their heads kept).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+import torch
 from torch import nn
 
-from secateur.structured.attention import Edit, HeadLayout, Layout, Slot, _kept_heads, attention_layer
+from secateur.structured.attention import Edit, HeadLayout, Layout, Slot, _kept_heads, _param, attention_layer
 
 
 def _is(m: Any, names: tuple[tuple[str, str], ...]) -> bool:
@@ -49,4 +51,123 @@ def _timm_vit(m: Any) -> Layout | None:
             and isinstance(getattr(m, "norm", None), nn.Identity) and getattr(m, "gate", None) is None):
         return None
     return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
+                      Slot("proj", "in"), ("qkv",), ("proj", proj.out_features), "")
+
+
+# --------------------------------------------------------------------------- maxxvit (MaxViT, CoAtNet)
+
+_MAXXVIT = (("timm.models.maxxvit", "AttentionCl"), ("timm.models.maxxvit", "Attention2d"))
+_REL_POS_BIAS = (("timm.layers.pos_embed_rel", "RelPosBias"),)
+
+
+def _maxxvit_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    """The head count follows; a relative position bias table keeps the kept heads' columns."""
+    if out is None:
+        return []
+    heads = _kept_heads(out, int(m.dim_head), path)
+    edits: list[Edit] = [(m, "num_heads", len(heads))]
+    rel = m.rel_pos
+    if rel is not None:
+        table = _param(rel.relative_position_bias_table, 1, torch.tensor(heads))
+        edits += [(rel, "relative_position_bias_table", table), (rel, "bias_shape", (*rel.bias_shape[:2], len(heads)))]
+    return edits
+
+
+def _widths(m: Any) -> tuple[int, int, int] | None:
+    """(qkv outputs, proj inputs, proj outputs) of maxxvit's Linear (channels-last) or 1x1 Conv2d (NCHW) pair."""
+    qkv, proj = m.qkv, m.proj
+    if isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear):
+        return qkv.out_features, proj.in_features, proj.out_features
+    if isinstance(qkv, nn.Conv2d) and isinstance(proj, nn.Conv2d) and qkv.groups == proj.groups == 1:
+        return qkv.out_channels, proj.in_channels, proj.out_channels
+    return None
+
+
+@attention_layer("timm-maxxvit", edit=_maxxvit_edits)
+def _timm_maxxvit(m: Any) -> Layout | None:
+    """timm's MaxViT / CoAtNet AttentionCl (Linear) and Attention2d (1x1 conv, NCHW), relative position bias too."""
+    if not _is(m, _MAXXVIT) or not (m.rel_pos is None or _is(m.rel_pos, _REL_POS_BIAS)):
+        return None
+    h, d = int(m.num_heads), int(m.dim_head)
+    inner = h * d
+    widths = _widths(m)
+    if widths is None or widths[:2] != (3 * inner, inner):
+        return None
+    step = d if m.head_first else inner  # head_first: rows [q_h, k_h, v_h] head by head
+    return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", step), Slot("qkv", "out", 2 * step),
+                      Slot("proj", "in"), ("qkv",), ("proj", widths[2]), "", head_first=bool(m.head_first),
+                      channel_dim=1 if isinstance(m.qkv, nn.Conv2d) else -1)
+
+
+# --------------------------------------------------------------------------- ConViT (GPSA, MHSA)
+
+_FORWARDS = "secateur.structured.attention_timm_forwards"
+_GPSA = (("timm.models.convit", "GPSA"), (_FORWARDS, "PrunedGPSA"))
+_MHSA = (("timm.models.convit", "MHSA"), (_FORWARDS, "PrunedMHSA"))
+
+
+def _pruned(name: str) -> type:
+    """A pruned forward's class (its module imports timm, loaded already when such a layer is pruned)."""
+    return getattr(importlib.import_module(_FORWARDS), name)  # type: ignore[no-any-return]
+
+
+def _gpsa_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    """Heads follow in num_heads, the positional projection's rows and the gates; the forward becomes PrunedGPSA's."""
+    edits: list[Edit] = [(m, "__class__", _pruned("PrunedGPSA"))]
+    if out is None:
+        return edits
+    heads = torch.tensor(_kept_heads(out, m.v.out_features // int(m.num_heads), path))
+    pos = m.pos_proj
+    return [(m, "num_heads", len(heads)), (m, "gating_param", _param(m.gating_param, 0, heads)),
+            (pos, "weight", _param(pos.weight, 0, heads)), (pos, "bias", _param(pos.bias, 0, heads)),
+            (pos, "out_features", len(heads)), *edits]
+
+
+def _mhsa_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    """The head count follows; the forward becomes PrunedMHSA's (head width from qkv, not the input)."""
+    edits: list[Edit] = [(m, "__class__", _pruned("PrunedMHSA"))]
+    if out is None:
+        return edits
+    return [(m, "num_heads", len(_kept_heads(out, m.qkv.out_features // (3 * int(m.num_heads)), path))), *edits]
+
+
+def _shape(m: nn.Module, name: str) -> tuple[int, ...] | None:
+    """A parameter's shape, read without ``getattr`` (fx returns a proxy while tracing)."""
+    t = m._parameters.get(name)
+    return None if t is None else tuple(t.shape)
+
+
+def _linears(m: Any, *names: str) -> list[nn.Linear] | None:
+    found = [getattr(m, n, None) for n in names]
+    return found if all(isinstance(f, nn.Linear) for f in found) else None  # type: ignore[return-value]
+
+
+@attention_layer("timm-convit-gpsa", edit=_gpsa_edits)
+def _timm_gpsa(m: Any) -> Layout | None:
+    """timm's ConViT gated positional self-attention (GPSA): packed qk, v, proj, per-head positional rows and gates."""
+    layers = _linears(m, "qk", "v", "proj", "pos_proj") if _is(m, _GPSA) else None
+    if layers is None:
+        return None
+    qk, v, proj, pos = layers
+    h = int(m.num_heads)
+    d = v.out_features // h
+    if not (qk.out_features == 2 * h * d and v.out_features == proj.in_features == h * d
+            and pos.out_features == h and _shape(m, "gating_param") == (h,)):
+        return None
+    return HeadLayout(h, h, d, Slot("qk", "out", 0), Slot("qk", "out", h * d), Slot("v", "out"), Slot("proj", "in"),
+                      ("qk", "v"), ("proj", proj.out_features), "")
+
+
+@attention_layer("timm-convit-mhsa", edit=_mhsa_edits)
+def _timm_mhsa(m: Any) -> Layout | None:
+    """timm's ConViT multi-head self-attention (MHSA): a packed qkv Linear and proj."""
+    layers = _linears(m, "qkv", "proj") if _is(m, _MHSA) else None
+    if layers is None:
+        return None
+    qkv, proj = layers
+    h = int(m.num_heads)
+    d = qkv.out_features // (3 * h)
+    if not (qkv.out_features == 3 * h * d and proj.in_features == h * d):
+        return None
+    return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", h * d), Slot("qkv", "out", 2 * h * d),
                       Slot("proj", "in"), ("qkv",), ("proj", proj.out_features), "")
