@@ -108,7 +108,7 @@ _MHSA = (("timm.models.convit", "MHSA"), (_FORWARDS, "PrunedMHSA"))
 
 def _pruned(name: str) -> type:
     """A pruned forward's class (its module imports timm, loaded already when such a layer is pruned)."""
-    return getattr(importlib.import_module(_FORWARDS), name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(_FORWARDS), name)
 
 
 def _gpsa_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
