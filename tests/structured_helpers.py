@@ -28,7 +28,8 @@ def zero_pruned(model: nn.Module, plan: Plan) -> None:
                 t.index_fill_(dim, gone.nonzero().reshape(-1), 0)
                 continue
             m = model.get_submodule(path)
-            for name in ("weight", "bias", "in_proj_weight", "in_proj_bias"):  # in_proj: MultiheadAttention's rows
+            # in_proj: MultiheadAttention's rows; q / k / v_bias: timm EVA's packed qkv biases
+            for name in ("weight", "bias", "in_proj_weight", "in_proj_bias", "q_bias", "k_bias", "v_bias"):
                 t = getattr(m, name, None)
                 if isinstance(t, torch.Tensor):
                     gone = torch.ones(t.shape[0], dtype=torch.bool)

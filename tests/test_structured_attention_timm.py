@@ -34,6 +34,15 @@ def _vit(arch: str = "vit_tiny_patch16_224", fused: bool = True, **options) -> n
     for m in model.modules():
         if isinstance(m, Attention):
             m.fused_attn = fused  # scaled_dot_product_attention, or timm's own softmax(q k^T) v
+    return _random_biases(model)
+
+
+def _random_biases(model: nn.Module) -> nn.Module:
+    """timm starts biases at zero: random ones make the removed rows' biases count in the comparisons."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):  # Linear / LayerNorm biases, EVA's q_bias / v_bias
+                p.normal_(0.0, 0.5)
     return model
 
 
@@ -162,7 +171,7 @@ OTHERS = {
 def _other(name: str, fused: bool = True) -> tuple[nn.Module, torch.Tensor]:
     factory, size = OTHERS[name]
     torch.manual_seed(0)
-    model = factory().eval()
+    model = _random_biases(factory().eval())
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = fused
@@ -216,3 +225,42 @@ def test_maxxvit_packing_keeps_the_important_heads(head_first: bool) -> None:
     with torch.no_grad():
         zeroed[0].proj.weight[:, 16:24] = 0
         torch.testing.assert_close(pruned(x), zeroed(x), atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- EVA (EvaAttention, AttentionRope)
+
+EVA = {
+    "eva": {},  # EvaAttention: packed qkv, its q / k / v biases apart; rotary embeddings
+    "eva-separate": {"qkv_fused": False},
+    "rope": {"attn_type": "rope"},  # AttentionRope
+    "rope-gqa": {"attn_type": "rope", "qkv_fused": False, "num_kv_heads": 2},  # grouped-query
+}
+
+
+def _eva(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("timm:eva02_tiny_patch14_224", input_shape=(3, 28, 28), num_classes=10, img_size=28,
+                        depth=2, num_heads=4, embed_dim=32, **EVA[name]).eval()
+    nn.init.normal_(model.head.weight, std=0.5)  # EVA starts its head near zero: outputs would be tiny
+    return _random_biases(model)
+
+
+@pytest.mark.parametrize("name", list(EVA))
+def test_eva_heads_pruned_exactly_and_saved(name: str, tmp_path: Path) -> None:
+    model, x = _eva(name), torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    kind = type(model.blocks[0].attn)
+    assert kind.__name__ == ("AttentionRope" if "rope" in name else "EvaAttention")
+    pruned, _plan, diff, scale = equivalence(copy.deepcopy(model), x, 0.5)
+    assert scale > 1e-2
+    assert_equivalent(diff, scale)
+    attn = pruned.blocks[0].attn
+    assert attn.num_heads == 2 and isinstance(attn, kind) and attn.proj.in_features == 2 * attn.head_dim
+    if name == "eva":
+        assert type(attn).__name__ == "PrunedEvaAttention" and attn.q_bias.shape == attn.k_bias.shape == (16,)
+    if name == "rope-gqa":
+        assert (attn.num_kv_heads, attn.num_kv_groups, attn.k_proj.out_features) == (1, 2, attn.head_dim)
+    save_model(pruned, tmp_path / "m")
+    again, _ = load_model(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), pruned(x))
+    train_step(pruned, x)

@@ -171,3 +171,79 @@ def _timm_mhsa(m: Any) -> Layout | None:
         return None
     return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", h * d), Slot("qkv", "out", 2 * h * d),
                       Slot("proj", "in"), ("qkv",), ("proj", proj.out_features), "")
+
+
+# --------------------------------------------------------------------------- EVA (EvaAttention), AttentionRope
+
+_EVA = (("timm.models.eva", "EvaAttention"), (_FORWARDS, "PrunedEvaAttention"))
+_ROPE = (("timm.layers.attention", "AttentionRope"),)
+
+
+def _tensor(m: nn.Module, name: str) -> Any:
+    """A parameter or buffer, read without ``getattr`` (fx returns a proxy while tracing); None if absent."""
+    return m._parameters.get(name, m._buffers.get(name))
+
+
+def _eva_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    """The head count and the packed qkv's own q / k / v biases follow; the forward becomes PrunedEvaAttention's."""
+    edits: list[Edit] = [(m, "__class__", _pruned("PrunedEvaAttention"))]
+    if out is None:
+        return edits
+    heads = _kept_heads(out, int(m.head_dim), path)
+    keep = torch.tensor(sorted(out))
+    biases = [(m, n, _param(t, 0, keep)) for n in ("q_bias", "k_bias", "v_bias") if (t := _tensor(m, n)) is not None]
+    return [(m, "num_heads", len(heads)), *biases, *edits]
+
+
+def _separate(m: Any, h: int, kv: int, d: int) -> bool:
+    """Separate q_proj / k_proj / v_proj Linear layers of h query and kv key / value heads of d."""
+    layers = _linears(m, "q_proj", "k_proj", "v_proj")
+    return layers is not None and [p.out_features for p in layers] == [h * d, kv * d, kv * d]
+
+
+def _qkv_layout(m: Any, h: int, kv: int, d: int) -> HeadLayout | None:
+    """The layout of a packed ``qkv`` (q, k, v blocks) or separate q / k / v projections, then ``proj``."""
+    proj, inner, qkv = getattr(m, "proj", None), h * d, getattr(m, "qkv", None)
+    if not isinstance(proj, nn.Linear) or proj.in_features != inner or not isinstance(m.norm, nn.Identity) \
+            or getattr(m, "gate", None) is not None:
+        return None
+    if isinstance(qkv, nn.Linear) and qkv.out_features == 3 * inner and kv == h:
+        return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
+                          Slot("proj", "in"), ("qkv",), ("proj", proj.out_features), "")
+    if qkv is None and _separate(m, h, kv, d):
+        return HeadLayout(h, kv, d, Slot("q_proj", "out"), Slot("k_proj", "out"), Slot("v_proj", "out"),
+                          Slot("proj", "in"), ("q_proj", "k_proj", "v_proj"), ("proj", proj.out_features), "")
+    return None
+
+
+@attention_layer("timm-eva", edit=_eva_edits)
+def _timm_eva(m: Any) -> Layout | None:
+    """timm's EVA attention: packed qkv (its q / k / v biases apart) or q / k / v projections, rotary embeddings too."""
+    if not _is(m, _EVA):
+        return None
+    h, d = int(m.num_heads), int(m.head_dim)
+    if any((t := _tensor(m, n)) is not None and tuple(t.shape) != (h * d,) for n in ("q_bias", "k_bias", "v_bias")):
+        return None
+    return _qkv_layout(m, h, h, d)
+
+
+def _rope_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    """Query and key / value head counts and widths follow (a single key / value head stays: its groups follow)."""
+    if out is None:
+        return []
+    d, per = int(m.head_dim), int(m.num_kv_groups)
+    heads = len(_kept_heads(out, d, path))
+    kv = 1 if int(m.num_kv_heads) == 1 and per > 1 else heads // per
+    return [(m, "num_heads", heads), (m, "num_kv_heads", kv), (m, "num_kv_groups", heads // kv),
+            (m, "attn_dim", heads * d), (m, "kv_dim", kv * d)]
+
+
+@attention_layer("timm-rope", edit=_rope_edits)
+def _timm_rope(m: Any) -> Layout | None:
+    """timm's AttentionRope: packed qkv or q / k / v projections (grouped-query too), rotary embeddings."""
+    if not _is(m, _ROPE):
+        return None
+    h, kv, d = int(m.num_heads), int(m.num_kv_heads), int(m.head_dim)
+    if not (m.attn_dim == h * d and m.kv_dim == kv * d and m.num_kv_groups * kv == h):
+        return None
+    return _qkv_layout(m, h, kv, d)
