@@ -3,14 +3,23 @@
 - ``timm-vit``: ``timm.layers.Attention`` (ViT, DeiT and the other ``vision_transformer`` models):
   a packed ``qkv`` Linear (q, k, v rows one after the other, ``num_heads`` heads of
   ``head_dim`` each) and ``proj``; its forward reads ``num_heads``, ``head_dim`` and
-  ``attn_dim``, which surgery sets to the kept heads, so the module stays timm's own class.
+  ``attn_dim``, which surgery sets to the kept heads, so the module stays timm's own class;
+- ``timm-maxxvit``: MaxViT / CoAtNet's ``AttentionCl`` (Linear, channels last) and ``Attention2d``
+  (1x1 convs, NCHW), q / k / v packed head by head or block by block, their ``RelPosBias`` table
+  keeping the kept heads' columns;
+- ``timm-convit-gpsa``, ``timm-convit-mhsa``: ConViT's gated positional self-attention (its
+  positional projection's rows and gates, one per head, follow) and multi-head self-attention;
+- ``timm-eva``: EVA's ``EvaAttention`` (packed qkv with its own q / k / v biases, or separate
+  projections; rotary embeddings);
+- ``timm-rope``: ``timm.layers.AttentionRope`` (grouped-query attention included).
 
-A layer is recognised by its class's name and module, without importing timm (an analysis
-of a model without timm never loads it), and only in the forms whose pruned heads stay exact:
-no LayerNorm over the heads' outputs (``scale_norm``), no gate. Other forms are traced through
-as before (their heads kept).
+ConViT's and EVA's forwards tie the head width to the input width; after surgery those layers
+become subclasses with the same parameters (``attention_timm_forwards``) that compute the same
+attention for any head count. A layer is recognised by its class's name and module, without
+importing timm (an analysis of a model without timm never loads it), and only in the forms whose
+pruned heads stay exact: no LayerNorm over the heads' outputs (``scale_norm``), no gate. Other
+forms are traced through as before (their heads kept).
 """
-
 from __future__ import annotations
 
 import importlib
