@@ -436,6 +436,21 @@ def _softmax(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     return lab
 
 
+def _roll(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    """``torch.roll``: channels stay where they are unless rolled along their own dim (Swin's shifted windows)."""
+    src = n.args[0]
+    lab, x = _lab(it, src), _val(it, src)
+    if lab is None or not isinstance(x, torch.Tensor):
+        return None
+    dims = _arg(n, 2, "dims")
+    rolled = set(range(x.dim())) if dims in (None, ()) else {  # no dims: the flattened tensor is rolled
+        _norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
+    if lab[0] in rolled:
+        it.tracker.lock_labels(lab, f"kept channels rolled by {_describe(n)}", _where(n))
+        return None
+    return lab
+
+
 def _getitem(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     src = n.args[0]
     idx: Any = n.args[1]  # an int, slice, tuple ... (fx types it as the whole Argument union)
@@ -499,6 +514,7 @@ _HANDLERS.update(dict.fromkeys(RESHAPE, _reshape))
 _HANDLERS.update(dict.fromkeys(PERMUTE, _permute))
 _HANDLERS.update(dict.fromkeys(REDUCE, _reduce))
 _HANDLERS.update(dict.fromkeys(SOFTMAX, _softmax))
+_HANDLERS["roll"] = _roll
 
 
 # --------------------------------------------------------------------------- module handlers
