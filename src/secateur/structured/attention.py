@@ -15,7 +15,7 @@ head:
   (in, out)) and LLaMA-style (``q_proj`` ... ``o_proj``) attention, grouped-query included;
 - ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons;
 - timm's layers, in their own module (:mod:`secateur.structured.attention_timm`, a built-in of
-  the registry): ``timm-vit``, ``timm-eva``, ``timm-rope``, ``timm-maxxvit``, ``timm-convit-gpsa``,
+  the registry): ``timm-vit``, ``timm-swin``, ``timm-eva``, ``timm-rope``, ``timm-maxxvit``, ``timm-convit-gpsa``,
   ``timm-convit-mhsa``.
 
 A head is one coupled channel (``union_rows`` of its positions), so a group's ``size`` is its

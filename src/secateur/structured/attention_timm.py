@@ -4,6 +4,8 @@
   a packed ``qkv`` Linear (q, k, v rows one after the other, ``num_heads`` heads of
   ``head_dim`` each) and ``proj``; its forward reads ``num_heads``, ``head_dim`` and
   ``attn_dim``, which surgery sets to the kept heads, so the module stays timm's own class;
+- ``timm-swin``: Swin's ``WindowAttention`` (packed ``qkv``, its relative position bias table
+  keeping the kept heads' columns);
 - ``timm-maxxvit``: MaxViT / CoAtNet's ``AttentionCl`` (Linear, channels last) and ``Attention2d``
   (1x1 convs, NCHW), q / k / v packed head by head or block by block, their ``RelPosBias`` table
   keeping the kept heads' columns;
