@@ -745,7 +745,10 @@ def _candidates(run: _Run, final: dict | None) -> list[Candidate]:
     best = run.state.best_round
     if not best:
         return []
-    last = Candidate(best, run.best, run.history[best - 1]["compression"], bool(final and final["kept"]))
+    compression = run.history[best - 1]["compression"]
+    if final and final["kept"] and "params_nonzero_after" in final:  # a kept ramp: its own size
+        compression = round_stats(run.best, run.baseline, (), None)["compression"]
+    last = Candidate(best, run.best, compression, bool(final and final["kept"]))
     return [last, *(c for c in reversed(run.accepted) if c.round != best)]
 
 
