@@ -41,17 +41,19 @@ def all_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def embedding_width(model: torch.nn.Module, name: str) -> int:
-    """Output channels of the layer producing the embedding."""
-    layer = model.get_submodule(EMBEDDING[name])
+    """Output channels of the layer producing the embedding (Swin: of its first stage)."""
+    layer = model.get_submodule(EMBEDDING[name][0])
     return int(getattr(layer, "out_channels", 0))
 
 
 def heads(model: torch.nn.Module) -> list[int]:
     return [int(m.num_heads) for m in model.modules() if (hasattr(m, "num_heads") and hasattr(m, "head_dim"))
-            or type(m).__name__.endswith("ShiftedWindowAttention")]
+            or "ShiftedWindowAttention" in type(m).__name__]
 
 
-EMBEDDING = {"vit_b_16": "conv_proj", "swin_t": "features.0.0"}  # the layers producing the embedding channels
+# the layers producing the embedding channels (Swin: each stage's, the patch embedding and the patch mergings)
+EMBEDDING = {"vit_b_16": ("conv_proj",), "swin_t": ("features.0.0", "features.*.reduction"),
+             "swin_v2_t": ("features.0.0", "features.*.reduction")}
 
 
 def run(name: str, ratio: float, embedding: float | None) -> dict:
@@ -62,7 +64,7 @@ def run(name: str, ratio: float, embedding: float | None) -> dict:
               "macs_layers": count_macs(model, (3, 224, 224)), "heads": sum(heads(model)),
               "embedding": embedding_width(model, name)}
     start = time.perf_counter()
-    ratios = {EMBEDDING[name]: embedding} if embedding is not None and name in EMBEDDING else None
+    ratios = dict.fromkeys(EMBEDDING.get(name, ()), 0.0 if embedding is None else embedding)
     prune_channels(model, x, ratio, method="l1", ratios=ratios)
     seconds = time.perf_counter() - start
     after = {"params": count_params(model), "macs_all": all_macs(model, x),
