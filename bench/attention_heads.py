@@ -2,7 +2,8 @@
 
 Random initialisation (no weights needed: the ratios depend on shapes only). Each model is
 pruned once with ``prune_channels(ratio=R, method="l1")`` (local: every group, i.e. every
-layer's heads and MLP hidden neurons, loses R of them; the embedding dimension is kept), and
+layer's heads and MLP hidden neurons, loses R of them; the embedding dimension is kept unless
+``--embedding`` gives its share: ViT's, and Swin's every stage width), and
 its parameters and MACs are counted before and after:
 
 - ``macs (all)``: every multiply-accumulate of one 224x224 image, from torch's FLOP counter

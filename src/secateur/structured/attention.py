@@ -9,7 +9,8 @@ head:
 
 - ``torch-mha``: ``nn.MultiheadAttention`` with its packed ``in_proj`` (torchvision ViT);
 - ``torchvision-swin``: Swin's ``ShiftedWindowAttention`` (``qkv`` / ``proj`` Linear layers and
-  the relative position bias table's per-head column);
+  the relative position bias table's per-head column); ``torchvision-swin-v2`` (its V2, with a
+  per-head logit scale and position-bias MLP row) lives in :mod:`secateur.structured.swin`;
 - ``hf-bert``, ``hf-gpt2``, ``hf-llama``: Hugging Face BERT-style (``self.query`` / ``key`` /
   ``value`` + ``output.dense``), GPT-2-style (packed ``Conv1D`` ``c_attn``, weights stored
   (in, out)) and LLaMA-style (``q_proj`` ... ``o_proj``) attention, grouped-query included;

@@ -986,7 +986,9 @@ def _wrapped_call(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
         with contextlib.suppress(Exception):  # fx raises many types; untraceable means not followed
             body = fx.symbolic_trace(_Inline(n.target, args, kwargs))  # type: ignore[arg-type]
     if body is None:
-        _lock_inputs(it, n, _describe(n))
+        if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list))
+                                               and any(isinstance(v, torch.Tensor) for v in value)):
+            _lock_inputs(it, n, _describe(n))  # as for any op not followed (a number computed from a shape is none)
         return None
     for sub in body.graph.nodes:  # notes name the caller's module
         sub.meta.setdefault("nn_module_stack", n.meta.get("nn_module_stack", {}))
