@@ -11,7 +11,8 @@ its parameters and MACs are counted before and after:
 - ``macs (layers)``: secateur's ``count_macs`` (conv / Linear layers only: it does not see
   ``nn.MultiheadAttention``'s packed in_proj nor the attention products).
 
-    python bench/attention_heads.py [--models vit_b_16,swin_t] [--ratio 0.5] [--embedding 0.25]
+    python bench/attention_heads.py [--models vit_b_16,swin_t,swin_v2_t,timm:swin_tiny_patch4_window7_224]
+                                    [--ratio 0.5] [--embedding 0.25]
                                     [--json FILE] [--md FILE]
 """
 
@@ -49,17 +50,18 @@ def embedding_width(model: torch.nn.Module, name: str) -> int:
 
 def heads(model: torch.nn.Module) -> list[int]:
     return [int(m.num_heads) for m in model.modules() if (hasattr(m, "num_heads") and hasattr(m, "head_dim"))
-            or "ShiftedWindowAttention" in type(m).__name__]
+            or "WindowAttention" in type(m).__name__]  # Swin's (torchvision V1 and V2, timm)
 
 
 # the layers producing the embedding channels (Swin: each stage's, the patch embedding and the patch mergings)
 EMBEDDING = {"vit_b_16": ("conv_proj",), "swin_t": ("features.0.0", "features.*.reduction"),
-             "swin_v2_t": ("features.0.0", "features.*.reduction")}
+             "swin_v2_t": ("features.0.0", "features.*.reduction"),
+             "timm:swin_tiny_patch4_window7_224": ("patch_embed.proj", "layers.*.downsample.reduction")}
 
 
 def run(name: str, ratio: float, embedding: float | None) -> dict:
     torch.manual_seed(0)
-    model = build_model(f"torchvision:{name}").eval()
+    model = build_model(name if ":" in name else f"torchvision:{name}").eval()  # a bare name is torchvision's
     x = torch.randn(1, 3, 224, 224)
     before = {"params": count_params(model), "macs_all": all_macs(model, x),
               "macs_layers": count_macs(model, (3, 224, 224)), "heads": sum(heads(model)),

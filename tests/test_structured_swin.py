@@ -102,6 +102,53 @@ def test_stage_widths_alone_pruned_exactly(version: int) -> None:
     assert attn.num_heads == 2 and attn.qkv.in_features == 8 and "Pruned" in type(attn).__name__
 
 
+def _timm_swin() -> nn.Module:
+    from timm.models.swin_transformer import SwinTransformer as TimmSwin
+
+    torch.manual_seed(0)
+    return TimmSwin(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=2,
+                    num_classes=10).eval()
+
+
+def test_timm_swin_heads_and_stage_widths_pruned_exactly(tmp_path: Path) -> None:
+    """timm's patch merging reshapes (no wrapped function), its shifted windows roll the spatial dims,
+    and its WindowAttention reads num_heads: heads and every stage width go, exactly."""
+    original, x = _timm_swin(), _images()
+    assert analyse(original, x[:1]).unfollowed == []
+    pruned, _plan, diff, scale = equivalence(copy.deepcopy(original), x, 0.5)
+    assert_equivalent(diff, scale)
+    assert scale > 1e-2
+    attn = pruned.layers[0].blocks[1].attn
+    assert (attn.num_heads, attn.qkv.out_features, attn.relative_position_bias_table.shape[1]) == (1, 24, 1)
+    merge = pruned.layers[1].downsample
+    assert (merge.norm.normalized_shape, merge.reduction.in_features, merge.reduction.out_features) == ((32,), 32, 16)
+    assert n_params(pruned) < 0.5 * n_params(original)
+    save_model(pruned, tmp_path / "m")
+    again, _ = load_model(tmp_path / "m", _timm_swin())
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x))
+    train_step(pruned, x)
+
+
+class _Rolled(nn.Module):
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.roll(self.a(x), shifts=(1,) * len(self.dims), dims=self.dims)).mean((2, 3))
+
+
+def test_roll_keeps_channels_unless_it_shifts_them() -> None:
+    x = torch.randn(2, 3, 5, 5)
+    pruned, _plan, diff, scale = equivalence(_Rolled((2, -1)).eval(), x, 0.5)
+    assert_equivalent(diff, scale)
+    assert pruned.a.out_channels == 3
+    graph = analyse(_Rolled((1, 2)).eval(), x[:1])
+    assert [u.op for u in graph.unfollowed] == ["roll"]
+
+
 # --------------------------------------------------------------------------- fx-wrapped functions, generally
 
 

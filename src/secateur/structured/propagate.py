@@ -494,7 +494,20 @@ def _split(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     return [(d, lab[1]) for _ in value]
 
 
-_HANDLERS: dict[str, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {}
+def _roll(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    """A cyclic shift along other dims (Swin's shifted windows) keeps the channels where they are."""
+    lab, x = _lab(it, n.args[0]), _val(it, n.args[0])
+    if lab is None:
+        return None
+    dims = _arg(n, 2, "dims")
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (list, tuple)) or not dims or lab[0] in {_norm_dim(d, x.dim()) for d in dims}:
+        it.tracker.lock_labels(lab, f"kept channels shifted by {_describe(n)}", _where(n))
+        return None
+    return lab
+
+
+_HANDLERS: dict[str, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {"roll": _roll}
 _HANDLERS.update(dict.fromkeys(POINTWISE, _pointwise))
 _HANDLERS.update(dict.fromkeys(BROADCAST, _broadcast))
 _HANDLERS.update(dict.fromkeys(CAT, _cat))

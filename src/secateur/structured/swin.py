@@ -1,4 +1,4 @@
-"""torchvision Swin Transformer V2 attention (``ShiftedWindowAttentionV2``) as a registered layout.
+"""Swin attention layouts: torchvision V2 (``ShiftedWindowAttentionV2``) and timm's ``WindowAttention``.
 
 V2 keeps V1's packed ``qkv`` / ``proj`` Linear layers and adds two per-head tensors: the
 cosine attention's ``logit_scale`` (``[heads, 1, 1]``) and the last Linear layer of ``cpb_mlp``,
@@ -7,6 +7,10 @@ the q / k / v rows of ``qkv``, the columns of ``proj``, its ``logit_scale`` entr
 ``cpb_mlp`` row. torchvision's functional form ties the head size to the embedding size, so a
 pruned layer becomes :class:`PrunedShiftedWindowAttentionV2` (same parameters, the same
 attention for any head count; the window partition is V1's pruned forward).
+
+timm's ``WindowAttention`` (``timm-swin``) has V1's parts (``qkv`` / ``proj``, a bias table column
+per head) and a forward that reads ``num_heads`` and infers the head size, so only its head count
+and table follow.
 
 Registered into :data:`~secateur.structured.attention.ATTENTION_LAYERS` (one of its built-ins).
 """
@@ -79,6 +83,33 @@ def _swin_v2(m: Any) -> Layout | None:
     scale = m._parameters.get("logit_scale")  # not m.logit_scale: fx reads parameters as proxies while tracing
     if not isinstance(scale, torch.Tensor) or scale.shape[0] != h or m.qkv.out_features != 3 * h * d:
         return None
+    inner = h * d
+    return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
+                      Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "")
+
+
+def _timm_window_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    """Kept heads' bias table columns and the head count (timm's forward infers the head size)."""
+    if out is None:
+        return []
+    d = m.qkv.out_features // (3 * m.num_heads)
+    heads = torch.tensor(_kept_heads(out, d, path))
+    return [(m, "relative_position_bias_table", _param(m.relative_position_bias_table, 1, heads)),
+            (m, "num_heads", len(heads))]
+
+
+@attention_layer("timm-swin", edit=_timm_window_edits)
+def _timm_window(m: Any) -> Layout | None:
+    """timm Swin's WindowAttention: qkv / proj Linear, per-head bias table column (its forward reads num_heads)."""
+    kind = type(m)
+    if (kind.__module__, kind.__name__) != ("timm.models.swin_transformer", "WindowAttention"):
+        return None
+    table = m._parameters.get("relative_position_bias_table")  # not the attribute: a proxy while tracing
+    h = int(m.num_heads)
+    if not (isinstance(m.qkv, nn.Linear) and isinstance(m.proj, nn.Linear) and isinstance(table, torch.Tensor)
+            and table.shape[1] == h and m.qkv.out_features % (3 * h) == 0):
+        return None
+    d = m.qkv.out_features // (3 * h)
     inner = h * d
     return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
                       Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "")
