@@ -9,7 +9,8 @@ head:
 
 - ``torch-mha``: ``nn.MultiheadAttention`` with its packed ``in_proj`` (torchvision ViT);
 - ``torchvision-swin``: Swin's ``ShiftedWindowAttention`` (``qkv`` / ``proj`` Linear layers and
-  the relative position bias table's per-head column);
+  the relative position bias table's per-head column); ``torchvision-swin-v2`` (its V2, with a
+  per-head logit scale and position-bias MLP row) lives in :mod:`secateur.structured.swin`;
 - ``hf-bert``, ``hf-gpt2``, ``hf-llama``: Hugging Face BERT-style (``self.query`` / ``key`` /
   ``value`` + ``output.dense``), GPT-2-style (packed ``Conv1D`` ``c_attn``, weights stored
   (in, out)) and LLaMA-style (``q_proj`` ... ``o_proj``) attention, grouped-query included;
@@ -87,24 +88,27 @@ Layout = HeadLayout | MlpLayout
 
 @dataclass(frozen=True)
 class AttentionHandler:
-    """A registered layer layout: ``layout(module)`` (None if it does not apply) and
-    ``leaf``: traced as one op (attention) or only used when the model cannot be traced (MLPs)."""
+    """A registered layer layout: ``layout(module)`` (None if it does not apply),
+    ``leaf``: traced as one op (attention) or only used when the model cannot be traced (MLPs),
+    and ``edit(path, module, kept out, kept in) -> edits`` shrinking its own attributes (None:
+    the built-in editors of this module)."""
 
     name: str
     layout: Callable[[nn.Module], Layout | None]
     leaf: bool = True
+    edit: Callable[..., list[Edit]] | None = None
 
 
-ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer")
+ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer", builtins=("secateur.structured.swin",))
 
 
-def attention_layer(name: str, *, leaf: bool = True) -> Callable[[Callable[[nn.Module], Layout | None]],
-                                                                Callable[[nn.Module], Layout | None]]:
+def attention_layer(name: str, *, leaf: bool = True, edit: Callable[..., list[Edit]] | None = None
+                    ) -> Callable[[Callable[[nn.Module], Layout | None]], Callable[[nn.Module], Layout | None]]:
     """Decorator: register a layout function as an attention (or MLP) layer handler."""
 
     def decorate(layout: Callable[[nn.Module], Layout | None]) -> Callable[[nn.Module], Layout | None]:
         doc = (layout.__doc__ or "").strip().splitlines()[0] if layout.__doc__ else ""
-        ATTENTION_LAYERS.add(name, AttentionHandler(name, layout, leaf), doc)
+        ATTENTION_LAYERS.add(name, AttentionHandler(name, layout, leaf, edit), doc)
         return layout
 
     return decorate
@@ -163,7 +167,7 @@ def _swin(m: Any) -> Layout | None:
     d = m.qkv.out_features // (3 * h)
     inner = h * d
     return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
-                      Slot("proj", "in"), ("qkv",), ("proj", m.proj.out_features), "")
+                      Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "")
 
 
 @attention_layer("hf-bert")
@@ -439,8 +443,8 @@ def _mha_edits(path: str, m: nn.MultiheadAttention, out: list[int] | None, inp: 
 
 
 def _swin_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
-    if out is None:
-        return []
+    if out is None:  # the embedding only: torchvision's forward ties the head size to it
+        return [] if inp is None else [(m, "__class__", PrunedShiftedWindowAttention)]
     d = m.qkv.out_features // (3 * m.num_heads)
     heads = _kept_heads(out, d, path)
     table = _param(m.relative_position_bias_table, 1, torch.tensor(heads))
@@ -511,6 +515,10 @@ _EDITORS: list[tuple[Callable[[nn.Module], bool], Callable[..., list[Edit]]]] = 
 def edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit] | None:
     """The edits that shrink ``m`` (an attention layer or a Conv1D) to the kept indices; None
     when ``m`` is none of these."""
+    for name in ATTENTION_LAYERS:
+        handler = ATTENTION_LAYERS.get(name)
+        if handler.edit is not None and handler.layout(m) is not None:
+            return handler.edit(path, m, out, inp)
     for matches, edit in _EDITORS:
         if matches(m):
             return edit(path, m, out, inp)
@@ -585,8 +593,8 @@ class PrunedShiftedWindowAttention(ShiftedWindowAttention):
         x = x.reshape(b * n_win, win[0] * win[1], c)
         n, t, heads = x.shape[0], x.shape[1], self.num_heads
         d = self.qkv.out_features // (3 * heads)
-        q, k, v = self.qkv(x).reshape(n, t, 3, heads, d).permute(2, 0, 3, 1, 4)
-        attn = (q * d ** -0.5).matmul(k.transpose(-2, -1)) + bias
+        q, k, v = self._qkv(x).reshape(n, t, 3, heads, d).permute(2, 0, 3, 1, 4)
+        attn = self._scores(q, k) + bias
         if sum(shift) > 0:
             mask = _shift_mask(x, ph, pw, win, shift)
             attn = (attn.view(n // n_win, n_win, heads, t, t) + mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, t, t)
@@ -598,6 +606,14 @@ class PrunedShiftedWindowAttention(ShiftedWindowAttention):
         if sum(shift) > 0:
             x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
         return x[:, :hh, :ww, :].contiguous()
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed query / key / value projection of the windows' tokens."""
+        return self.qkv(x)
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Attention logits before the relative position bias (scaled dot products)."""
+        return (q * q.shape[-1] ** -0.5).matmul(k.transpose(-2, -1))
 
 
 def _shift_mask(x: torch.Tensor, ph: int, pw: int, win: list[int], shift: list[int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import types
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -263,6 +264,8 @@ def _function(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     name = _name(n)
     if n.target is operator.getitem:
         return _getitem(it, n, value)
+    if _is_wrapped(n):
+        return _wrapped_call(it, n, value)
     if name in SPLIT:
         return _split(it, n, value)
     if not isinstance(value, torch.Tensor):
@@ -491,7 +494,20 @@ def _split(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     return [(d, lab[1]) for _ in value]
 
 
-_HANDLERS: dict[str, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {}
+def _roll(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    """A cyclic shift along other dims (Swin's shifted windows) keeps the channels where they are."""
+    lab, x = _lab(it, n.args[0]), _val(it, n.args[0])
+    if lab is None:
+        return None
+    dims = _arg(n, 2, "dims")
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (list, tuple)) or not dims or lab[0] in {_norm_dim(d, x.dim()) for d in dims}:
+        it.tracker.lock_labels(lab, f"kept channels shifted by {_describe(n)}", _where(n))
+        return None
+    return lab
+
+
+_HANDLERS: dict[str, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {"roll": _roll}
 _HANDLERS.update(dict.fromkeys(POINTWISE, _pointwise))
 _HANDLERS.update(dict.fromkeys(BROADCAST, _broadcast))
 _HANDLERS.update(dict.fromkeys(CAT, _cat))
@@ -886,3 +902,110 @@ _PARAM_HANDLERS: dict[Any, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], 
     F.layer_norm: _f_layer_norm, torch.layer_norm: _f_layer_norm, torch.group_norm: _f_group_norm,
     F.linear: _f_linear, F.conv1d: _f_conv, F.conv2d: _f_conv, F.conv3d: _f_conv, F.embedding: _f_embedding,
 }
+
+
+# --------------------------------------------------------------------------- fx-wrapped functions
+#
+# A function registered with ``torch.fx.wrap`` (torchvision Swin's ``_patch_merging_pad``) is one
+# call_function node whose body fx never saw. Its channels are followed by tracing that body on
+# its own (non-tensor arguments as the constants they are here) and running the label
+# propagation through it, as if fx had traced it in place; a body fx cannot trace, or one that
+# reads parameters, keeps the channels reaching it (the call is not followed).
+
+MAX_INLINE_DEPTH = 4  # wrapped functions calling wrapped functions, followed this deep
+
+
+def _is_wrapped(n: fx.Node) -> bool:
+    """A call of a plain Python function that is not torch's own (only fx-wrapped ones stay calls)."""
+    t = n.target
+    module = getattr(t, "__module__", None) or ""
+    return (n.op == "call_function" and isinstance(t, types.FunctionType) and _name(n) not in _HANDLERS
+            and module.partition(".")[0] != "torch")
+
+
+class _Inline(nn.Module):
+    """``fn`` with its tensor arguments taken from one list (the placeholder of its traced body)."""
+
+    def __init__(self, fn: Callable, args: Any, kwargs: Any) -> None:
+        super().__init__()
+        self.fn, self.call_args, self.call_kwargs = fn, args, kwargs
+
+    def forward(self, xs: Any) -> Any:
+        return self.fn(*_fill(self.call_args, xs), **_fill(self.call_kwargs, xs))
+
+
+class _Slot(int):
+    """The index of a tensor argument in the list a traced wrapped function receives."""
+
+
+def _tensor_slots(it: _LabelInterpreter, tree: Any, found: list[fx.Node]) -> Any:
+    """``tree`` (node arguments) with each tensor-valued node replaced by its :class:`_Slot` in
+    ``found``, and every other node by its value here."""
+    if isinstance(tree, fx.Node):
+        if not isinstance(_val(it, tree), torch.Tensor):
+            return _val(it, tree)
+        found.append(tree)
+        return _Slot(len(found) - 1)
+    if isinstance(tree, (list, tuple)):
+        items = [_tensor_slots(it, a, found) for a in tree]
+        return tuple(items) if isinstance(tree, tuple) else items
+    if isinstance(tree, dict):
+        return {k: _tensor_slots(it, v, found) for k, v in tree.items()}
+    return tree
+
+
+def _fill(tree: Any, xs: Any) -> Any:
+    """``tree`` with each :class:`_Slot` replaced by ``xs[slot]``."""
+    if isinstance(tree, _Slot):
+        return xs[int(tree)]
+    if isinstance(tree, (list, tuple)):
+        items = [_fill(a, xs) for a in tree]
+        return tuple(items) if isinstance(tree, tuple) else items
+    if isinstance(tree, dict):
+        return {k: _fill(v, xs) for k, v in tree.items()}
+    return tree
+
+
+class _InlineInterpreter(_LabelInterpreter):
+    """Label propagation through a wrapped function's traced body: its placeholder carries the
+    caller's labels, and its output's labels are handed back instead of being locked."""
+
+    def __init__(self, gm: fx.GraphModule, outer: _LabelInterpreter, labels: list) -> None:
+        super().__init__(gm, outer.tracker, outer.mode, outer.shapes_only)
+        self.depth = getattr(outer, "depth", 0) + 1
+        self.seed = labels
+        self.result: Any = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op not in ("placeholder", "output"):
+            return super().run_node(n)
+        with self.mode:
+            value = fx.Interpreter.run_node(self, n)
+        if n.op == "placeholder":
+            self.labels[n] = self.seed
+        else:
+            self.result = _lab_tree(self, n.args[0])
+        return value
+
+
+def _wrapped_call(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
+    """Labels of a wrapped function's output, followed through its body (see above)."""
+    found: list[fx.Node] = []
+    args, kwargs = _tensor_slots(it, n.args, found), _tensor_slots(it, dict(n.kwargs), found)
+    if not any(_lab(it, a) is not None for a in found):
+        return None
+    body = None
+    if getattr(it, "depth", 0) < MAX_INLINE_DEPTH and not any(a in it.params for a in found):
+        with contextlib.suppress(Exception):  # fx raises many types; untraceable means not followed
+            body = fx.symbolic_trace(_Inline(n.target, args, kwargs))  # type: ignore[arg-type]
+    if body is None:
+        if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list))
+                                               and any(isinstance(v, torch.Tensor) for v in value)):
+            _lock_inputs(it, n, _describe(n))  # as for any op not followed (a number computed from a shape is none)
+        return None
+    for sub in body.graph.nodes:  # notes name the caller's module
+        sub.meta.setdefault("nn_module_stack", n.meta.get("nn_module_stack", {}))
+    inner = _InlineInterpreter(body, it, [_lab(it, a) for a in found])
+    inner.run([_val(it, a) for a in found])
+    it.followed.add(n)
+    return inner.result
