@@ -515,9 +515,10 @@ _HANDLERS.update(dict.fromkeys(SOFTMAX, _softmax))
 # channels, not a channel. Where it is only broadcast back onto channels on that same dim
 # (GlobalResponseNorm's Gx / mean(Gx), a hand-written LayerNorm's x - mean), it is a normaliser
 # and the channels stay prunable, as through a LayerNorm: the pruned model takes the statistic over
-# the kept channels only. A sum or norm is then what it was with the removed channels zeroed; a
-# mean divides by the kept count instead of the full one. A statistic used any other way keeps its
-# channels. Per-channel reductions (a norm over the spatial dims) keep the channel labels.
+# the kept channels only. A sum or norm then equals the original's where the removed channels are
+# zero at its input; a mean divides by the kept count instead of the full one. A statistic used any
+# other way (concatenated, pooled, returned) keeps its channels. Per-channel reductions (a norm
+# over the spatial dims) keep the channel labels.
 
 STAT_REDUCE = {"mean", "sum", "norm", "linalg_vector_norm", "linalg_norm"}
 NORMS = {"norm", "linalg_vector_norm", "linalg_norm"}  # (input, p / ord, dim, keepdim)
@@ -538,11 +539,6 @@ def _vector_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labe
     return _reduced(it, n, _arg(n, 2, "dim"), bool(_arg(n, 3, "keepdim", False)))
 
 
-def _normalize(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
-    """F.normalize divides by a norm over one dim: per channel, or over the channels (a normaliser)."""
-    return _pointwise(it, n, value)
-
-
 def _statistic_use(it: _LabelInterpreter, n: fx.Node, value: Any) -> bool:
     """Follow a node that reads a statistic; True when its output is itself one (it carries no labels).
 
@@ -557,7 +553,7 @@ def _statistic_use(it: _LabelInterpreter, n: fx.Node, value: Any) -> bool:
     elementwise = (n.op in ("call_function", "call_method") and isinstance(value, torch.Tensor)
                    and name in POINTWISE | ELEMENTWISE | BROADCAST | FUSED)
     if elementwise and all(it.stats[a][0] == d for a in srcs):
-        labelled = [a for a in _nodes(n) if _lab(it, a) is not None]
+        labelled = [a for a in _nodes(n) if isinstance(_lab(it, a), tuple)]
         if not labelled and value.dim() >= -d and value.shape[d] == 1:
             it.stats[n] = (d, torch.cat([it.stats[a][1] for a in srcs]))
             return True
@@ -572,7 +568,7 @@ def _statistic_use(it: _LabelInterpreter, n: fx.Node, value: Any) -> bool:
 _HANDLERS.update(dict.fromkeys(NORMS, _vector_norm))
 _HANDLERS.update(dict.fromkeys(ELEMENTWISE, _pointwise))
 _HANDLERS.update(dict.fromkeys(FUSED, _broadcast))
-_HANDLERS["normalize"] = _normalize
+_HANDLERS["normalize"] = _pointwise  # F.normalize: divides by a norm per channel, or over them (a normaliser)
 
 
 # --------------------------------------------------------------------------- channel shuffles
