@@ -215,6 +215,19 @@ def test_a_shuffle_whose_sizes_are_all_hard_coded_keeps_its_channels():
     assert [g.name for g in graph.groups] == ["out"]
 
 
+def test_a_split_into_groups_that_is_not_merged_back_keeps_its_channels():
+    class Heads(Shuffle):  # e.g. attention heads: the groups meet in a matmul, not in a reshape
+        def forward(self, x):
+            x = torch.cat([self.left(x), self.right(x)], 1)
+            b, c, h, w = x.size()
+            q = x.view(b, 2, c // 2, h * w)
+            return self.head((q @ q.transpose(-1, -2)).mean(1)[:, :, :2].flatten(1)[:, :8])
+
+    graph = analyse(Heads(), torch.randn(1, 3, 10, 10))
+    assert [(u.op, u.channels) for u in graph.unfollowed] == [("view", 12)]
+    assert graph.groups == []
+
+
 def test_shufflenet_downsampling_block_prunes_exactly():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), InvertedResidual(8, 16, 2), nn.Conv2d(16, 8, 1),

@@ -370,7 +370,7 @@ def _reshape(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     literal = _literal_dims(n, value.dim())
     out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal)
     if out is None:
-        out = _grouped_split(it, x, value, lab, literal)
+        out = _grouped_split(it, n, x, value, lab, literal)
     if out is None:
         it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}", _where(n))
     return out
@@ -574,18 +574,27 @@ _HANDLERS["normalize"] = _pointwise  # F.normalize: divides by a norm per channe
 # --------------------------------------------------------------------------- channel shuffles
 
 
-def _grouped_split(it: _LabelInterpreter, x: torch.Tensor, value: torch.Tensor, lab: Labels,
+def _grouped_split(it: _LabelInterpreter, n: fx.Node, x: torch.Tensor, value: torch.Tensor, lab: Labels,
                    literal: set[int]) -> Labels | None:
-    """A view splitting the channels into a hard-coded number of groups (channel_shuffle's
-    ``view(B, g, C // g, H, W)``): the same position in every group goes together, as in a
-    grouped convolution, so the labels sit on the per-group dim and survive the shuffle's
-    transpose and the view that merges the groups back."""
+    """A view splitting the channels into a hard-coded number of groups that are merged back
+    (channel_shuffle's ``view(B, g, C // g, H, W)``, transpose, view): the same position in every
+    group goes together, as in a grouped convolution, so the labels sit on the per-group dim and
+    survive the shuffle. A split that is not merged back (attention heads) is not one."""
     found = grouped_split(tuple(x.shape), tuple(value.shape), lab, literal)
-    if found is None:
+    if found is None or not _merged_back(n):
         return None
     out, rows = found
     it.tracker.uf.union_rows(rows)
     return out
+
+
+def _merged_back(n: fx.Node) -> bool:
+    """Every use of ``n`` is a reshape, or a permute / copy on the way to one."""
+    users = list(n.users)
+    return bool(users) and all(
+        u.op in ("call_function", "call_method")
+        and (_name(u) in RESHAPE or (_name(u) in PERMUTE | {"contiguous", "clone"} and _merged_back(u)))
+        for u in users)
 
 
 # --------------------------------------------------------------------------- module handlers
