@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import label_layer, layout_of
-from secateur.structured.reshape import reshape_labels
+from secateur.structured.reshape import grouped_split, reshape_labels
 from secateur.structured.trace import MODULES_KEY
 from secateur.structured.tracker import Labels, Tracker, param_key
 
@@ -74,6 +74,7 @@ class _LabelInterpreter(fx.Interpreter):
         self.params: dict[fx.Node, Provenance] = {}  # tensors that are (views of) one parameter / buffer
         self.followed: set[fx.Node] = set()  # ops that followed the channels of the parameters they read
         self.lost: set[fx.Node] = set()  # outputs whose channels are unknown because an op was not followed
+        self.stats: dict[fx.Node, tuple[int, torch.Tensor]] = {}  # statistics over channels: (dim from the right, tags)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the graph; afterwards, parameters read by ops that did not follow them are noted."""
@@ -95,7 +96,7 @@ class _LabelInterpreter(fx.Interpreter):
             self.labels[n] = label_node(self, n, value)
             if self.labels[n] is None:
                 _track_param(self, n, value)
-                if any(a in self.lost or _lab(self, a) is not None for a in _nodes(n)):
+                if n not in self.stats and any(a in self.lost or _lab(self, a) is not None for a in _nodes(n)):
                     self.lost.add(n)  # channels went in, none came out
         except UnsupportedModelError:
             raise
@@ -232,6 +233,8 @@ def label_node(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
             return (1, tr.uf.new(value.shape[1], locked=True))
         return None
     if n.op == "get_attr":
+        return None
+    if it.stats and _statistic_use(it, n, value):
         return None
     if n.op == "output":
         tr.lock_labels(_flatten_labels(_lab_tree(it, n.args[0])))
@@ -370,6 +373,8 @@ def _reshape(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     literal = _literal_dims(n, value.dim())
     out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal)
     if out is None:
+        out = _grouped_split(it, n, x, value, lab, literal)
+    if out is None:
         it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}", _where(n))
     return out
 
@@ -411,18 +416,21 @@ def _perm_order(n: fx.Node) -> list[Any]:
 
 
 def _reduce(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    return _reduced(it, n, _arg(n, 1, "dim"), bool(_arg(n, 2, "keepdim", False)))
+
+
+def _reduced(it: _LabelInterpreter, n: fx.Node, dims: Any, keep: bool) -> Labels | None:
+    """A reduction over ``dims`` keeps the labels of another dim; over the channels it is a statistic."""
     src = n.args[0]
     lab, x = _lab(it, src), _val(it, src)
     if lab is None:
         return None
-    dims = _arg(n, 1, "dim")
-    keep = bool(_arg(n, 2, "keepdim", False))
     if dims is None:
         it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
         return None
     dims = {_norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
     if lab[0] in dims:
-        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
+        _channel_statistic(it, n, lab, x, keep)
         return None
     return (lab[0] if keep else lab[0] - sum(d < lab[0] for d in dims), lab[1])
 
@@ -515,6 +523,94 @@ _HANDLERS.update(dict.fromkeys(RESHAPE, _reshape))
 _HANDLERS.update(dict.fromkeys(PERMUTE, _permute))
 _HANDLERS.update(dict.fromkeys(REDUCE, _reduce))
 _HANDLERS.update(dict.fromkeys(SOFTMAX, _softmax))
+
+
+# --------------------------------------------------------------------------- statistics over the channels
+#
+# A mean, sum or norm over the channel dim (keepdim) is one value per position: a statistic of the
+# channels, not a channel. Where it is only broadcast back onto channels on that same dim
+# (GlobalResponseNorm's Gx / mean(Gx), a hand-written LayerNorm's x - mean), it is a normaliser
+# and the channels stay prunable, as through a LayerNorm: the pruned model takes the statistic over
+# the kept channels only. A sum or norm then equals the original's where the removed channels are
+# zero at its input; a mean divides by the kept count instead of the full one. A statistic used any
+# other way (concatenated, pooled, returned) keeps its channels. Per-channel reductions (a norm
+# over the spatial dims) keep the channel labels.
+
+STAT_REDUCE = {"mean", "sum", "norm", "linalg_vector_norm", "linalg_norm"}
+NORMS = {"norm", "linalg_vector_norm", "linalg_norm"}  # (input, p / ord, dim, keepdim)
+ELEMENTWISE = {"sqrt", "rsqrt", "pow", "square", "reciprocal", "exp", "log"}
+FUSED = {"addcmul", "addcdiv"}  # input + value * t1 (* or /) t2: elementwise over all three
+
+
+def _channel_statistic(it: _LabelInterpreter, n: fx.Node, lab: Labels, x: torch.Tensor, keep: bool) -> None:
+    """A reduction over the channel dim: a statistic (followed by its uses), or kept channels."""
+    if keep and _name(n) in STAT_REDUCE:
+        it.stats[n] = (lab[0] - x.dim(), lab[1])
+    else:
+        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
+
+
+def _vector_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    """Tensor.norm / torch.norm / torch.linalg.vector_norm: a reduction whose dim is the third argument."""
+    return _reduced(it, n, _arg(n, 2, "dim"), bool(_arg(n, 3, "keepdim", False)))
+
+
+def _statistic_use(it: _LabelInterpreter, n: fx.Node, value: Any) -> bool:
+    """Follow a node that reads a statistic; True when its output is itself one (it carries no labels).
+
+    A statistic may pass through elementwise ops with no channels (``+ eps``, ``sqrt``) and then
+    be broadcast onto channels labelled on its dim; reaching anything else keeps its channels.
+    """
+    srcs = [a for a in _nodes(n) if a in it.stats]
+    if not srcs:
+        return False
+    d = it.stats[srcs[0]][0]
+    name = _name(n)
+    elementwise = (n.op in ("call_function", "call_method") and isinstance(value, torch.Tensor)
+                   and name in POINTWISE | ELEMENTWISE | BROADCAST | FUSED)
+    if elementwise and all(it.stats[a][0] == d for a in srcs):
+        labelled = [a for a in _nodes(n) if isinstance(_lab(it, a), tuple)]
+        if not labelled and value.dim() >= -d and value.shape[d] == 1:
+            it.stats[n] = (d, torch.cat([it.stats[a][1] for a in srcs]))
+            return True
+        if labelled and name in BROADCAST | FUSED and all(_lab(it, a)[0] - _val(it, a).dim() == d for a in labelled):
+            return False  # a normaliser: broadcast back onto the channels it was taken over
+    for a in srcs:
+        it.tracker.lock_labels((0, it.stats[a][1]), f"kept channels whose statistic reaches {_describe(n)}",
+                               _where(n))
+    return False
+
+
+_HANDLERS.update(dict.fromkeys(NORMS, _vector_norm))
+_HANDLERS.update(dict.fromkeys(ELEMENTWISE, _pointwise))
+_HANDLERS.update(dict.fromkeys(FUSED, _broadcast))
+_HANDLERS["normalize"] = _pointwise  # F.normalize: divides by a norm per channel, or over them (a normaliser)
+
+
+# --------------------------------------------------------------------------- channel shuffles
+
+
+def _grouped_split(it: _LabelInterpreter, n: fx.Node, x: torch.Tensor, value: torch.Tensor, lab: Labels,
+                   literal: set[int]) -> Labels | None:
+    """A view splitting the channels into a hard-coded number of groups that are merged back
+    (channel_shuffle's ``view(B, g, C // g, H, W)``, transpose, view): the same position in every
+    group goes together, as in a grouped convolution, so the labels sit on the per-group dim and
+    survive the shuffle. A split that is not merged back (attention heads) is not one."""
+    found = grouped_split(tuple(x.shape), tuple(value.shape), lab, literal)
+    if found is None or not _merged_back(n):
+        return None
+    out, rows = found
+    it.tracker.uf.union_rows(rows)
+    return out
+
+
+def _merged_back(n: fx.Node) -> bool:
+    """Every use of ``n`` is a reshape, or a permute / copy on the way to one."""
+    users = list(n.users)
+    return bool(users) and all(
+        u.op in ("call_function", "call_method")
+        and (_name(u) in RESHAPE or (_name(u) in PERMUTE | {"contiguous", "clone"} and _merged_back(u)))
+        for u in users)
 
 
 # --------------------------------------------------------------------------- module handlers
