@@ -247,3 +247,44 @@ def test_a_second_cut_composes_with_the_first():
     assert rebuilt.splits == [1, 2]
     with torch.no_grad():
         assert torch.equal(rebuilt(x), twice(x))
+
+
+class DtypeReader(nn.Module):
+    """EdgeNeXt's positional encoding: a layer's weight read for its dtype and device only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Conv2d(3, 6, 1)
+        self.post = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device=self.pre.weight.device, dtype=self.pre.weight.dtype)
+        return self.post(self.pre(x)).mean((2, 3))
+
+
+def test_a_weight_read_for_its_dtype_keeps_its_channels_prunable():
+    graph = analyse(DtypeReader().eval(), _images()[:1])
+    assert graph.unfollowed == [] and [g.name for g in graph.groups] == ["pre"]
+
+
+def test_timm_edgenext_chunks_and_channel_attention_prune_exactly_and_save(tmp_path):
+    """EdgeNeXt: x.chunk(n) of uneven parts, cross-covariance attention (whole heads and the
+    channels around it), a positional encoding: nothing unfollowed, exact, saved and rebuilt."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    shape = (3, 64, 64)
+    model = build_model("timm:edgenext_xx_small", input_shape=shape, num_classes=10)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    assert analyse(model.eval(), x[:1]).unfollowed == []
+    params = count_params(model)
+    pruned, _, diff, scale = equivalence(model, x, ratio=0.5)
+    assert_equivalent(diff, scale)
+    assert count_params(pruned) < 0.5 * params
+    heads = {p: m.num_heads for p, m in pruned.named_modules() if type(m).__name__.endswith("CrossCovarianceAttn")}
+    assert heads and all(h < 4 for h in heads.values())
+    save_model(pruned, tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    pruned.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+    train_step(loaded, x)

@@ -809,10 +809,15 @@ def _escaped_params(it: _LabelInterpreter) -> set[str]:
 
     def followed(node: fx.Node) -> bool:
         if node not in memo:
-            memo[node] = all(u in it.followed or (u in it.params and followed(u)) for u in node.users)
+            memo[node] = all(u in it.followed or _metadata(u) or (u in it.params and followed(u)) for u in node.users)
         return memo[node]
 
     return {str(n.target) for n in list(it.params) if n.op == "get_attr" and not followed(n)}
+
+
+def _metadata(n: fx.Node) -> bool:
+    """``p.dtype`` / ``p.device``: reads nothing of a parameter's channels."""
+    return n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] in ("dtype", "device")
 
 
 def _attr(a: Any) -> str | None:
