@@ -115,14 +115,16 @@ class SplitCall:
 
 def split_labels(tr: Tracker, tags: torch.Tensor, call: SplitCall) -> tuple[list[torch.Tensor] | None, str]:
     """The tags of every part, or None and why the split cannot be followed."""
-    if call.kind not in ("split", "chunk") or not isinstance(call.asked, (int, list, tuple)):
+    if call.kind not in ("split", "chunk"):
+        return None, f"{call.kind} is not followed along the channels"
+    if not isinstance(call.asked, (int, list, tuple)):
         return None, "its sizes are computed in the forward"
     if call.kind == "chunk" and len(call.parts) != call.asked:
         return None, f"chunk({call.asked}) returns {len(call.parts)} parts, which pruning could change"
     even = not isinstance(call.asked, (list, tuple))
     name = f"{call.node}{_COMPUTED}" if call.kind == "chunk" else size_owner(call.module, call.asked)
     if name is None:
-        return None, (f"no attribute of {call.owner or '<root>'!r} holds its sizes {call.asked!r} "
+        return None, (f"no single attribute of {call.owner or '<root>'!r} holds its sizes {call.asked!r} "
                       "(register a rule in secateur.structured.splits.SPLIT_SIZES)")
     offsets = [0, *torch.tensor(call.parts).cumsum(0).tolist()]
     parts = [tags[a:b] for a, b in itertools.pairwise(offsets)]
