@@ -21,6 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import label_layer, layout_of
 from secateur.structured.reshape import grouped_split, reshape_labels
+from secateur.structured.splits import SplitCall, labelled_parts, split_labels
 from secateur.structured.trace import MODULES_KEY
 from secateur.structured.tracker import Labels, Tracker, param_key
 
@@ -75,6 +76,7 @@ class _LabelInterpreter(fx.Interpreter):
         self.followed: set[fx.Node] = set()  # ops that followed the channels of the parameters they read
         self.lost: set[fx.Node] = set()  # outputs whose channels are unknown because an op was not followed
         self.stats: dict[fx.Node, tuple[int, torch.Tensor]] = {}  # statistics over channels: (dim from the right, tags)
+        self.sizes: dict[fx.Node, Any] = {}  # ints that are a labelled dim's size (x.shape[1]): their tags
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the graph; afterwards, parameters read by ops that did not follow them are noted."""
@@ -96,6 +98,7 @@ class _LabelInterpreter(fx.Interpreter):
             self.labels[n] = label_node(self, n, value)
             if self.labels[n] is None:
                 _track_param(self, n, value)
+                _track_size(self, n)
                 if n not in self.stats and any(a in self.lost or _lab(self, a) is not None for a in _nodes(n)):
                     self.lost.add(n)  # channels went in, none came out
         except UnsupportedModelError:
@@ -368,14 +371,15 @@ def _cat(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | Non
 def _reshape(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
     src = n.args[0]
     lab, x = _lab(it, src), _val(it, src)
-    if lab is None:
+    if lab is None and not it.sizes:
         return None
     literal = _literal_dims(n, value.dim())
-    out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal)
-    if out is None:
+    out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal) if lab is not None else None
+    if out is None and lab is not None:
         out = _grouped_split(it, n, x, value, lab, literal)
-    if out is None:
+    if out is None and lab is not None:
         it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}", _where(n))
+    _counts_as_sizes(it, n, out, value.dim())
     return out
 
 
@@ -496,8 +500,7 @@ def _split(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     default = 0
     dim = _norm_dim(_arg(n, 2, "dim", default) if _name(n) != "unbind" else _arg(n, 1, "dim", 0), x.dim())
     if dim == lab[0]:
-        it.tracker.lock_labels(lab, f"kept channels split by {_describe(n)}", _where(n))
-        return [None] * len(value)
+        return _channel_split(it, n, lab, value)
     d = lab[0] - (1 if _name(n) == "unbind" and dim < lab[0] else 0)
     return [(d, lab[1]) for _ in value]
 
@@ -611,6 +614,84 @@ def _merged_back(n: fx.Node) -> bool:
         u.op in ("call_function", "call_method")
         and (_name(u) in RESHAPE or (_name(u) in PERMUTE | {"contiguous", "clone"} and _merged_back(u)))
         for u in users)
+
+
+# --------------------------------------------------------------------------- channel-dim splits
+#
+# split / chunk along the labelled dim: each part takes the tags at its offsets, and where the
+# sizes live (a module attribute the surgery rewrites, or a count the forward divides by) is
+# decided by secateur.structured.splits.
+
+
+def _channel_split(it: _LabelInterpreter, n: fx.Node, lab: Labels, value: Any) -> list:
+    """The parts of a split along the channels (locked, and reported, where it cannot be followed)."""
+    owner = _caller(n)
+    modules = getattr(it.module, "meta", {}).get(MODULES_KEY, {})
+    asked = n.args[1] if len(n.args) > 1 else next(
+        (n.kwargs[k] for k in ("split_size_or_sections", "split_size", "chunks", "sections") if k in n.kwargs), None)
+    parts = tuple(v.shape[lab[0]] if isinstance(v, torch.Tensor) else 0 for v in value)
+    call = SplitCall(_name(n), asked, parts, owner, modules.get(owner), n.name)
+    found, why = split_labels(it.tracker, lab[1], call) if _name(n) != "unbind" else (None, "one channel per part")
+    if found is None:
+        it.tracker.lock_labels(lab, f"kept channels split by {_describe(n)}: {why}", _where(n))
+    return labelled_parts(lab[0], found, len(value))
+
+
+def _caller(n: fx.Node) -> str:
+    """The path of the module whose forward made call ``n`` ("" for the model's own forward)."""
+    stack = n.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
+
+
+# --------------------------------------------------------------------------- channel counts read as sizes
+#
+# ``B, N, C = x.shape; ...; y.reshape(B, N, C)`` ties y's dim to x's channel count: when y does
+# not carry those channels there, pruning x would break the reshape, so x's channels are kept
+# (where y does carry channels of the same count there, the two are coupled).
+
+
+def _track_size(it: _LabelInterpreter, n: fx.Node) -> None:
+    """Remember ``x.shape`` / ``x.size(d)`` / ``shape[d]`` values that are a labelled dim's size."""
+    src = n.args[0] if n.args else None
+    lab = _lab(it, src)
+    if n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] == "shape":
+        if lab is not None:
+            it.sizes[n] = {lab[0]: lab[1]}
+    elif n.op == "call_method" and _name(n) == "size" and lab is not None:
+        d = _arg(n, 1, "dim")
+        if d is None:
+            it.sizes[n] = {lab[0]: lab[1]}
+        elif isinstance(d, int) and _norm_dim(d, _val(it, src).dim()) == lab[0]:
+            it.sizes[n] = lab[1]
+    elif (n.target is operator.getitem and isinstance(src, fx.Node) and isinstance(it.sizes.get(src), dict)
+          and isinstance(n.args[1], int)):
+        found = it.sizes[src].get(_norm_dim(n.args[1], len(_val(it, src))))
+        if found is not None:
+            it.sizes[n] = found
+
+
+def _same_channels(tr: Tracker, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tag vectors hold the same coupled channels, in any order (their counts stay equal)."""
+    return sorted(tr.uf.find(int(t)) for t in a) == sorted(tr.uf.find(int(t)) for t in b)
+
+
+def _counts_as_sizes(it: _LabelInterpreter, n: fx.Node, out: Labels | None, ndim: int) -> None:
+    """Channel counts given as reshape sizes: coupled with the output's channels there, else kept."""
+    if _name(n) == "flatten":
+        return
+    given: Any = n.args[1:] if len(n.args) > 1 else n.kwargs.get("shape", ())
+    shape = list(given)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = list(shape[0])
+    for k, size in enumerate(shape):
+        tags = it.sizes.get(size) if isinstance(size, fx.Node) else None
+        if not isinstance(tags, torch.Tensor):
+            continue
+        if out is not None and out[0] == k and len(shape) == ndim and len(out[1]) == len(tags):
+            if not _same_channels(it.tracker, out[1], tags):  # the same channels (a shuffle): counts agree
+                it.tracker.uf.union_pairs(out[1], tags)
+        else:
+            it.tracker.lock_labels((0, tags), f"kept channels whose count sizes {_describe(n)}", _where(n))
 
 
 # --------------------------------------------------------------------------- module handlers
@@ -846,10 +927,15 @@ def _escaped_params(it: _LabelInterpreter) -> set[str]:
 
     def followed(node: fx.Node) -> bool:
         if node not in memo:
-            memo[node] = all(u in it.followed or (u in it.params and followed(u)) for u in node.users)
+            memo[node] = all(u in it.followed or _metadata(u) or (u in it.params and followed(u)) for u in node.users)
         return memo[node]
 
     return {str(n.target) for n in list(it.params) if n.op == "get_attr" and not followed(n)}
+
+
+def _metadata(n: fx.Node) -> bool:
+    """``p.dtype`` / ``p.device``: reads nothing of a parameter's channels."""
+    return n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] in ("dtype", "device")
 
 
 def _attr(a: Any) -> str | None:
