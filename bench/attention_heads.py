@@ -2,7 +2,8 @@
 
 Random initialisation (no weights needed: the ratios depend on shapes only). Each model is
 pruned once with ``prune_channels(ratio=R, method="l1")`` (local: every group, i.e. every
-layer's heads and MLP hidden neurons, loses R of them; the embedding dimension is kept), and
+layer's heads and MLP hidden neurons, loses R of them; the embedding dimension is kept unless
+``--embedding`` gives its share: ViT's, and Swin's every stage width), and
 its parameters and MACs are counted before and after:
 
 - ``macs (all)``: every multiply-accumulate of one 224x224 image, from torch's FLOP counter
@@ -10,7 +11,8 @@ its parameters and MACs are counted before and after:
 - ``macs (layers)``: secateur's ``count_macs`` (conv / Linear layers only: it does not see
   ``nn.MultiheadAttention``'s packed in_proj nor the attention products).
 
-    python bench/attention_heads.py [--models vit_b_16,swin_t] [--ratio 0.5] [--embedding 0.25]
+    python bench/attention_heads.py [--models vit_b_16,swin_t,swin_v2_t,timm:swin_tiny_patch4_window7_224]
+                                    [--ratio 0.5] [--embedding 0.25]
                                     [--json FILE] [--md FILE]
 """
 
@@ -41,28 +43,31 @@ def all_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def embedding_width(model: torch.nn.Module, name: str) -> int:
-    """Output channels of the layer producing the embedding."""
-    layer = model.get_submodule(EMBEDDING[name])
+    """Output channels of the layer producing the embedding (Swin: of its first stage)."""
+    layer = model.get_submodule(EMBEDDING[name][0])
     return int(getattr(layer, "out_channels", 0))
 
 
 def heads(model: torch.nn.Module) -> list[int]:
     return [int(m.num_heads) for m in model.modules() if (hasattr(m, "num_heads") and hasattr(m, "head_dim"))
-            or type(m).__name__.endswith("ShiftedWindowAttention")]
+            or "WindowAttention" in type(m).__name__]  # Swin's (torchvision V1 and V2, timm)
 
 
-EMBEDDING = {"vit_b_16": "conv_proj", "swin_t": "features.0.0"}  # the layers producing the embedding channels
+# the layers producing the embedding channels (Swin: each stage's, the patch embedding and the patch mergings)
+EMBEDDING = {"vit_b_16": ("conv_proj",), "swin_t": ("features.0.0", "features.*.reduction"),
+             "swin_v2_t": ("features.0.0", "features.*.reduction"),
+             "timm:swin_tiny_patch4_window7_224": ("patch_embed.proj", "layers.*.downsample.reduction")}
 
 
 def run(name: str, ratio: float, embedding: float | None) -> dict:
     torch.manual_seed(0)
-    model = build_model(f"torchvision:{name}").eval()
+    model = build_model(name if ":" in name else f"torchvision:{name}").eval()  # a bare name is torchvision's
     x = torch.randn(1, 3, 224, 224)
     before = {"params": count_params(model), "macs_all": all_macs(model, x),
               "macs_layers": count_macs(model, (3, 224, 224)), "heads": sum(heads(model)),
               "embedding": embedding_width(model, name)}
     start = time.perf_counter()
-    ratios = {EMBEDDING[name]: embedding} if embedding is not None and name in EMBEDDING else None
+    ratios = dict.fromkeys(EMBEDDING.get(name, ()), 0.0 if embedding is None else embedding)
     prune_channels(model, x, ratio, method="l1", ratios=ratios)
     seconds = time.perf_counter() - start
     after = {"params": count_params(model), "macs_all": all_macs(model, x),

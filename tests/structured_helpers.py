@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secateur.structured import Plan, analyse, apply_plan, plan_pruning
+from secateur.structured.splits import parse_size_key
 from secateur.structured.tracker import split_param_key
 
 
@@ -19,6 +20,8 @@ def zero_pruned(model: nn.Module, plan: Plan) -> None:
     the removed slices of single parameters it names, such as a layer scale)."""
     with torch.no_grad():
         for path, keep in plan.keep_out.items():
+            if parse_size_key(path) is not None:
+                continue  # a split's part: its channels are zeroed where they are produced
             if split_param_key(path) is not None:
                 target, dim = split_param_key(path)
                 owner, _, name = target.rpartition(".")
@@ -42,8 +45,8 @@ def kept_layer_norms(model: nn.Module, plan: Plan) -> Iterator[None]:
     """While active, each LayerNorm of ``model`` the plan prunes normalises over its kept channels
     only, and outputs 0 at the removed ones: with :func:`zero_pruned`, the model a pruned one equals."""
     kept = {id(m.weight): torch.tensor(keep) for path, keep in plan.keep_out.items()
-            if split_param_key(path) is None and isinstance(m := model.get_submodule(path), nn.LayerNorm)
-            and m.weight is not None}
+            if split_param_key(path) is None and parse_size_key(path) is None
+            and isinstance(m := model.get_submodule(path), nn.LayerNorm) and m.weight is not None}
     original = F.layer_norm
 
     def layer_norm(x, shape, weight=None, bias=None, eps=1e-5):

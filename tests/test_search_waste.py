@@ -120,3 +120,6 @@ def test_a_kept_ramp_is_the_model_certification_judges_first(monkeypatch: pytest
     assert ramp["kept"] and certified["candidates"][0]["certified"]
     assert result.results["params"]["nonzero"] == ramp["params_nonzero_after"]
     assert result.results["pruned"]["val"]["accuracy"] == ramp["val_accuracy_after"]
+    # the first candidate reports the ramp's own compression, not the search round's
+    total = sum(p.numel() for p in baseline.parameters())
+    assert certified["candidates"][0]["compression"] == pytest.approx(total / ramp["params_nonzero_after"])

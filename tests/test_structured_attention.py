@@ -104,7 +104,7 @@ def _zero_removed_inputs(model: nn.Module, plan: Plan) -> None:
 
 # The residual streams (ViT's embedding, Swin's stages) keep their width where the analysis follows
 # them through LayerNorm: these tests are about heads and MLP neurons, compared exactly.
-STREAMS_KEPT = {"conv_proj": 0.0, "features.*.reduction": 0.0}
+STREAMS_KEPT = {"conv_proj": 0.0, "features.0.0": 0.0, "features.*.reduction": 0.0}
 
 
 def _prune(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.Module, Plan]:

@@ -165,8 +165,6 @@ OTHERS = {
     "coatnet": (lambda: _maxxvit(("C", "T", "T")), 64),
     "convit": (lambda: build_model("timm:convit_tiny", input_shape=(3, 32, 32), num_classes=10, img_size=32,
                                    patch_size=8, depth=4, local_up_to_layer=2), 32),  # GPSA, then MHSA blocks
-    "swin": (lambda: build_model("timm:swin_tiny_patch4_window7_224", input_shape=(3, 56, 56), num_classes=10,
-                                 img_size=56, embed_dim=32, depths=(2, 2), num_heads=(2, 4)), 56),  # shifted windows
 }
 
 
@@ -185,8 +183,7 @@ def _heads(model: nn.Module) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(("name", "fused"), [("maxvit", True), ("maxvit", False), ("coatnet", True),
-                                             ("coatnet", False), ("convit", True), ("swin", True),
-                                             ("swin", False)])
+                                             ("coatnet", False), ("convit", True)])
 def test_other_timm_attention_pruned_exactly_and_saved(name: str, fused: bool, tmp_path: Path) -> None:
     model, x = _other(name, fused)
     before = _heads(model)
@@ -200,8 +197,6 @@ def test_other_timm_attention_pruned_exactly_and_saved(name: str, fused: bool, t
         rel = getattr(m, "rel_pos", None)
         if path in after and rel is not None:  # a relative position bias table keeps one column per kept head
             assert rel.relative_position_bias_table.shape[1] == rel.bias_shape[2] == m.num_heads
-        if path in after and hasattr(m, "relative_position_bias_table"):  # Swin's own table
-            assert m.relative_position_bias_table.shape[1] == m.num_heads
         if path in after and hasattr(m, "pos_proj"):  # ConViT's positional rows and gates, one per kept head
             assert m.pos_proj.out_features == m.gating_param.numel() == m.num_heads
     save_model(pruned, tmp_path / "m")
@@ -269,26 +264,3 @@ def test_eva_heads_pruned_exactly_and_saved(name: str, tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x), pruned(x))
     train_step(pruned, x)
-
-
-@pytest.mark.parametrize(("dims", "followed"), [((1, 2), True), (-1, False), (None, False)])
-def test_roll_moves_no_channels_unless_along_them(dims: tuple[int, int] | int | None, followed: bool) -> None:
-    """Swin's shifted windows roll channels-last maps along height and width: the channels are followed."""
-
-    class Rolled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.fc = nn.Conv2d(3, 8, 1), nn.Linear(8, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.conv(x).permute(0, 2, 3, 1)  # channels last
-            return self.fc(torch.roll(h, shifts=(1, 2) if dims == (1, 2) else 1, dims=dims))
-
-    torch.manual_seed(0)
-    model, x = Rolled().eval(), torch.randn(2, 3, 5, 6)
-    graph = analyse(model, x[:1])
-    assert [g.name for g in graph.groups] == (["conv"] if followed else [])
-    assert bool(graph.unfollowed) is not followed
-    if followed:
-        _pruned, _plan, diff, scale = equivalence(model, x, 0.5)
-        assert_equivalent(diff, scale)

@@ -390,15 +390,28 @@ def _claimed(out: Path, model: nn.Module, resume: bool, force: bool) -> Iterator
         yield claimed
 
 
-def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Retrain | None,
-           evaluate: Evaluate | None, test_evaluate: Evaluate | None,
-           config: PruneConfig | None, train_config: TrainConfig | None,
-           out: str | Path | None, resume: bool, progress: bool,
-           input_shape: tuple[int, ...] | None, meta: Mapping | None,
-           polish: Retrain | None, on_round: Callable[[dict], None] | None,
-           certify_evaluate: Evaluate | None = None, **options: object) -> PruneResult:
-    """:func:`prune`, once its run folder (if any) is claimed."""
-    config = settings(config, options, out, resume)
+@dataclass
+class _Setup:
+    """What :func:`_prune` resolved before a run starts: the settings and every callable it calls."""
+
+    config: PruneConfig
+    data: Dataset | Loaders | None
+    make_train: MakeTrain
+    evaluate: Evaluate
+    test_evaluate: Evaluate | None
+    certify_evaluate: Evaluate | None
+    polish: Retrain | None
+    polish_config: TrainConfig
+    step: StepFn | None
+    input_shape: tuple[int, ...] | None
+    meta: dict
+
+
+def _setup(model: nn.Module, data: Dataset | Loaders | str | None, train: Retrain | None,
+           evaluate: Evaluate | None, test_evaluate: Evaluate | None, certify_evaluate: Evaluate | None,
+           config: PruneConfig, train_config: TrainConfig | None, polish: Retrain | None,
+           input_shape: tuple[int, ...] | None, meta: Mapping | None) -> _Setup:
+    """Resolve the data, the retraining, evaluation and polish callables and the run's metadata."""
     check_exports(config.exports)
     if isinstance(data, str):
         data = load_dataset(data)
@@ -413,27 +426,46 @@ def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Ret
     make_train, evaluate, test_evaluate, polish = prune_hooks(make_train, evaluate, test_evaluate, polish)
     certify_evaluate = writer_outcome(certify_evaluate, "certify_evaluate") if certify_evaluate else None
     input_shape = tuple(input_shape) if input_shape else (data.input_shape if data is not None else None)
-    meta = run_meta(model, data, meta, input_shape)
+    return _Setup(config, data, make_train, evaluate, test_evaluate, certify_evaluate, polish, polish_config,
+                  step, input_shape, run_meta(model, data, meta, input_shape))
+
+
+def _prune(model: nn.Module, *, data: Dataset | Loaders | str | None, train: Retrain | None,
+           evaluate: Evaluate | None, test_evaluate: Evaluate | None,
+           config: PruneConfig | None, train_config: TrainConfig | None,
+           out: str | Path | None, resume: bool, progress: bool,
+           input_shape: tuple[int, ...] | None, meta: Mapping | None,
+           polish: Retrain | None, on_round: Callable[[dict], None] | None,
+           certify_evaluate: Evaluate | None = None, **options: object) -> PruneResult:
+    """:func:`prune`, once its run folder (if any) is claimed: set up, start or resume, search, finish."""
+    s = _setup(model, data, train, evaluate, test_evaluate, certify_evaluate, settings(config, options, out, resume),
+               train_config, polish, input_shape, meta)
     out_dir = Path(out) if out is not None else None
     started = time.perf_counter()
-    batches = _taylor_batches(data) if data is not None else None
-    trainer = (learning_trainer(data, train_config, config)
-               if data is not None and train is None and learns(config) else None)
-    run = (_resume(model, evaluate, make_train, input_shape, out_dir, batches, trainer)
+    batches = _taylor_batches(s.data) if s.data is not None else None
+    trainer = (learning_trainer(s.data, train_config, s.config)
+               if s.data is not None and train is None and learns(s.config) else None)
+    run = (_resume(model, s.evaluate, s.make_train, s.input_shape, out_dir, batches, trainer)
            if resume and out_dir is not None and (out_dir / rundir.STATE).exists() else
-           _start(model, config, evaluate, make_train, input_shape, out_dir if is_writer() else None,
-                  meta, batches, trainer))
+           _start(model, s.config, s.evaluate, s.make_train, s.input_shape, out_dir if is_writer() else None,
+                  s.meta, batches, trainer))
     run.out = run.out if is_writer() else None  # under torchrun only rank 0 writes the run folder
     sync_module(run.best, "starting model")  # e.g. every rank loaded the same round: now bitwise rank 0's
-    _keep_fallbacks(run, certify_evaluate is not None)
-    _control(run, polish)
+    _keep_fallbacks(run, s.certify_evaluate is not None)
+    _control(run, s.polish)
     _search(run, progress and is_writer(), on_round)
-    polished = _polish(run, polish)
-    ramped = _ramp(run, *_ramper(data, train, polish_config.replace(seed=config.seed + RAMP_SEED), config, step))
-    certified = _certify(run, _final_step(polished, ramped), certify_evaluate)
-    result = _finish(run, test_evaluate, meta, time.perf_counter() - started, polished, certified, ramped)
+    result = _complete(run, s, train, started)
     result.results, result.out = agree(result.results), out_dir  # rank 0's results (its file sizes) everywhere
     return result
+
+
+def _complete(run: _Run, s: _Setup, train: Retrain | None, started: float) -> PruneResult:
+    """After the search: polish, the final ramp, certification and the outputs (``started``: the run's clock)."""
+    polished = _polish(run, s.polish)
+    ramp_config = s.polish_config.replace(seed=s.config.seed + RAMP_SEED)
+    ramped = _ramp(run, *_ramper(s.data, train, ramp_config, s.config, s.step))
+    certified = _certify(run, _final_step(polished, ramped), s.certify_evaluate)
+    return _finish(run, s.test_evaluate, s.meta, time.perf_counter() - started, polished, certified, ramped)
 
 
 def run_meta(model: nn.Module, data: Dataset | Loaders | None, meta: Mapping | None,
@@ -713,7 +745,10 @@ def _candidates(run: _Run, final: dict | None) -> list[Candidate]:
     best = run.state.best_round
     if not best:
         return []
-    last = Candidate(best, run.best, run.history[best - 1]["compression"], bool(final and final["kept"]))
+    compression = run.history[best - 1]["compression"]
+    if final and final["kept"] and "params_nonzero_after" in final:  # a kept ramp: its own size
+        compression = round_stats(run.best, run.baseline, (), None)["compression"]
+    last = Candidate(best, run.best, compression, bool(final and final["kept"]))
     return [last, *(c for c in reversed(run.accepted) if c.round != best)]
 
 

@@ -16,15 +16,21 @@ The steps, each usable alone:
   :class:`Group` s of coupled channels: conv -> BN -> activation -> conv chains, residual
   adds, concatenation offsets, depthwise convs, grouped convs (the same channels in every
   group), GroupNorm groups, LayerNorms over the channels, flatten / view into Linear, pooling,
-  squeeze-excitation and other gating multiplies, and F.batch_norm / F.linear / F.conv2d ...
-  calls on a module's own parameters. Channels that reach an op it cannot follow are *locked*
-  (kept; reasons in ``graph.notes``, and per op in ``graph.unfollowed``); a submodule fx cannot
-  trace is kept whole as an opaque layer; a model whose own forward cannot be traced raises
-  :class:`~secateur.errors.UnsupportedModelError` naming the op and module path. The model's
-  outputs (the classifier) and ``ignore`` d layers are never pruned.
+  squeeze-excitation and other gating multiplies, channel shuffles (the same positions kept in
+  every group), norms over the spatial dims, means / sums / norms over the channels broadcast
+  back onto them as normalisers (GlobalResponseNorm, hand-written LayerNorm / RMSNorm), and
+  F.batch_norm / F.linear / F.conv2d ... calls on a module's own parameters. Channels that
+  reach an op it cannot follow are *locked* (kept; reasons in ``graph.notes``, and per op in
+  ``graph.unfollowed``); a submodule fx cannot trace is kept whole as an opaque layer; a model
+  whose own forward cannot be traced raises :class:`~secateur.errors.UnsupportedModelError`
+  naming the op and module path. The model's outputs (the classifier) and ``ignore`` d layers
+  are never pruned.
 - A pruned LayerNorm normalises over fewer channels, so the pruned model differs from the
   original before retraining; it equals the original with the removed channels zeroed and that
-  LayerNorm taken over the kept channels only.
+  LayerNorm taken over the kept channels only. The same holds for a statistic over the channels
+  used as a normaliser: a mean (GlobalResponseNorm's mean of the per-channel norms) is taken
+  over the kept channels, dividing by their count; a sum or norm over the channels is exactly
+  the original's where the removed channels are zero at its input.
 - :func:`plan_pruning` scores channels with a :data:`GROUP_METHODS` name (``l1``, ``l2``,
   ``bn-scale``, ``taylor``, ``random``) and allocates locally or globally, with
   ``min_channels``, ``round_to`` and per-layer ``ratios``; it returns a JSON-able :class:`Plan`.

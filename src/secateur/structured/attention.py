@@ -9,13 +9,17 @@ head:
 
 - ``torch-mha``: ``nn.MultiheadAttention`` with its packed ``in_proj`` (torchvision ViT);
 - ``torchvision-swin``: Swin's ``ShiftedWindowAttention`` (``qkv`` / ``proj`` Linear layers and
-  the relative position bias table's per-head column);
+  the relative position bias table's per-head column); ``torchvision-swin-v2`` (its V2, with a
+  per-head logit scale and position-bias MLP row) lives in :mod:`secateur.structured.swin`;
 - ``hf-bert``, ``hf-gpt2``, ``hf-llama``: Hugging Face BERT-style (``self.query`` / ``key`` /
   ``value`` + ``output.dense``), GPT-2-style (packed ``Conv1D`` ``c_attn``, weights stored
   (in, out)) and LLaMA-style (``q_proj`` ... ``o_proj``) attention, grouped-query included;
+- ``timm-xca``: timm's ``CrossCovarianceAttn`` (EdgeNeXt): channel attention per head, a
+  temperature per head, a forward that reads the head width from its input (a pruned one becomes
+  a subclass whose forward reads it from its heads);
 - ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons;
 - timm's layers, in their own module (:mod:`secateur.structured.attention_timm`, a built-in of
-  the registry): ``timm-vit``, ``timm-swin``, ``timm-eva``, ``timm-rope``, ``timm-maxxvit``, ``timm-convit-gpsa``,
+  the registry): ``timm-vit``, ``timm-eva``, ``timm-rope``, ``timm-maxxvit``, ``timm-convit-gpsa``,
   ``timm-convit-mhsa``.
 
 A head is one coupled channel (``union_rows`` of its positions), so a group's ``size`` is its
@@ -90,29 +94,25 @@ class MlpLayout:
 Layout = HeadLayout | MlpLayout
 
 
-Editor = Callable[[str, Any, list[int] | None, list[int] | None], list[Edit]]
-
-
 @dataclass(frozen=True)
 class AttentionHandler:
     """A registered layer layout: ``layout(module)`` (None if it does not apply),
     ``leaf``: traced as one op (attention) or only used when the model cannot be traced (MLPs),
-    and ``edit``: the edits of the layer's own attributes (``num_heads`` ...) after its heads
-    are pruned (None: the layer is in ``_EDITORS``, or has no attribute to follow)."""
+    and ``edit(path, module, kept out, kept in) -> edits`` shrinking its own attributes (None:
+    the built-in editors of this module)."""
 
     name: str
     layout: Callable[[nn.Module], Layout | None]
     leaf: bool = True
-    edit: Editor | None = None
+    edit: Callable[..., list[Edit]] | None = None
 
 
-# layouts in their own modules register on first use (timm's attention layers)
-ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer",
-                                                        builtins=("secateur.structured.attention_timm",))
+ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer", builtins=(
+    "secateur.structured.swin", "secateur.structured.attention_timm"))
 
 
-def attention_layer(name: str, *, leaf: bool = True, edit: Editor | None = None) -> Callable[
-        [Callable[[nn.Module], Layout | None]], Callable[[nn.Module], Layout | None]]:
+def attention_layer(name: str, *, leaf: bool = True, edit: Callable[..., list[Edit]] | None = None
+                    ) -> Callable[[Callable[[nn.Module], Layout | None]], Callable[[nn.Module], Layout | None]]:
     """Decorator: register a layout function as an attention (or MLP) layer handler."""
 
     def decorate(layout: Callable[[nn.Module], Layout | None]) -> Callable[[nn.Module], Layout | None]:
@@ -176,7 +176,7 @@ def _swin(m: Any) -> Layout | None:
     d = m.qkv.out_features // (3 * h)
     inner = h * d
     return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
-                      Slot("proj", "in"), ("qkv",), ("proj", m.proj.out_features), "")
+                      Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "")
 
 
 @attention_layer("hf-bert")
@@ -229,6 +229,25 @@ def _qkv_proj(m: Any) -> Layout | None:
         return None
     return HeadLayout(h, h, d, Slot("q", "out"), Slot("k", "out"), Slot("v", "out"), Slot("proj", "in"),
                       ("q", "k", "v"), ("proj", m.proj.out_features), "")
+
+
+@attention_layer("timm-xca")
+def _xca(m: Any) -> Layout | None:
+    """timm's CrossCovarianceAttn (EdgeNeXt, XCiT): packed qkv / proj Linear, channel attention per
+    head, a temperature per head; its forward reads the head width from its input, so a pruned one
+    becomes a :func:`pruned_xca` subclass."""
+    if not any(c.__name__ == "CrossCovarianceAttn" for c in type(m).__mro__):
+        return None
+    qkv: Any = getattr(m, "qkv", None)
+    proj: Any = getattr(m, "proj", None)
+    h = getattr(m, "num_heads", None)
+    temp = m._parameters.get("temperature")  # not getattr: while fx traces, that gives a proxy
+    if not (_linear(qkv) and _linear(proj) and isinstance(h, int) and isinstance(temp, torch.Tensor)
+            and tuple(temp.shape) == (h, 1, 1) and qkv.out_features % (3 * h) == 0):
+        return None
+    inner = qkv.out_features // 3
+    return HeadLayout(h, h, inner // h, Slot("qkv", "out", 0), Slot("qkv", "out", inner),
+                      Slot("qkv", "out", 2 * inner), Slot("proj", "in"), ("qkv", ""), ("proj", proj.out_features), "")
 
 
 @attention_layer("hf-gpt2-mlp", leaf=False)
@@ -457,8 +476,8 @@ def _mha_edits(path: str, m: nn.MultiheadAttention, out: list[int] | None, inp: 
 
 
 def _swin_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
-    if out is None:
-        return []
+    if out is None:  # the embedding only: torchvision's forward ties the head size to it
+        return [] if inp is None else [(m, "__class__", PrunedShiftedWindowAttention)]
     d = m.qkv.out_features // (3 * m.num_heads)
     heads = _kept_heads(out, d, path)
     table = _param(m.relative_position_bias_table, 1, torch.tensor(heads))
@@ -497,6 +516,14 @@ def _qkv_proj_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | N
     return [(m, "num_heads", len(_kept_heads(out, int(m.head_dim), path)))]
 
 
+def _xca_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    edits: list[Edit] = [(m, "__class__", pruned_xca(type(m)))]
+    if out is not None:
+        heads = _kept_heads(out, m.qkv.out_features // (3 * m.num_heads), path)
+        edits += [(m, "num_heads", len(heads)), (m, "temperature", _param(m.temperature, 0, torch.tensor(heads)))]
+    return edits
+
+
 def _conv1d_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     w, edits = m.weight, []
     if out is not None:
@@ -521,6 +548,7 @@ _EDITORS: list[tuple[Callable[[nn.Module], bool], Callable[..., list[Edit]]]] = 
     (lambda m: _gpt2(m) is not None, _gpt2_edits),
     (lambda m: _llama(m) is not None, _llama_edits),
     (lambda m: _qkv_proj(m) is not None, _qkv_proj_edits),
+    (lambda m: _xca(m) is not None, _xca_edits),
     (_conv1d, _conv1d_edits),
     (lambda m: any(type(m) is r.kind for r in _embedding_attributes()), _embedding_edits),
 ]
@@ -607,8 +635,8 @@ class PrunedShiftedWindowAttention(ShiftedWindowAttention):
         x = x.reshape(b * n_win, win[0] * win[1], c)
         n, t, heads = x.shape[0], x.shape[1], self.num_heads
         d = self.qkv.out_features // (3 * heads)
-        q, k, v = self.qkv(x).reshape(n, t, 3, heads, d).permute(2, 0, 3, 1, 4)
-        attn = (q * d ** -0.5).matmul(k.transpose(-2, -1)) + bias
+        q, k, v = self._qkv(x).reshape(n, t, 3, heads, d).permute(2, 0, 3, 1, 4)
+        attn = self._scores(q, k) + bias
         if sum(shift) > 0:
             mask = _shift_mask(x, ph, pw, win, shift)
             attn = (attn.view(n // n_win, n_win, heads, t, t) + mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, t, t)
@@ -620,6 +648,37 @@ class PrunedShiftedWindowAttention(ShiftedWindowAttention):
         if sum(shift) > 0:
             x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
         return x[:, :hh, :ww, :].contiguous()
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed query / key / value projection of the windows' tokens."""
+        return self.qkv(x)
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Attention logits before the relative position bias (scaled dot products)."""
+        return (q * q.shape[-1] ** -0.5).matmul(k.transpose(-2, -1))
+
+
+_PRUNED_XCA: dict[type, type] = {}
+
+
+def pruned_xca(base: type) -> type:
+    """The subclass of a CrossCovarianceAttn class whose forward takes the head width from its
+    heads (``num_heads * head_dim`` may differ from the input's channels after pruning)."""
+    if getattr(base, "forward", None) is _xca_forward:
+        return base
+    if base not in _PRUNED_XCA:
+        _PRUNED_XCA[base] = type(f"Pruned{base.__name__}", (base,), {"forward": _xca_forward, "__module__": __name__})
+    return _PRUNED_XCA[base]
+
+
+def _xca_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    b, n, _ = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 4, 1)
+    q, k, v = qkv.unbind(0)
+    attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
+    attn = self.attn_drop(attn.softmax(dim=-1))
+    x = (attn @ v).permute(0, 3, 1, 2).reshape(b, n, -1)
+    return self.proj_drop(self.proj(x))
 
 
 def _shift_mask(x: torch.Tensor, ph: int, pw: int, win: list[int], shift: list[int]) -> torch.Tensor:

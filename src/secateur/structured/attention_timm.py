@@ -4,8 +4,6 @@
   a packed ``qkv`` Linear (q, k, v rows one after the other, ``num_heads`` heads of
   ``head_dim`` each) and ``proj``; its forward reads ``num_heads``, ``head_dim`` and
   ``attn_dim``, which surgery sets to the kept heads, so the module stays timm's own class;
-- ``timm-swin``: Swin's ``WindowAttention`` (packed ``qkv``, its relative position bias table
-  keeping the kept heads' columns);
 - ``timm-maxxvit``: MaxViT / CoAtNet's ``AttentionCl`` (Linear, channels last) and ``Attention2d``
   (1x1 convs, NCHW), q / k / v packed head by head or block by block, their ``RelPosBias`` table
   keeping the kept heads' columns;
@@ -258,34 +256,3 @@ def _timm_rope(m: Any) -> Layout | None:
     if not (m.attn_dim == h * d and m.kv_dim == kv * d and m.num_kv_groups * kv == h):
         return None
     return _qkv_layout(m, h, kv, d)
-
-
-# --------------------------------------------------------------------------- Swin (WindowAttention)
-
-_SWIN = (("timm.models.swin_transformer", "WindowAttention"),)
-
-
-def _swin_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
-    """The head count follows; the relative position bias table keeps the kept heads' columns."""
-    if out is None:
-        return []
-    d = m.proj.in_features // int(m.num_heads)
-    heads = _kept_heads(out, d, path)
-    table = _param(m.relative_position_bias_table, 1, torch.tensor(heads))
-    return [(m, "num_heads", len(heads)), (m, "relative_position_bias_table", table)]
-
-
-@attention_layer("timm-swin", edit=_swin_edits)
-def _timm_swin(m: Any) -> Layout | None:
-    """timm's Swin WindowAttention (V1): packed qkv and proj Linear layers, a per-head relative position bias."""
-    layers = _linears(m, "qkv", "proj") if _is(m, _SWIN) else None
-    if layers is None:
-        return None
-    qkv, proj = layers
-    h = int(m.num_heads)
-    d = proj.in_features // h
-    if qkv.out_features != 3 * h * d or _shape(m, "relative_position_bias_table") != (
-            (2 * m.window_size[0] - 1) * (2 * m.window_size[1] - 1), h):
-        return None
-    return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", h * d), Slot("qkv", "out", 2 * h * d),
-                      Slot("proj", "in"), ("qkv",), ("proj", proj.out_features), "")

@@ -26,6 +26,7 @@ from secateur.registry import Registry
 from secateur.search.pruner import Learned
 from secateur.structured.attention import weight_view
 from secateur.structured.graph import DependencyGraph, Group, Member
+from secateur.structured.splits import SIZE_ROLE
 from secateur.structured.tracker import split_param_key
 
 Scores = dict[str, torch.Tensor]
@@ -115,6 +116,8 @@ def _param_slices(model: nn.Module, key: str) -> torch.Tensor | None:
 def _accumulate(group: Group, per_member: Callable[[Member], torch.Tensor | None]) -> torch.Tensor:
     scores = torch.zeros(group.size, dtype=torch.float64)
     for member in group.members:
+        if member.role == SIZE_ROLE:
+            continue  # a split's part: positions only, no weights
         values = per_member(member)
         if values is not None:
             scores.index_add_(0, member.channel, values[member.positions.to(values.device)].double().cpu())

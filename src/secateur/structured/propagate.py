@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import types
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -19,7 +20,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import label_layer, layout_of
-from secateur.structured.reshape import reshape_labels
+from secateur.structured.reshape import grouped_split, reshape_labels
+from secateur.structured.splits import SplitCall, labelled_parts, split_labels
 from secateur.structured.trace import MODULES_KEY
 from secateur.structured.tracker import Labels, Tracker, param_key
 
@@ -73,6 +75,8 @@ class _LabelInterpreter(fx.Interpreter):
         self.params: dict[fx.Node, Provenance] = {}  # tensors that are (views of) one parameter / buffer
         self.followed: set[fx.Node] = set()  # ops that followed the channels of the parameters they read
         self.lost: set[fx.Node] = set()  # outputs whose channels are unknown because an op was not followed
+        self.stats: dict[fx.Node, tuple[int, torch.Tensor]] = {}  # statistics over channels: (dim from the right, tags)
+        self.sizes: dict[fx.Node, Any] = {}  # ints that are a labelled dim's size (x.shape[1]): their tags
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the graph; afterwards, parameters read by ops that did not follow them are noted."""
@@ -94,7 +98,8 @@ class _LabelInterpreter(fx.Interpreter):
             self.labels[n] = label_node(self, n, value)
             if self.labels[n] is None:
                 _track_param(self, n, value)
-                if any(a in self.lost or _lab(self, a) is not None for a in _nodes(n)):
+                _track_size(self, n)
+                if n not in self.stats and any(a in self.lost or _lab(self, a) is not None for a in _nodes(n)):
                     self.lost.add(n)  # channels went in, none came out
         except UnsupportedModelError:
             raise
@@ -232,6 +237,8 @@ def label_node(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
         return None
     if n.op == "get_attr":
         return None
+    if it.stats and _statistic_use(it, n, value):
+        return None
     if n.op == "output":
         tr.lock_labels(_flatten_labels(_lab_tree(it, n.args[0])))
         return None
@@ -263,6 +270,8 @@ def _function(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     name = _name(n)
     if n.target is operator.getitem:
         return _getitem(it, n, value)
+    if _is_wrapped(n):
+        return _wrapped_call(it, n, value)
     if name in SPLIT:
         return _split(it, n, value)
     if not isinstance(value, torch.Tensor):
@@ -362,12 +371,15 @@ def _cat(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | Non
 def _reshape(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
     src = n.args[0]
     lab, x = _lab(it, src), _val(it, src)
-    if lab is None:
+    if lab is None and not it.sizes:
         return None
     literal = _literal_dims(n, value.dim())
-    out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal)
-    if out is None:
+    out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal) if lab is not None else None
+    if out is None and lab is not None:
+        out = _grouped_split(it, n, x, value, lab, literal)
+    if out is None and lab is not None:
         it.tracker.lock_labels(lab, f"kept channels reshaped by {_describe(n)}", _where(n))
+    _counts_as_sizes(it, n, out, value.dim())
     return out
 
 
@@ -408,18 +420,21 @@ def _perm_order(n: fx.Node) -> list[Any]:
 
 
 def _reduce(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    return _reduced(it, n, _arg(n, 1, "dim"), bool(_arg(n, 2, "keepdim", False)))
+
+
+def _reduced(it: _LabelInterpreter, n: fx.Node, dims: Any, keep: bool) -> Labels | None:
+    """A reduction over ``dims`` keeps the labels of another dim; over the channels it is a statistic."""
     src = n.args[0]
     lab, x = _lab(it, src), _val(it, src)
     if lab is None:
         return None
-    dims = _arg(n, 1, "dim")
-    keep = bool(_arg(n, 2, "keepdim", False))
     if dims is None:
         it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
         return None
     dims = {_norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
     if lab[0] in dims:
-        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
+        _channel_statistic(it, n, lab, x, keep)
         return None
     return (lab[0] if keep else lab[0] - sum(d < lab[0] for d in dims), lab[1])
 
@@ -432,21 +447,6 @@ def _softmax(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     dim = _arg(n, 1, "dim")
     if dim is None or _norm_dim(dim, x.dim()) == lab[0]:
         it.tracker.lock_labels(lab, f"kept channels normalised by {_describe(n)}", _where(n))
-        return None
-    return lab
-
-
-def _roll(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
-    """``torch.roll``: channels stay where they are unless rolled along their own dim (Swin's shifted windows)."""
-    src = n.args[0]
-    lab, x = _lab(it, src), _val(it, src)
-    if lab is None or not isinstance(x, torch.Tensor):
-        return None
-    dims = _arg(n, 2, "dims")
-    rolled = set(range(x.dim())) if dims in (None, ()) else {  # no dims: the flattened tensor is rolled
-        _norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (tuple, list)) else [dims])}
-    if lab[0] in rolled:
-        it.tracker.lock_labels(lab, f"kept channels rolled by {_describe(n)}", _where(n))
         return None
     return lab
 
@@ -500,13 +500,25 @@ def _split(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
     default = 0
     dim = _norm_dim(_arg(n, 2, "dim", default) if _name(n) != "unbind" else _arg(n, 1, "dim", 0), x.dim())
     if dim == lab[0]:
-        it.tracker.lock_labels(lab, f"kept channels split by {_describe(n)}", _where(n))
-        return [None] * len(value)
+        return _channel_split(it, n, lab, value)
     d = lab[0] - (1 if _name(n) == "unbind" and dim < lab[0] else 0)
     return [(d, lab[1]) for _ in value]
 
 
-_HANDLERS: dict[str, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {}
+def _roll(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    """A cyclic shift along other dims (Swin's shifted windows) keeps the channels where they are."""
+    lab, x = _lab(it, n.args[0]), _val(it, n.args[0])
+    if lab is None:
+        return None
+    dims = _arg(n, 2, "dims")
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (list, tuple)) or not dims or lab[0] in {_norm_dim(d, x.dim()) for d in dims}:
+        it.tracker.lock_labels(lab, f"kept channels shifted by {_describe(n)}", _where(n))
+        return None
+    return lab
+
+
+_HANDLERS: dict[str, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], Any]] = {"roll": _roll}
 _HANDLERS.update(dict.fromkeys(POINTWISE, _pointwise))
 _HANDLERS.update(dict.fromkeys(BROADCAST, _broadcast))
 _HANDLERS.update(dict.fromkeys(CAT, _cat))
@@ -514,7 +526,172 @@ _HANDLERS.update(dict.fromkeys(RESHAPE, _reshape))
 _HANDLERS.update(dict.fromkeys(PERMUTE, _permute))
 _HANDLERS.update(dict.fromkeys(REDUCE, _reduce))
 _HANDLERS.update(dict.fromkeys(SOFTMAX, _softmax))
-_HANDLERS["roll"] = _roll
+
+
+# --------------------------------------------------------------------------- statistics over the channels
+#
+# A mean, sum or norm over the channel dim (keepdim) is one value per position: a statistic of the
+# channels, not a channel. Where it is only broadcast back onto channels on that same dim
+# (GlobalResponseNorm's Gx / mean(Gx), a hand-written LayerNorm's x - mean), it is a normaliser
+# and the channels stay prunable, as through a LayerNorm: the pruned model takes the statistic over
+# the kept channels only. A sum or norm then equals the original's where the removed channels are
+# zero at its input; a mean divides by the kept count instead of the full one. A statistic used any
+# other way (concatenated, pooled, returned) keeps its channels. Per-channel reductions (a norm
+# over the spatial dims) keep the channel labels.
+
+STAT_REDUCE = {"mean", "sum", "norm", "linalg_vector_norm", "linalg_norm"}
+NORMS = {"norm", "linalg_vector_norm", "linalg_norm"}  # (input, p / ord, dim, keepdim)
+ELEMENTWISE = {"sqrt", "rsqrt", "pow", "square", "reciprocal", "exp", "log"}
+FUSED = {"addcmul", "addcdiv"}  # input + value * t1 (* or /) t2: elementwise over all three
+
+
+def _channel_statistic(it: _LabelInterpreter, n: fx.Node, lab: Labels, x: torch.Tensor, keep: bool) -> None:
+    """A reduction over the channel dim: a statistic (followed by its uses), or kept channels."""
+    if keep and _name(n) in STAT_REDUCE:
+        it.stats[n] = (lab[0] - x.dim(), lab[1])
+    else:
+        it.tracker.lock_labels(lab, f"kept channels reduced by {_describe(n)}", _where(n))
+
+
+def _vector_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
+    """Tensor.norm / torch.norm / torch.linalg.vector_norm: a reduction whose dim is the third argument."""
+    return _reduced(it, n, _arg(n, 2, "dim"), bool(_arg(n, 3, "keepdim", False)))
+
+
+def _statistic_use(it: _LabelInterpreter, n: fx.Node, value: Any) -> bool:
+    """Follow a node that reads a statistic; True when its output is itself one (it carries no labels).
+
+    A statistic may pass through elementwise ops with no channels (``+ eps``, ``sqrt``) and then
+    be broadcast onto channels labelled on its dim; reaching anything else keeps its channels.
+    """
+    srcs = [a for a in _nodes(n) if a in it.stats]
+    if not srcs:
+        return False
+    d = it.stats[srcs[0]][0]
+    name = _name(n)
+    elementwise = (n.op in ("call_function", "call_method") and isinstance(value, torch.Tensor)
+                   and name in POINTWISE | ELEMENTWISE | BROADCAST | FUSED)
+    if elementwise and all(it.stats[a][0] == d for a in srcs):
+        labelled = [a for a in _nodes(n) if isinstance(_lab(it, a), tuple)]
+        if not labelled and value.dim() >= -d and value.shape[d] == 1:
+            it.stats[n] = (d, torch.cat([it.stats[a][1] for a in srcs]))
+            return True
+        if labelled and name in BROADCAST | FUSED and all(_lab(it, a)[0] - _val(it, a).dim() == d for a in labelled):
+            return False  # a normaliser: broadcast back onto the channels it was taken over
+    for a in srcs:
+        it.tracker.lock_labels((0, it.stats[a][1]), f"kept channels whose statistic reaches {_describe(n)}",
+                               _where(n))
+    return False
+
+
+_HANDLERS.update(dict.fromkeys(NORMS, _vector_norm))
+_HANDLERS.update(dict.fromkeys(ELEMENTWISE, _pointwise))
+_HANDLERS.update(dict.fromkeys(FUSED, _broadcast))
+_HANDLERS["normalize"] = _pointwise  # F.normalize: divides by a norm per channel, or over them (a normaliser)
+
+
+# --------------------------------------------------------------------------- channel shuffles
+
+
+def _grouped_split(it: _LabelInterpreter, n: fx.Node, x: torch.Tensor, value: torch.Tensor, lab: Labels,
+                   literal: set[int]) -> Labels | None:
+    """A view splitting the channels into a hard-coded number of groups that are merged back
+    (channel_shuffle's ``view(B, g, C // g, H, W)``, transpose, view): the same position in every
+    group goes together, as in a grouped convolution, so the labels sit on the per-group dim and
+    survive the shuffle. A split that is not merged back (attention heads) is not one."""
+    found = grouped_split(tuple(x.shape), tuple(value.shape), lab, literal)
+    if found is None or not _merged_back(n):
+        return None
+    out, rows = found
+    it.tracker.uf.union_rows(rows)
+    return out
+
+
+def _merged_back(n: fx.Node) -> bool:
+    """Every use of ``n`` is a reshape, or a permute / copy on the way to one."""
+    users = list(n.users)
+    return bool(users) and all(
+        u.op in ("call_function", "call_method")
+        and (_name(u) in RESHAPE or (_name(u) in PERMUTE | {"contiguous", "clone"} and _merged_back(u)))
+        for u in users)
+
+
+# --------------------------------------------------------------------------- channel-dim splits
+#
+# split / chunk along the labelled dim: each part takes the tags at its offsets, and where the
+# sizes live (a module attribute the surgery rewrites, or a count the forward divides by) is
+# decided by secateur.structured.splits.
+
+
+def _channel_split(it: _LabelInterpreter, n: fx.Node, lab: Labels, value: Any) -> list:
+    """The parts of a split along the channels (locked, and reported, where it cannot be followed)."""
+    owner = _caller(n)
+    modules = getattr(it.module, "meta", {}).get(MODULES_KEY, {})
+    asked = n.args[1] if len(n.args) > 1 else next(
+        (n.kwargs[k] for k in ("split_size_or_sections", "split_size", "chunks", "sections") if k in n.kwargs), None)
+    parts = tuple(v.shape[lab[0]] if isinstance(v, torch.Tensor) else 0 for v in value)
+    call = SplitCall(_name(n), asked, parts, owner, modules.get(owner), n.name)
+    found, why = split_labels(it.tracker, lab[1], call) if _name(n) != "unbind" else (None, "one channel per part")
+    if found is None:
+        it.tracker.lock_labels(lab, f"kept channels split by {_describe(n)}: {why}", _where(n))
+    return labelled_parts(lab[0], found, len(value))
+
+
+def _caller(n: fx.Node) -> str:
+    """The path of the module whose forward made call ``n`` ("" for the model's own forward)."""
+    stack = n.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
+
+
+# --------------------------------------------------------------------------- channel counts read as sizes
+#
+# ``B, N, C = x.shape; ...; y.reshape(B, N, C)`` ties y's dim to x's channel count: when y does
+# not carry those channels there, pruning x would break the reshape, so x's channels are kept
+# (where y does carry channels of the same count there, the two are coupled).
+
+
+def _track_size(it: _LabelInterpreter, n: fx.Node) -> None:
+    """Remember ``x.shape`` / ``x.size(d)`` / ``shape[d]`` values that are a labelled dim's size."""
+    src = n.args[0] if n.args else None
+    lab = _lab(it, src)
+    if n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] == "shape":
+        if lab is not None:
+            it.sizes[n] = {lab[0]: lab[1]}
+    elif n.op == "call_method" and _name(n) == "size" and lab is not None:
+        d = _arg(n, 1, "dim")
+        if d is None:
+            it.sizes[n] = {lab[0]: lab[1]}
+        elif isinstance(d, int) and _norm_dim(d, _val(it, src).dim()) == lab[0]:
+            it.sizes[n] = lab[1]
+    elif (n.target is operator.getitem and isinstance(src, fx.Node) and isinstance(it.sizes.get(src), dict)
+          and isinstance(n.args[1], int)):
+        found = it.sizes[src].get(_norm_dim(n.args[1], len(_val(it, src))))
+        if found is not None:
+            it.sizes[n] = found
+
+
+def _same_channels(tr: Tracker, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tag vectors hold the same coupled channels, in any order (their counts stay equal)."""
+    return sorted(tr.uf.find(int(t)) for t in a) == sorted(tr.uf.find(int(t)) for t in b)
+
+
+def _counts_as_sizes(it: _LabelInterpreter, n: fx.Node, out: Labels | None, ndim: int) -> None:
+    """Channel counts given as reshape sizes: coupled with the output's channels there, else kept."""
+    if _name(n) == "flatten":
+        return
+    given: Any = n.args[1:] if len(n.args) > 1 else n.kwargs.get("shape", ())
+    shape = list(given)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = list(shape[0])
+    for k, size in enumerate(shape):
+        tags = it.sizes.get(size) if isinstance(size, fx.Node) else None
+        if not isinstance(tags, torch.Tensor):
+            continue
+        if out is not None and out[0] == k and len(shape) == ndim and len(out[1]) == len(tags):
+            if not _same_channels(it.tracker, out[1], tags):  # the same channels (a shuffle): counts agree
+                it.tracker.uf.union_pairs(out[1], tags)
+        else:
+            it.tracker.lock_labels((0, tags), f"kept channels whose count sizes {_describe(n)}", _where(n))
 
 
 # --------------------------------------------------------------------------- module handlers
@@ -750,10 +927,15 @@ def _escaped_params(it: _LabelInterpreter) -> set[str]:
 
     def followed(node: fx.Node) -> bool:
         if node not in memo:
-            memo[node] = all(u in it.followed or (u in it.params and followed(u)) for u in node.users)
+            memo[node] = all(u in it.followed or _metadata(u) or (u in it.params and followed(u)) for u in node.users)
         return memo[node]
 
     return {str(n.target) for n in list(it.params) if n.op == "get_attr" and not followed(n)}
+
+
+def _metadata(n: fx.Node) -> bool:
+    """``p.dtype`` / ``p.device``: reads nothing of a parameter's channels."""
+    return n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] in ("dtype", "device")
 
 
 def _attr(a: Any) -> str | None:
@@ -902,3 +1084,110 @@ _PARAM_HANDLERS: dict[Any, Callable[[_LabelInterpreter, fx.Node, torch.Tensor], 
     F.layer_norm: _f_layer_norm, torch.layer_norm: _f_layer_norm, torch.group_norm: _f_group_norm,
     F.linear: _f_linear, F.conv1d: _f_conv, F.conv2d: _f_conv, F.conv3d: _f_conv, F.embedding: _f_embedding,
 }
+
+
+# --------------------------------------------------------------------------- fx-wrapped functions
+#
+# A function registered with ``torch.fx.wrap`` (torchvision Swin's ``_patch_merging_pad``) is one
+# call_function node whose body fx never saw. Its channels are followed by tracing that body on
+# its own (non-tensor arguments as the constants they are here) and running the label
+# propagation through it, as if fx had traced it in place; a body fx cannot trace, or one that
+# reads parameters, keeps the channels reaching it (the call is not followed).
+
+MAX_INLINE_DEPTH = 4  # wrapped functions calling wrapped functions, followed this deep
+
+
+def _is_wrapped(n: fx.Node) -> bool:
+    """A call of a plain Python function that is not torch's own (only fx-wrapped ones stay calls)."""
+    t = n.target
+    module = getattr(t, "__module__", None) or ""
+    return (n.op == "call_function" and isinstance(t, types.FunctionType) and _name(n) not in _HANDLERS
+            and module.partition(".")[0] != "torch")
+
+
+class _Inline(nn.Module):
+    """``fn`` with its tensor arguments taken from one list (the placeholder of its traced body)."""
+
+    def __init__(self, fn: Callable, args: Any, kwargs: Any) -> None:
+        super().__init__()
+        self.fn, self.call_args, self.call_kwargs = fn, args, kwargs
+
+    def forward(self, xs: Any) -> Any:
+        return self.fn(*_fill(self.call_args, xs), **_fill(self.call_kwargs, xs))
+
+
+class _Slot(int):
+    """The index of a tensor argument in the list a traced wrapped function receives."""
+
+
+def _tensor_slots(it: _LabelInterpreter, tree: Any, found: list[fx.Node]) -> Any:
+    """``tree`` (node arguments) with each tensor-valued node replaced by its :class:`_Slot` in
+    ``found``, and every other node by its value here."""
+    if isinstance(tree, fx.Node):
+        if not isinstance(_val(it, tree), torch.Tensor):
+            return _val(it, tree)
+        found.append(tree)
+        return _Slot(len(found) - 1)
+    if isinstance(tree, (list, tuple)):
+        items = [_tensor_slots(it, a, found) for a in tree]
+        return tuple(items) if isinstance(tree, tuple) else items
+    if isinstance(tree, dict):
+        return {k: _tensor_slots(it, v, found) for k, v in tree.items()}
+    return tree
+
+
+def _fill(tree: Any, xs: Any) -> Any:
+    """``tree`` with each :class:`_Slot` replaced by ``xs[slot]``."""
+    if isinstance(tree, _Slot):
+        return xs[int(tree)]
+    if isinstance(tree, (list, tuple)):
+        items = [_fill(a, xs) for a in tree]
+        return tuple(items) if isinstance(tree, tuple) else items
+    if isinstance(tree, dict):
+        return {k: _fill(v, xs) for k, v in tree.items()}
+    return tree
+
+
+class _InlineInterpreter(_LabelInterpreter):
+    """Label propagation through a wrapped function's traced body: its placeholder carries the
+    caller's labels, and its output's labels are handed back instead of being locked."""
+
+    def __init__(self, gm: fx.GraphModule, outer: _LabelInterpreter, labels: list) -> None:
+        super().__init__(gm, outer.tracker, outer.mode, outer.shapes_only)
+        self.depth = getattr(outer, "depth", 0) + 1
+        self.seed = labels
+        self.result: Any = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op not in ("placeholder", "output"):
+            return super().run_node(n)
+        with self.mode:
+            value = fx.Interpreter.run_node(self, n)
+        if n.op == "placeholder":
+            self.labels[n] = self.seed
+        else:
+            self.result = _lab_tree(self, n.args[0])
+        return value
+
+
+def _wrapped_call(it: _LabelInterpreter, n: fx.Node, value: Any) -> Any:
+    """Labels of a wrapped function's output, followed through its body (see above)."""
+    found: list[fx.Node] = []
+    args, kwargs = _tensor_slots(it, n.args, found), _tensor_slots(it, dict(n.kwargs), found)
+    if not any(_lab(it, a) is not None for a in found):
+        return None
+    body = None
+    if getattr(it, "depth", 0) < MAX_INLINE_DEPTH and not any(a in it.params for a in found):
+        with contextlib.suppress(Exception):  # fx raises many types; untraceable means not followed
+            body = fx.symbolic_trace(_Inline(n.target, args, kwargs))  # type: ignore[arg-type]
+    if body is None:
+        if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list))
+                                               and any(isinstance(v, torch.Tensor) for v in value)):
+            _lock_inputs(it, n, _describe(n))  # as for any op not followed (a number computed from a shape is none)
+        return None
+    for sub in body.graph.nodes:  # notes name the caller's module
+        sub.meta.setdefault("nn_module_stack", n.meta.get("nn_module_stack", {}))
+    inner = _InlineInterpreter(body, it, [_lab(it, a) for a in found])
+    inner.run([_val(it, a) for a in found])
+    it.followed.add(n)
+    return inner.result

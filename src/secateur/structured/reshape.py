@@ -85,3 +85,29 @@ def _broadcast_line(line: torch.Tensor, shape: torch.Size, axis: int) -> torch.T
     view = [1] * len(shape)
     view[axis] = len(line)
     return line.reshape(view).expand(shape)
+
+
+def grouped_split(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: Labels,
+                  literal: set[int]) -> tuple[Labels, torch.Tensor] | None:
+    """A labelled dim split into two, one of them a hard-coded number of groups (a channel shuffle).
+
+    Returns the labels on the other (per-group) dim and the rows of tags that must go together
+    (the same position in every group); None for any other reshape. The group count stays fixed
+    when channels are removed, so each group must lose the same positions.
+    """
+    d, tags = lab
+    try:
+        groups = dim_groups(in_shape, out_shape)
+    except IndexError:
+        return None
+    found = next(((ins, outs) for ins, outs in groups if d in ins), None)
+    if found is None or list(found[0]) != [d] or len(found[1]) != 2:
+        return None
+    a, b = found[1]
+    fixed = [k for k in (a, b) if k in literal]
+    if len(fixed) != 1:
+        return None
+    grid = tags.reshape(out_shape[a], out_shape[b])
+    if fixed[0] == a:  # (groups, per group): a column is one position in every group
+        return (b, grid[0]), grid.T
+    return (a, grid[:, 0]), grid

@@ -4,6 +4,7 @@ The result is the same model object with the same module classes and smaller ten
 (conv / linear weights and biases, BatchNorm / InstanceNorm / GroupNorm / LayerNorm / PReLU
 parameters and running statistics, and single parameters a plan names by
 :func:`~secateur.structured.tracker.param_key`, such as a layer scale or an embedding table)
+and the split sizes a module holds for its forward (:mod:`secateur.structured.splits`)
 and updated ``in_channels`` / ``out_channels`` / ``groups`` / ``in_features`` /
 ``num_features`` / ``normalized_shape`` / ``embedding_dim`` ... attributes. No masks, no wrappers.
 
@@ -30,6 +31,7 @@ from secateur.provenance import record_plan, recorded_plan
 from secateur.structured import attention
 from secateur.structured.plan import Plan, compose, relative
 from secateur.structured.propagate import CHANNEL_NORMS, CONVS
+from secateur.structured.splits import parse_size_key, size_edits
 from secateur.structured.tracker import split_param_key
 
 _Conv = nn.modules.conv._ConvNd  # CONVS
@@ -56,10 +58,11 @@ def apply_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor | None 
     """
     edits: list[_Edit] = []
     for path in sorted(set(plan.keep_out) | set(plan.keep_in)):
-        if split_param_key(path) is None:
+        if split_param_key(path) is None and parse_size_key(path) is None:
             module = _get(model, path)
             edits.extend(_module_edits(path, module, plan.keep_out.get(path), plan.keep_in.get(path)))
     edits.extend(_param_edits(model, plan))
+    edits.extend(_Edit(m, name, sizes) for m, name, sizes in size_edits(model, plan.keep_out))
     carried = _composed(model, plan)
     _swap(edits, forward=True)
     if example_input is not None:

@@ -310,9 +310,13 @@ def _make_groups(keys: list, per_key: list, group_of: np.ndarray, pr: np.ndarray
                 first_key[gi] = ki
             members[gi].append(Member(keys[ki][0], keys[ki][1], torch.from_numpy(pos[sel]),
                                       torch.from_numpy(channel[rr])))
-    groups = []
+    groups: list[Group] = []
+    named: dict[str, int] = {}
     for gi in np.argsort(first_key, kind="stable").tolist():
         outs = [m.module for m in members[gi] if m.role == "out" or (m.role == "param" and m.module in producers)]
-        if outs:
-            groups.append(Group(name=outs[0], size=int(sizes[gi]), members=members[gi]))
+        if outs:  # a layer whose outputs fall into several groups (split parts) names them "conv", "conv#1" ...
+            seen_before = named.get(outs[0], 0)
+            named[outs[0]] = seen_before + 1
+            name = outs[0] if not seen_before else f"{outs[0]}#{seen_before}"
+            groups.append(Group(name=name, size=int(sizes[gi]), members=members[gi]))
     return groups
