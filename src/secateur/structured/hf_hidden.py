@@ -96,12 +96,15 @@ def _p(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _heads(model: nn.Module, known: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> tuple | None:
+Heads = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]  # model class -> (readers, outside)
+
+
+def _heads(model: nn.Module, known: Heads) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """(readers, outside) declared for ``model``'s class (None: its heads are not declared)."""
     return known.get(type(model).__name__)
 
 
-_BERT_HEADS = {"BertModel": ((), ()), "BertForSequenceClassification": ((), ("classifier",)),
+_BERT_HEADS: Heads = {"BertModel": ((), ()), "BertForSequenceClassification": ((), ("classifier",)),
                "BertForMultipleChoice": ((), ("classifier",)), "BertForTokenClassification": (("classifier",), ()),
                "BertForQuestionAnswering": (("qa_outputs",), ())}
 
@@ -122,7 +125,7 @@ def _bert(model: nn.Module) -> StreamLayout | None:
     return StreamLayout(int(b.config.hidden_size), base, tuple(emb), tuple(norms), (*readers, *heads[0]), heads[1])
 
 
-_GPT2_HEADS = {"GPT2Model": ((), ()), "GPT2LMHeadModel": (("lm_head",), ()),
+_GPT2_HEADS: Heads = {"GPT2Model": ((), ()), "GPT2LMHeadModel": (("lm_head",), ()),
                "GPT2ForSequenceClassification": (("score",), ()), "GPT2ForTokenClassification": (("classifier",), ()),
                "GPT2ForQuestionAnswering": (("qa_outputs",), ())}
 
@@ -139,7 +142,7 @@ def _gpt2(model: nn.Module) -> StreamLayout | None:
                         heads[0], heads[1])
 
 
-_LLAMA_HEADS = {"LlamaModel": ((), ()), "LlamaForCausalLM": (("lm_head",), ()),
+_LLAMA_HEADS: Heads = {"LlamaModel": ((), ()), "LlamaForCausalLM": (("lm_head",), ()),
                 "LlamaForSequenceClassification": (("score",), ()), "LlamaForTokenClassification": (("score",), ()),
                 "LlamaForQuestionAnswering": (("qa_outputs",), ())}
 
