@@ -30,7 +30,8 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from secateur import load_model, save_model
+from secateur import PruningSession, load_model, save_model
+from secateur.analysis.metrics import count_macs, zero_input
 from secateur.errors import ConfigError
 from secateur.structured import Plan, analyse, apply_plan, prune_channels
 from secateur.structured.hf_hidden import RESIDUAL_STREAMS
@@ -241,3 +242,22 @@ def test_an_undeclared_head_or_layer_keeps_the_hidden_size(factory: Callable[[],
 
 def test_stream_layouts_are_registered() -> None:
     assert {"hf-bert", "hf-gpt2", "hf-llama"} <= set(RESIDUAL_STREAMS)
+
+
+def test_token_models_get_token_ids_as_example_inputs() -> None:
+    """Tracing, surgery checks and MAC counts feed a text model zero token ids (long), others floats."""
+    assert zero_input(_built(_bert), (L,)).dtype == torch.long
+    assert zero_input(nn.Sequential(nn.Linear(4, 2)), (4,)).dtype == torch.float32
+    assert count_macs(_built(_bert), (L,)) > 0
+
+
+def test_a_pruning_session_drives_a_hugging_face_model() -> None:
+    """The search's own loop (rounds, judging, roll-back) on token ids: input_shape is the sequence length."""
+    model = _built(_bert)
+    session = PruningSession(model, lambda m: 1.0, granularity="channel", input_shape=(L,), max_drop=0.01,
+                             rounds=2)
+    for candidate in session:
+        assert type(candidate) is type(model)
+    result = session.result
+    assert result is not None and result.model.config.hidden_size < 32
+    assert _logits(result.model, _tokens()).shape == (2, 3)
