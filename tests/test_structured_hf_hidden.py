@@ -158,6 +158,11 @@ def _macs(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
+def _tied(model: nn.Module) -> bool:
+    head = getattr(model, "lm_head", None)
+    return head is not None and head.weight is model.get_input_embeddings().weight
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_hidden_size_pruned_exactly_and_saved(name: str, tmp_path: Path) -> None:
     factory, base = CASES[name]
@@ -178,6 +183,7 @@ def test_hidden_size_pruned_exactly_and_saved(name: str, tmp_path: Path) -> None
     again, _ = load_model(tmp_path / "m", _built(factory))
     torch.testing.assert_close(_logits(again, x), _logits(pruned, x))
     assert again.config.hidden_size == 24
+    assert _tied(pruned) == _tied(again) == _tied(original)  # a tied head stays tied, through the round trip
     pruned.train()
     pruned(x).logits.float().pow(2).mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in pruned.parameters())
