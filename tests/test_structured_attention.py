@@ -102,9 +102,11 @@ def _zero_removed_inputs(model: nn.Module, plan: Plan) -> None:
                 w[:, gone] = 0
 
 
-# The residual streams (ViT's embedding, Swin's stages) keep their width where the analysis follows
-# them through LayerNorm: these tests are about heads and MLP neurons, compared exactly.
-STREAMS_KEPT = {"conv_proj": 0.0, "features.0.0": 0.0, "features.*.reduction": 0.0}
+# The residual streams (ViT's embedding, Swin's stages, the Hugging Face models' hidden size, a group
+# named after the base model) keep their width where the analysis follows them through LayerNorm:
+# these tests are about heads and MLP neurons, compared exactly (tests/test_structured_hf_hidden.py: the rest).
+STREAMS_KEPT = {"conv_proj": 0.0, "features.0.0": 0.0, "features.*.reduction": 0.0, "": 0.0, "bert": 0.0,
+                "transformer": 0.0, "model": 0.0}
 
 
 def _prune(model: nn.Module, x: torch.Tensor, ratio: float) -> tuple[nn.Module, Plan]:
@@ -193,7 +195,7 @@ def test_grouped_query_attention_prunes_kv_groups_with_their_query_heads() -> No
 
 def test_multi_query_attention_prunes_query_heads_alone() -> None:
     original = _built(lambda: _llama(kv_heads=1))
-    model, plan = prune_channels(copy.deepcopy(original), _tokens()[:1], 0.5)
+    model, plan = _prune(copy.deepcopy(original), _tokens()[:1], 0.5)
     attn = model.model.layers[0].self_attn
     assert (attn.num_heads, attn.num_key_value_heads, attn.num_key_value_groups) == (2, 1, 2)
     assert (attn.q_proj.out_features, attn.k_proj.out_features) == (16, 8)

@@ -205,7 +205,7 @@ def _trace(model: nn.Module, modules: dict[str, nn.Module], input_shape: Sequenc
 
 def _forward_zeros(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: Device) -> None:
     """One eval-mode, no-grad forward of a zero batch; the modules' train flags are restored."""
-    x = _zeros(model, input_shape, batch_size, device)
+    x = zero_input(model, input_shape, batch_size, device)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -220,8 +220,11 @@ def _forward_zeros(model: nn.Module, input_shape: Sequence[int], batch_size: int
             m.training = mode
 
 
-def _zeros(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: Device) -> torch.Tensor:
-    """A zero input batch on ``device`` (default: the model's device) in the model's float dtype."""
+def zero_input(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
+               device: Device = None) -> torch.Tensor:
+    """A zero input batch on ``device`` (default: the model's device) in the model's float dtype, or
+    token ids (long zeros) for a model that embeds tokens first (a Hugging Face text model, whose
+    ``get_input_embeddings()`` is an ``nn.Embedding``): the example input of tracing and counting."""
     try:
         shape = tuple(operator.index(d) for d in input_shape)
     except TypeError:
@@ -232,7 +235,17 @@ def _zeros(model: nn.Module, input_shape: Sequence[int], batch_size: int, device
     dtype = first.dtype if first is not None else torch.float32
     if device is None:
         device = first.device if first is not None else "cpu"
+    if _reads_tokens(model):
+        dtype = torch.long
     return torch.zeros(batch_size, *shape, dtype=dtype, device=device)
+
+
+def _reads_tokens(model: nn.Module) -> bool:
+    embeddings = getattr(model, "get_input_embeddings", None)
+    try:
+        return callable(embeddings) and isinstance(embeddings(), nn.Embedding)
+    except Exception:  # a model whose input embeddings are not defined (NotImplementedError ...)
+        return False
 
 
 # --------------------------------------------------------------------------- public API
@@ -313,7 +326,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: in
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs batch_size >= 1, repeats >= 1, warmup >= 0; "
                           f"got {batch_size}, {repeats}, {warmup}")
-    x = _zeros(model, input_shape, batch_size, device)
+    x = zero_input(model, input_shape, batch_size, device)
     timer = _cuda_timer if x.device.type == "cuda" else _cpu_timer
     modes = {m: m.training for m in model.modules()}
     try:

@@ -18,6 +18,7 @@ from secateur.analysis.metrics import (
     count_params,
     layer_stats,
     measure_latency,
+    zero_input,
 )
 from secateur.unstructured.masks import effective, make_permanent, masks_of
 
@@ -101,5 +102,5 @@ def unfollowed_rows(model: nn.Module, shape: tuple[int, ...]) -> list[dict[str, 
     """``results.json``'s ``unfollowed``: ops the structured analysis keeps channels at (op, path, channels)."""
     from secateur.structured.graph import unfollowed_ops  # structured pruning imports this module's row
 
-    x = torch.zeros(1, *shape, device=next((p.device for p in model.parameters()), torch.device("cpu")))
+    x = zero_input(model, shape)
     return [{"op": u.op, "path": u.path, "channels": u.channels} for u in unfollowed_ops(model, x)]

@@ -23,7 +23,7 @@ from rich.console import Console
 from torch import nn
 
 from secateur import __version__
-from secateur.analysis.metrics import count_macs, count_params, format_layer_table, layer_stats
+from secateur.analysis.metrics import count_macs, count_params, format_layer_table, layer_stats, zero_input
 from secateur.analysis.sweep import DEFAULT_METHODS as DEFAULT_SWEEP_METHODS
 from secateur.analysis.sweep import DEFAULT_SCHEDULE, DEFAULT_STRENGTHS, sweep_schedules
 from secateur.app.recipe import Recipe, read_recipe
@@ -217,7 +217,7 @@ def structure_line(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     from secateur.structured.graph import analyse  # lazy: tracing machinery only for this line
 
     try:
-        graph = analyse(model, torch.zeros(1, *input_shape))
+        graph = analyse(model, zero_input(model, input_shape))
     except SecateurError as err:
         return f"structured pruning: {err}"
     line = (f"structured pruning: {len(graph.groups)} prunable groups, "

@@ -30,8 +30,9 @@ channel; with a single shared key / value head (multi-query) query heads are pru
 Attention layers are traced as single ops (leaves, :func:`is_leaf`). Where a model's own
 forward cannot be traced at all (Hugging Face models), :func:`record_blocks` builds the
 groups from the registered layers alone: heads and MLP neurons are pruned, the hidden size
-(the residual stream) is kept. After surgery (:func:`edits`) the layers' own attributes
-(``num_heads``, ``num_attention_heads``, ``split_size`` ...) match their new shapes; the two
+(the residual stream) is kept unless :mod:`secateur.structured.hf_hidden` declares it.
+After surgery (:func:`edits`) the layers' own attributes (``num_heads``,
+``num_attention_heads``, ``split_size`` ...) match their new shapes; the two
 layers whose torch / torchvision forward ties the head count to the embedding size become
 :class:`PrunedMultiheadAttention` / :class:`PrunedShiftedWindowAttention` (subclasses with the
 same parameters that compute the same attention for any head count).

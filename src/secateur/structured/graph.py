@@ -28,7 +28,8 @@ import torch
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
-from secateur.structured.attention import record_blocks, record_embeddings
+from secateur.structured.attention import record_embeddings
+from secateur.structured.hf_hidden import record_stream
 from secateur.structured.propagate import propagate
 from secateur.structured.trace import trace_model, trace_tolerant
 from secateur.structured.tracker import (
@@ -88,8 +89,8 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
         model.eval()
         try:
             gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model)
-        except UnsupportedModelError as err:  # e.g. Hugging Face models: their registered layers only
-            if strict or not record_blocks(model, tracker, str(err).split(";")[0]):
+        except UnsupportedModelError as err:  # e.g. Hugging Face models: their declared layers only
+            if strict or not record_stream(model, tracker, str(err).split(";")[0]):
                 raise
             return tracker
         tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)

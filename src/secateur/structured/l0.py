@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secateur.analysis.metrics import zero_input
 from secateur.errors import ConfigError
 from secateur.search.pruner import Learned, Step, Trainer
 from secateur.structured.graph import DependencyGraph, Group, Member, analyse
@@ -171,7 +172,7 @@ def learn_l0(baseline: nn.Module, targets: tuple[str, ...], trainer: Trainer, *,
     """
     model = copy.deepcopy(baseline)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    graph = analyse(model, torch.zeros(1, *input_shape, device=device), ignore=ignore)
+    graph = analyse(model, zero_input(model, input_shape, 1, device), ignore=ignore)
     _check_sites(model, graph)
     gates = Gates(model, graph)
     gates.attach(model)

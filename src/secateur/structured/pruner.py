@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from secateur.analysis.metrics import zero_input
 from secateur.errors import ConfigError
 from secateur.search.config import PruneConfig, check_learned
 from secateur.search.pruner import (
@@ -49,8 +50,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """A zero batch of one example on the model's device (for tracing)."""
-    return torch.zeros(1, *input_shape, device=model_device(model))
+    """A zero batch of one example on the model's device (for tracing; token ids for a text model)."""
+    return zero_input(model, input_shape, 1, model_device(model))
 
 
 def group_sizes(model: nn.Module, input_shape: tuple[int, ...], ignore: Iterable[str] = ()) -> dict[str, int]:

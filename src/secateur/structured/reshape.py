@@ -35,6 +35,15 @@ def dim_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[range, rang
     return groups
 
 
+def _dims_of(in_shape: tuple[int, ...], out_shape: tuple[int, ...], d: int) -> tuple[range, range] | None:
+    """The (input dims, output dims) group of the reshape holding input dim ``d``; None if unknown."""
+    try:
+        groups = dim_groups(in_shape, out_shape)
+    except IndexError:
+        return None
+    return next(((ins, outs) for ins, outs in groups if d in ins), None)
+
+
 def reshape_labels(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: Labels,
                    literal: set[int]) -> Labels | None:
     """Labels after reshaping ``in_shape`` to ``out_shape``; None when channels get mixed.
@@ -43,11 +52,7 @@ def reshape_labels(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: L
     change, so any group touching them is refused).
     """
     d, tags = lab
-    try:
-        groups = dim_groups(in_shape, out_shape)
-    except IndexError:
-        return None
-    found = next(((ins, outs) for ins, outs in groups if d in ins), None)
+    found = _dims_of(in_shape, out_shape, d)
     if found is None:
         return None
     ins, outs = found
@@ -96,11 +101,7 @@ def grouped_split(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: La
     when channels are removed, so each group must lose the same positions.
     """
     d, tags = lab
-    try:
-        groups = dim_groups(in_shape, out_shape)
-    except IndexError:
-        return None
-    found = next(((ins, outs) for ins, outs in groups if d in ins), None)
+    found = _dims_of(in_shape, out_shape, d)
     if found is None or list(found[0]) != [d] or len(found[1]) != 2:
         return None
     a, b = found[1]

@@ -28,7 +28,7 @@ from torch import nn
 
 from secateur.errors import ConfigError, UnsupportedModelError
 from secateur.provenance import record_plan, recorded_plan
-from secateur.structured import attention
+from secateur.structured import attention, hf_hidden
 from secateur.structured.plan import Plan, compose, relative
 from secateur.structured.propagate import CHANNEL_NORMS, CONVS
 from secateur.structured.splits import parse_size_key, size_edits
@@ -63,6 +63,7 @@ def apply_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor | None 
             edits.extend(_module_edits(path, module, plan.keep_out.get(path), plan.keep_in.get(path)))
     edits.extend(_param_edits(model, plan))
     edits.extend(_Edit(m, name, sizes) for m, name, sizes in size_edits(model, plan.keep_out))
+    _retie(model, edits)
     carried = _composed(model, plan)
     _swap(edits, forward=True)
     if example_input is not None:
@@ -126,18 +127,20 @@ def _swap(edits: list[_Edit], forward: bool) -> None:
 
 
 def _read(module: nn.Module, name: str) -> Any:
-    if name in module._parameters:
-        return module._parameters[name]
-    if name in module._buffers:
-        return module._buffers[name]
+    params, buffers = getattr(module, "_parameters", {}), getattr(module, "_buffers", {})  # or a config
+    if name in params:
+        return params[name]
+    if name in buffers:
+        return buffers[name]
     return getattr(module, name, _MISSING)  # an attribute surgery adds (LLaMA's num_heads) is removed on undo
 
 
 def _write(module: nn.Module, name: str, value: Any) -> None:
-    if name in module._parameters:
-        module._parameters[name] = value
-    elif name in module._buffers:
-        module._buffers[name] = value
+    params, buffers = getattr(module, "_parameters", {}), getattr(module, "_buffers", {})  # or a config
+    if name in params:
+        params[name] = value
+    elif name in buffers:
+        buffers[name] = value
     elif value is _MISSING:
         module.__dict__.pop(name, None)
     else:
@@ -166,9 +169,41 @@ def _module_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int]
         if isinstance(m, kinds):
             return fn(path, m, out, inp)
     layer = attention.edits(path, m, out, inp)  # attention layers, Conv1D
+    if layer is None:
+        layer = hf_hidden.edits(path, m, out, inp)  # a Hugging Face base model: its config's hidden size
     if layer is not None:
         return [_Edit(module, name, value) for module, name, value in layer]
     raise ConfigError(f"plan prunes {path!r}, a {type(m).__name__}, which structured surgery cannot shrink")
+
+
+def _retie(model: nn.Module, edits: list[_Edit]) -> None:
+    """Parameters tied before (GPT-2's ``lm_head`` and ``wte``) stay one Parameter: every place of a
+    tied parameter must be cut alike (one new tensor for all), otherwise the plan is refused."""
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for m in model.modules():
+        for name, p in m._parameters.items():
+            if p is not None:
+                places.setdefault(id(p), []).append((m, name))
+    new = {(id(e.module), e.name): e for e in edits}
+    for tied in (v for v in places.values() if len(v) > 1):
+        cut = [new.get((id(m), name)) for m, name in tied]
+        if all(e is None for e in cut):
+            continue
+        first = cut[0]
+        if any(e is None or first is None or not _same(e.new, first.new) for e in cut):
+            where = ", ".join(_name_of(model, m, n) for m, n in tied)
+            raise ConfigError(f"plan cuts the tied parameters {where} differently: prune them as one group")
+        for e in cut:
+            assert e is not None and first is not None
+            e.new = first.new
+
+
+def _same(a: Any, b: Any) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+
+
+def _name_of(model: nn.Module, m: nn.Module, name: str) -> str:
+    return next((f"{p}.{name}" if p else name for p, sub in model.named_modules() if sub is m), name)
 
 
 def _conv_edits(path: str, m: _Conv, out: list[int] | None, inp: list[int] | None) -> list[_Edit]:
