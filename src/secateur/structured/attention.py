@@ -13,7 +13,9 @@ head:
 - ``hf-bert``, ``hf-gpt2``, ``hf-llama``: Hugging Face BERT-style (``self.query`` / ``key`` /
   ``value`` + ``output.dense``), GPT-2-style (packed ``Conv1D`` ``c_attn``, weights stored
   (in, out)) and LLaMA-style (``q_proj`` ... ``o_proj``) attention, grouped-query included;
-- ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons.
+- ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons;
+- layouts in modules of their own, named in the registry's builtins (``torchvision-maxvit`` in
+  :mod:`secateur.structured.attention_maxvit`), each with its editor (``edit=``).
 
 A head is one coupled channel (``union_rows`` of its positions), so a group's ``size`` is its
 number of heads and every group method scores a head by summing its rows' and columns' scores.
@@ -93,18 +95,23 @@ class AttentionHandler:
     name: str
     layout: Callable[[nn.Module], Layout | None]
     leaf: bool = True
+    # edit(path, module, kept out, kept in) -> the layer's own edits after surgery (None: see _EDITORS)
+    edit: Callable[..., list[Edit]] | None = None
 
 
-ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer")
+# layouts in modules of their own register on first use (the built-in ones below at import)
+ATTENTION_LAYERS: Registry[AttentionHandler] = Registry(
+    "attention layer", builtins=("secateur.structured.attention_maxvit",))
 
 
-def attention_layer(name: str, *, leaf: bool = True) -> Callable[[Callable[[nn.Module], Layout | None]],
-                                                                Callable[[nn.Module], Layout | None]]:
-    """Decorator: register a layout function as an attention (or MLP) layer handler."""
+def attention_layer(name: str, *, leaf: bool = True, edit: Callable[..., list[Edit]] | None = None
+                    ) -> Callable[[Callable[[nn.Module], Layout | None]], Callable[[nn.Module], Layout | None]]:
+    """Decorator: register a layout function as an attention (or MLP) layer handler, with the
+    editor of the layer's own attributes (head counts, bias tables, its pruned class) if it has one."""
 
     def decorate(layout: Callable[[nn.Module], Layout | None]) -> Callable[[nn.Module], Layout | None]:
         doc = (layout.__doc__ or "").strip().splitlines()[0] if layout.__doc__ else ""
-        ATTENTION_LAYERS.add(name, AttentionHandler(name, layout, leaf), doc)
+        ATTENTION_LAYERS.add(name, AttentionHandler(name, layout, leaf, edit), doc)
         return layout
 
     return decorate
@@ -511,6 +518,10 @@ _EDITORS: list[tuple[Callable[[nn.Module], bool], Callable[..., list[Edit]]]] = 
 def edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int] | None) -> list[Edit] | None:
     """The edits that shrink ``m`` (an attention layer or a Conv1D) to the kept indices; None
     when ``m`` is none of these."""
+    for name in ATTENTION_LAYERS:
+        handler = ATTENTION_LAYERS.get(name)
+        if handler.edit is not None and handler.layout(m) is not None:
+            return handler.edit(path, m, out, inp)
     for matches, edit in _EDITORS:
         if matches(m):
             return edit(path, m, out, inp)
