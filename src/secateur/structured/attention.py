@@ -15,7 +15,10 @@ head:
   (in, out)) and LLaMA-style (``q_proj`` ... ``o_proj``) attention, grouped-query included;
 - ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons;
 - layouts in modules of their own, named in the registry's builtins (``torchvision-maxvit`` in
-  :mod:`secateur.structured.attention_maxvit`), each with its editor (``edit=``).
+  :mod:`secateur.structured.attention_maxvit`, ``timm-linear-attention`` in
+  :mod:`secateur.structured.attention_mobilevit`), each with its editor (``edit=``); a layout
+  that is neither a :class:`HeadLayout` nor an :class:`MlpLayout` is an :class:`OwnLayout`,
+  which records its channels itself.
 
 A head is one coupled channel (``union_rows`` of its positions), so a group's ``size`` is its
 number of heads and every group method scores a head by summing its rows' and columns' scores.
@@ -84,7 +87,15 @@ class MlpLayout:
     down: str
 
 
-Layout = HeadLayout | MlpLayout
+class OwnLayout:
+    """A layer whose coupled channels fit neither form above: it records them itself."""
+
+    def label(self, tr: Tracker, path: str, in_lab: Labels | None, ndim: int) -> Labels | None:
+        """Record the layer's channels (its input's labels ``in_lab``); its output's labels."""
+        raise NotImplementedError
+
+
+Layout = HeadLayout | MlpLayout | OwnLayout
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class AttentionHandler:
 
 # layouts in modules of their own register on first use (the built-in ones below at import)
 ATTENTION_LAYERS: Registry[AttentionHandler] = Registry(
-    "attention layer", builtins=("secateur.structured.attention_maxvit",))
+    "attention layer", builtins=("secateur.structured.attention_maxvit", "secateur.structured.attention_mobilevit"))
 
 
 def attention_layer(name: str, *, leaf: bool = True, edit: Callable[..., list[Edit]] | None = None
@@ -262,6 +273,8 @@ def _join(path: str, rel: str) -> str:
 
 def label_layer(tr: Tracker, path: str, layout: Layout, in_lab: Labels | None, ndim: int) -> Labels | None:
     """Record the layer's coupled channels; the labels of its output (on its last dim), if any."""
+    if isinstance(layout, OwnLayout):
+        return layout.label(tr, path, in_lab, ndim)
     if isinstance(layout, MlpLayout):
         hidden = tr.uf.new(layout.hidden)
         for fc in layout.fc:
