@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -37,7 +38,7 @@ from secateur.app.pipeline import load_baseline, prune_run
 from secateur.io import rundir
 from secateur.search.config import PruneConfig
 from secateur.search.orchestrator import learning_trainer
-from secateur.search.pruner import start_from
+from secateur.search.pruner import Step, Trainer, start_from
 from secateur.train import evaluate
 from secateur.unstructured.masks import apply_masks, prunable_names
 from secateur.unstructured.variational import learn_sparse_vd, threshold_masks
@@ -76,7 +77,8 @@ def paper_row(name: str, data, folder: Path, epochs: int) -> dict:
     loaded = load_baseline(folder)
     model = loaded.model
     start = time.perf_counter()
-    trainer = learning_trainer(data, loaded.train_config, PruneConfig(method="sparse-vd", learn_epochs=epochs))
+    trainer = logged(learning_trainer(data, loaded.train_config, PruneConfig(method="sparse-vd", learn_epochs=epochs)),
+                     name)
     learned = learn_sparse_vd(model, tuple(prunable_names(model)), trainer)
     pruned = copy.deepcopy(model)
     start_from(pruned, learned, {})
@@ -84,6 +86,22 @@ def paper_row(name: str, data, folder: Path, epochs: int) -> dict:
     return {"method": "sparse-vd (log alpha > 3, no retraining)", "network": name, "epochs": epochs,
             "compression": compression(pruned), **_errors(model, pruned, data),
             "seconds": time.perf_counter() - start}
+
+
+def logged(trainer: Trainer, name: str) -> Trainer:
+    """``trainer`` printing a line every 500 steps (steps and seconds so far): a long phase shows its pace."""
+    def fit(model: nn.Module, step: Step, changes: dict) -> None:
+        count, start = [0], time.perf_counter()
+
+        def counted(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            count[0] += 1
+            if count[0] % 500 == 0:
+                print(f"{name}: {count[0]} steps, {time.perf_counter() - start:.0f} s", flush=True)
+            return step(m, x, y)
+
+        trainer.fit(model, counted, changes)
+
+    return dataclasses.replace(trainer, fit=fit)
 
 
 def _errors(before: nn.Module, after: nn.Module, data) -> dict:

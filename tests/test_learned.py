@@ -29,9 +29,12 @@ from secateur.unstructured.variational import (
     K1,
     K2,
     K3,
+    LOG_ALPHA_CLIP,
     THRESHOLD,
     kl_approximation,
+    layer_kl,
     learn_sparse_vd,
+    log_alpha,
     threshold_masks,
 )
 
@@ -54,6 +57,25 @@ def test_kl_term_is_molchanovs_approximation_and_tracks_the_true_kl():
     # -KL ≈ k1·sigma(k2 + k3 log alpha) - ½ log(1 + 1/alpha) - k1: off the true -KL by one constant (C = -k1)
     gaps = [_true_neg_kl(a) + float(kl_approximation(torch.tensor(a))) for a in (-2.0, -1.0, 0.0, 1.0, 2.0)]
     assert max(gaps) - min(gaps) < 0.03
+
+
+def test_fused_layer_kl_has_autograds_value_and_gradient_through_the_clamp():
+    g = torch.Generator().manual_seed(0)
+    w = (0.05 * torch.randn(40, 30, generator=g, dtype=torch.float64))
+    w[0, :4] = 0.0  # a zero weight: log alpha at the floor's large value, clamped (no gradient)
+    ls2 = 4.0 * torch.randn(40, 30, generator=g, dtype=torch.float64) - 6.0  # log alpha on both sides of ±8
+    la = log_alpha(w, ls2)
+    assert bool((la > LOG_ALPHA_CLIP).any()) and bool((la < -LOG_ALPHA_CLIP).any())
+    w.requires_grad_()
+    ls2.requires_grad_()
+    reference = kl_approximation(log_alpha(w, ls2).clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)).sum()
+    expected = torch.autograd.grad(3.0 * reference, (w, ls2))
+    fused = layer_kl(w, ls2)
+    got = torch.autograd.grad(3.0 * fused, (w, ls2))
+    assert float(fused) == pytest.approx(float(reference), rel=1e-12)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert float(got[1][0, :4].abs().sum()) == 0.0
 
 
 def test_methods_are_registered_and_listed(capsys):

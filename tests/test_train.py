@@ -69,11 +69,12 @@ def test_learning_rate_schedules():
     assert lr_factor("constant", 50, 100) == 1.0
     assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 100, 100) == pytest.approx(0.0)
     assert lr_factor("step", 60, 100) == pytest.approx(0.1) and lr_factor("step", 80, 100) == pytest.approx(0.01)
+    assert lr_factor("linear", 0, 100) == 1.0 and lr_factor("linear", 25, 100) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("changes", [
     {"epochs": -1}, {"lr": 0.0}, {"lr": -0.1}, {"batch_size": 0}, {"optimizer": "lbfgs"},
-    {"lr_schedule": "linear"}, {"momentum": 1.5}, {"device": "tpu"},
+    {"lr_schedule": "exponential"}, {"momentum": 1.5}, {"device": "tpu"},
 ])
 def test_invalid_config_is_one_line_config_error(changes):
     with pytest.raises(ConfigError) as info:

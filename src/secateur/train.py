@@ -265,6 +265,12 @@ def _step(progress: float) -> float:
     return 0.1 ** (int(progress >= 0.5) + int(progress >= 0.75))
 
 
+@LR_SCHEDULES.register("linear")
+def _linear(progress: float) -> float:
+    """Linear decay to zero (Sparse VD's schedule)."""
+    return 1.0 - progress
+
+
 @LR_SCHEDULES.register("constant")
 def _constant(progress: float) -> float:
     """The base learning rate throughout."""

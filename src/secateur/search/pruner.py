@@ -84,13 +84,14 @@ class Trainer:
     ``fit(model, step, changes)`` trains ``model`` in place for ``epochs`` with the loss
     ``step(model, x, y)`` and the baseline recipe with ``changes`` (TrainConfig fields, e.g. the
     optimizer); ``examples`` is the size of the training split (a per-example penalty's scale),
-    ``steps_per_epoch`` the optimiser steps of one epoch (for ramps over the phase).
+    ``steps_per_epoch(batch_size)`` the optimiser steps of one epoch at a batch size (for ramps over
+    the phase; your own DataLoader keeps its batches whatever the size).
     """
 
     fit: Callable[[nn.Module, Step, dict[str, Any]], None]
     examples: int
     epochs: int
-    steps_per_epoch: int
+    steps_per_epoch: Callable[[int], int]
 
 
 @dataclass(frozen=True)

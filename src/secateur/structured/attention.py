@@ -18,9 +18,14 @@ head:
   temperature per head, a forward that reads the head width from its input (a pruned one becomes
   a subclass whose forward reads it from its heads);
 - ``hf-gpt2-mlp``, ``hf-llama-mlp``, ``hf-bert-mlp``: their MLP hidden neurons;
-- timm's layers, in their own module (:mod:`secateur.structured.attention_timm`, a built-in of
-  the registry): ``timm-vit``, ``timm-eva``, ``timm-rope``, ``timm-maxxvit``, ``timm-convit-gpsa``,
-  ``timm-convit-mhsa``.
+- layouts in modules of their own, named in the registry's builtins (``torchvision-swin-v2`` in
+  :mod:`secateur.structured.swin`, ``torchvision-maxvit`` in
+  :mod:`secateur.structured.attention_maxvit`, ``timm-linear-attention`` in
+  :mod:`secateur.structured.attention_mobilevit`, ``timm-vit``, ``timm-eva``, ``timm-rope``,
+  ``timm-maxxvit``, ``timm-convit-gpsa``, ``timm-convit-mhsa`` in :mod:`secateur.structured.attention_timm`), each
+  with its editor (``edit=``); a layout
+  that is neither a :class:`HeadLayout` nor an :class:`MlpLayout` is an :class:`OwnLayout`,
+  which records its channels itself.
 
 A head is one coupled channel (``union_rows`` of its positions), so a group's ``size`` is its
 number of heads and every group method scores a head by summing its rows' and columns' scores.
@@ -92,7 +97,15 @@ class MlpLayout:
     down: str
 
 
-Layout = HeadLayout | MlpLayout
+class OwnLayout:
+    """A layer whose coupled channels fit neither form above: it records them itself."""
+
+    def label(self, tr: Tracker, path: str, in_lab: Labels | None, ndim: int) -> Labels | None:
+        """Record the layer's channels (its input's labels ``in_lab``); its output's labels."""
+        raise NotImplementedError
+
+
+Layout = HeadLayout | MlpLayout | OwnLayout
 
 
 @dataclass(frozen=True)
@@ -105,16 +118,20 @@ class AttentionHandler:
     name: str
     layout: Callable[[nn.Module], Layout | None]
     leaf: bool = True
+    # edit(path, module, kept out, kept in) -> the layer's own edits after surgery (None: see _EDITORS)
     edit: Callable[..., list[Edit]] | None = None
 
 
-ATTENTION_LAYERS: Registry[AttentionHandler] = Registry("attention layer", builtins=(
-    "secateur.structured.swin", "secateur.structured.attention_timm"))
+# layouts in modules of their own register on first use (the built-in ones below at import)
+ATTENTION_LAYERS: Registry[AttentionHandler] = Registry(
+    "attention layer", builtins=("secateur.structured.swin", "secateur.structured.attention_maxvit",
+                                 "secateur.structured.attention_mobilevit", "secateur.structured.attention_timm"))
 
 
 def attention_layer(name: str, *, leaf: bool = True, edit: Callable[..., list[Edit]] | None = None
                     ) -> Callable[[Callable[[nn.Module], Layout | None]], Callable[[nn.Module], Layout | None]]:
-    """Decorator: register a layout function as an attention (or MLP) layer handler."""
+    """Decorator: register a layout function as an attention (or MLP) layer handler, with the
+    editor of the layer's own attributes (head counts, bias tables, its pruned class) if it has one."""
 
     def decorate(layout: Callable[[nn.Module], Layout | None]) -> Callable[[nn.Module], Layout | None]:
         doc = (layout.__doc__ or "").strip().splitlines()[0] if layout.__doc__ else ""
@@ -288,6 +305,8 @@ def _join(path: str, rel: str) -> str:
 
 def label_layer(tr: Tracker, path: str, layout: Layout, in_lab: Labels | None, ndim: int) -> Labels | None:
     """Record the layer's coupled channels; the labels of its output (on its last dim), if any."""
+    if isinstance(layout, OwnLayout):
+        return layout.label(tr, path, in_lab, ndim)
     if isinstance(layout, MlpLayout):
         hidden = tr.uf.new(layout.hidden)
         for fc in layout.fc:

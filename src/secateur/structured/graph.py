@@ -31,7 +31,7 @@ from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import record_embeddings
 from secateur.structured.hf_hidden import record_stream
 from secateur.structured.propagate import propagate
-from secateur.structured.trace import trace_model, trace_tolerant
+from secateur.structured.trace import CONCRETE_KEY, trace_model, trace_tolerant
 from secateur.structured.tracker import (
     PARAM_SEP,
     DependencyGraph,
@@ -88,7 +88,7 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
     try:
         model.eval()
         try:
-            gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model)
+            gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model, example_input)
         except UnsupportedModelError as err:  # e.g. Hugging Face models: their declared layers only
             if strict or not record_stream(model, tracker, str(err).split(";")[0]):
                 raise
@@ -100,7 +100,7 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
         for m, mode in was_training.items():
             m.training = mode
     tracker.visited.update(_attr_owners(gm))
-    _train_only_branches(model, tracker, example_input, [path for path, _ in opaque])
+    _train_only_branches(model, tracker, example_input, [path for path, _ in opaque], gm.meta.get(CONCRETE_KEY, False))
     _lock_shared_parameters(gm, tracker)
     return tracker
 
@@ -111,7 +111,7 @@ def _attr_owners(gm: fx.GraphModule) -> set[str]:
 
 
 def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torch.Tensor,
-                         opaque: Sequence[str] = ()) -> None:
+                         opaque: Sequence[str] = (), concrete: bool = False) -> None:
     """Also trace training mode when some layers only run there (auxiliary classifiers).
 
     The training-mode run uses meta tensors, so BatchNorm statistics are not touched; should
@@ -127,7 +127,7 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
     modes = {m: m.training for m in model.modules()}
     try:
         model.train()
-        gm = trace_model(model, opaque)
+        gm = trace_model(model, opaque, batch if concrete else None)
         propagate(gm, tracker, batch, real_ok=False)
         return
     except UnsupportedModelError:
@@ -136,7 +136,7 @@ def _train_only_branches(model: nn.Module, tracker: Tracker, example_input: torc
         for m, mode in modes.items():
             m.training = mode
     twin = copy.deepcopy(model).train()
-    propagate(trace_model(twin, opaque), tracker, batch)
+    propagate(trace_model(twin, opaque, batch if concrete else None), tracker, batch)
 
 
 def _lock_shared_parameters(gm: fx.GraphModule, tracker: Tracker) -> None:

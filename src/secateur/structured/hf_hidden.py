@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from secateur.registry import Registry
-from secateur.structured.attention import MlpLayout, blocks, label_layer, record_blocks
+from secateur.structured.attention import HeadLayout, MlpLayout, blocks, label_layer, record_blocks
 from secateur.structured.tracker import Tracker, param_key, split_param_key
 
 Edit = tuple[Any, str, Any]  # (module or config, attribute / parameter name, new value)
@@ -200,7 +200,7 @@ def _record(model: nn.Module, tr: Tracker, layout: StreamLayout) -> None:
             for fc in found.fc:
                 tr.record(_p(path, fc), "in", stream)
             tr.record(_p(path, found.down), "out", stream)
-        else:
+        elif isinstance(found, HeadLayout):  # (a layer recording its own channels is left unaccounted)
             label_layer(tr, path, found, (0, stream), 1)
             tr.record(_p(path, found.output[0]), "out", stream)
     for path in layout.readers:

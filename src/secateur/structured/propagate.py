@@ -780,11 +780,13 @@ def _softmax_module(it: _LabelInterpreter, n: fx.Node, m: nn.Softmax | nn.LogSof
 
 
 def _group_norm(tr: Tracker, path: str, m: nn.GroupNorm, lab: Labels) -> Labels:
-    """GroupNorm statistics span a group: a whole group is kept or removed."""
+    """GroupNorm statistics span a group: a whole group is kept or removed (with one group, as
+    with a LayerNorm, channels go alone and the statistics are over the kept ones)."""
     if lab[0] != 1:
         tr.lock_labels(lab)
         return lab
-    tr.uf.union_rows(lab[1].reshape(m.num_groups, -1))
+    if m.num_groups > 1:
+        tr.uf.union_rows(lab[1].reshape(m.num_groups, -1))
     if m.affine:
         tr.record(path, "norm", lab[1])
     return lab
@@ -994,7 +996,7 @@ def _f_batch_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Lab
 
 def _f_group_norm(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels | None:
     lab, groups = _lab(it, n.args[0]), _val(it, _arg(n, 1, "num_groups"))
-    if lab is not None and lab[0] == 1 and isinstance(groups, int) and len(lab[1]) % groups == 0:
+    if lab is not None and lab[0] == 1 and isinstance(groups, int) and groups > 1 and len(lab[1]) % groups == 0:
         it.tracker.uf.union_rows(lab[1].reshape(groups, -1))
     return _norm_call(it, n, {"weight": _arg(n, 2, "weight"), "bias": _arg(n, 3, "bias")}, nn.GroupNorm, True)
 

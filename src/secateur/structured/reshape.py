@@ -48,24 +48,23 @@ def reshape_labels(in_shape: tuple[int, ...], out_shape: tuple[int, ...], lab: L
                    literal: set[int]) -> Labels | None:
     """Labels after reshaping ``in_shape`` to ``out_shape``; None when channels get mixed.
 
-    ``literal`` holds output dims whose size was hard-coded (then the channel count cannot
-    change, so any group touching them is refused).
+    ``literal`` holds output dims whose size was hard-coded: the channels may not land on one
+    (their count could not change). A hard-coded dim they do not vary along (the patch size of
+    ``[B, C, H, W] -> [B*C*H/p, p, W]``) keeps its size when channels go, so it is no obstacle.
     """
     d, tags = lab
     found = _dims_of(in_shape, out_shape, d)
     if found is None:
         return None
     ins, outs = found
-    if literal & set(outs):
-        return None
     sub_in = [in_shape[k] for k in ins]
     inner = math.prod(in_shape[d + 1:ins.stop])
     flat = (torch.arange(math.prod(sub_in)) // inner) % in_shape[d]
     grid = tags[flat].reshape([out_shape[k] for k in outs]) if outs else tags[flat]
     varying = [k for k, size in zip(outs, grid.shape) if size > 1 and not _constant_except(grid, k - outs.start)]
     if not varying and len(outs) == 1:
-        return (outs.start, grid.reshape(-1))
-    if len(varying) != 1:
+        return None if outs.start in literal else (outs.start, grid.reshape(-1))
+    if len(varying) != 1 or varying[0] in literal:
         return None
     k = varying[0]
     line = _line(grid, k - outs.start)

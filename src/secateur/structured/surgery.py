@@ -267,6 +267,8 @@ def _norm_edits(path: str, m: _Norm, out: list[int] | None, inp: list[int] | Non
     o = _index(out, size, path, "channel")
     edits = [_Edit(m, name, _sliced(getattr(m, name), 0, o))
              for name in ("weight", "bias", "running_mean", "running_var") if getattr(m, name, None) is not None]
+    if isinstance(m, nn.GroupNorm) and m.num_groups == 1:  # one group over every channel: like a LayerNorm
+        return [*edits, _Edit(m, "num_channels", len(o))]
     if isinstance(m, nn.GroupNorm):
         per = m.num_channels // m.num_groups
         if len(o) % per:

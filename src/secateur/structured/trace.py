@@ -3,7 +3,10 @@
 Where fx fails inside a submodule (data-dependent control flow, unsupported Python), the
 tolerant trace retries with that submodule as an opaque leaf: it still runs, but its channels
 (and those of its inputs and outputs) are kept, and the rest of the model stays prunable.
-Only a failure in the model's own ``forward`` is an error.
+Only a failure in the model's own ``forward`` is an error. Where the plain trace needs opaque
+leaves, it is retried with concrete shapes (:mod:`secateur.structured.concrete`: Python
+arithmetic and branches on sizes run on the example input's numbers), kept if fewer submodules
+stay opaque.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
 from secateur.structured.attention import is_leaf, tracing_embeddings
+from secateur.structured.concrete import ConcreteTracer
 
 MAX_OPAQUE = 64  # give up (one clear error) rather than retrace forever
 MODULES_KEY = "secateur_modules"  # GraphModule.meta key: the traced model's modules by path
+CONCRETE_KEY = "secateur_concrete"  # GraphModule.meta key: traced with the example input's shapes
 
 # Layers the analysis follows as modules. A subclass that keeps its base's forward is one of them
 # (a leaf, wherever it is defined); one with its own forward (a BatchNorm that adds an activation)
@@ -76,6 +82,14 @@ class _PathTracer(fx.Tracer):
             self.path_stack.pop()
 
 
+class _ConcretePathTracer(ConcreteTracer, _PathTracer):
+    """The path tracer with concrete shapes (see :mod:`secateur.structured.concrete`)."""
+
+    def __init__(self, example: torch.Tensor, opaque: Iterable[str] = ()) -> None:
+        _PathTracer.__init__(self, opaque)
+        self.start(example)
+
+
 _BASES = _bases()
 
 
@@ -96,21 +110,44 @@ def _trace(model: nn.Module, tracer: _PathTracer) -> fx.GraphModule:
     return gm
 
 
-def trace_model(model: nn.Module, opaque: Iterable[str] = ()) -> fx.GraphModule:
-    """Symbolically trace ``model`` (``opaque`` submodules as leaves); failures raise one line."""
-    return _trace(model, _PathTracer(opaque))
+def _tracer(opaque: Iterable[str], example: torch.Tensor | None) -> _PathTracer:
+    return _PathTracer(opaque) if example is None else _ConcretePathTracer(example, opaque)
 
 
-def trace_tolerant(model: nn.Module) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
+def trace_model(model: nn.Module, opaque: Iterable[str] = (), example: torch.Tensor | None = None) -> fx.GraphModule:
+    """Symbolically trace ``model`` (``opaque`` submodules as leaves; with concrete shapes from
+    ``example`` if given); failures raise one line."""
+    gm = _trace(model, _tracer(opaque, example))
+    gm.meta[CONCRETE_KEY] = example is not None
+    return gm
+
+
+def trace_tolerant(model: nn.Module, example: torch.Tensor | None = None
+                   ) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
     """Trace ``model``, turning each submodule fx cannot trace into an opaque leaf.
 
-    Returns the graph module and ``(module path, reason)`` for every opaque submodule.
+    Returns the graph module and ``(module path, reason)`` for every opaque submodule. With an
+    ``example`` input, a trace that needed opaque leaves is retried with concrete shapes.
     """
+    gm, opaque = _tolerant(model, None)
+    if opaque and example is not None:
+        try:
+            again, fewer = _tolerant(model, example)
+        except UnsupportedModelError:
+            return gm, opaque
+        if len(fewer) < len(opaque):
+            return again, fewer
+    return gm, opaque
+
+
+def _tolerant(model: nn.Module, example: torch.Tensor | None) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
     opaque: list[tuple[str, str]] = []
     while True:
-        tracer = _PathTracer(path for path, _ in opaque)
+        tracer = _tracer((path for path, _ in opaque), example)
         try:
-            return _trace(model, tracer), opaque
+            gm = _trace(model, tracer)
+            gm.meta[CONCRETE_KEY] = example is not None
+            return gm, opaque
         except UnsupportedModelError as err:
             where = tracer.failed_in
             if not where or where in tracer.opaque or len(opaque) >= MAX_OPAQUE:
