@@ -129,3 +129,37 @@ def test_mobilevitv2_prunes_past_torch_pruning_and_round_trips(tmp_path: Path) -
     again, _ = load_model(tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(again(x), out)
+
+
+class _Either(nn.Module):
+    """conv -> conv; with ``bake`` its forward folds the channels into a hard-coded view (locks them)."""
+
+    def __init__(self, bake: bool) -> None:
+        super().__init__()
+        self.bake = bake
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        if self.bake:
+            y = y.view(y.shape[0], 8, -1).view(y.shape)
+        return self.b(y)
+
+
+@pytest.mark.parametrize("order", ["baked-first", "free-first"])
+def test_of_two_traces_the_analysis_keeps_the_one_that_frees_more_channels(order):
+    """The concrete retry needs fewer opaque leaves but may follow less: the deeper analysis wins."""
+    from secateur.structured.graph import _deepest
+    from secateur.structured.trace import trace_model
+    from secateur.structured.tracker import Tracker
+
+    x = torch.randn(1, 3, 6, 6)
+    baked, free = trace_model(_Either(True)), trace_model(_Either(False))
+    traces = [(baked, [("a", "untraceable")]), (free, [])]
+    if order == "free-first":
+        traces.reverse()
+    tracker = Tracker()
+    gm, opaque = _deepest(_Either(False), traces, tracker, x)
+    assert gm is free and opaque == []
+    assert not any("whole" in note for note in tracker.notes)  # the other trace's notes are gone
+    assert [g.size for g in tracker.finish().groups] == [8]

@@ -88,14 +88,12 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
     try:
         model.eval()
         try:
-            gm, opaque = (trace_model(model), []) if strict else trace_tolerant(model, example_input)
+            traces = [(trace_model(model), [])] if strict else trace_tolerant(model, example_input)
         except UnsupportedModelError as err:  # e.g. Hugging Face models: their declared layers only
             if strict or not record_stream(model, tracker, str(err).split(";")[0]):
                 raise
             return tracker
-        tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)
-        propagate(gm, tracker, example_input)
-        record_embeddings(model, tracker)
+        gm, opaque = _deepest(model, traces, tracker, example_input)
     finally:
         for m, mode in was_training.items():
             m.training = mode
@@ -103,6 +101,34 @@ def _traced(model: nn.Module, example_input: torch.Tensor, tracker: Tracker) -> 
     _train_only_branches(model, tracker, example_input, [path for path, _ in opaque], gm.meta.get(CONCRETE_KEY, False))
     _lock_shared_parameters(gm, tracker)
     return tracker
+
+
+def _deepest(model: nn.Module, traces: list[tuple[fx.GraphModule, list[tuple[str, str]]]], tracker: Tracker,
+             example_input: torch.Tensor) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
+    """Propagate each trace into ``tracker`` and keep the one that leaves the most output channels free."""
+    start, best = tracker.snapshot(), None
+    for index, (gm, opaque) in enumerate(traces):
+        tracker.restore(start)
+        tracker.notes.extend(f"kept {path} whole: fx cannot trace inside it" for path, _ in opaque)
+        try:
+            propagate(gm, tracker, example_input)
+        except UnsupportedModelError:
+            if index == 0:
+                raise
+            continue  # a retry that cannot be followed: the plain trace stands
+        record_embeddings(model, tracker)
+        free = _free_outputs(tracker) if len(traces) > 1 else 0
+        if best is None or free > best[0]:
+            best = (free, tracker.snapshot(), gm, opaque)
+    assert best is not None
+    tracker.restore(best[1])
+    return best[2], best[3]
+
+
+def _free_outputs(tracker: Tracker) -> int:
+    """Output channels of layers the analysis left prunable (not locked)."""
+    return sum(not tracker.uf.is_locked(int(t)) for (_, role), tags in tracker.records.items() if role == "out"
+               for t in tags)
 
 
 def _attr_owners(gm: fx.GraphModule) -> set[str]:

@@ -123,21 +123,24 @@ def trace_model(model: nn.Module, opaque: Iterable[str] = (), example: torch.Ten
 
 
 def trace_tolerant(model: nn.Module, example: torch.Tensor | None = None
-                   ) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
+                   ) -> list[tuple[fx.GraphModule, list[tuple[str, str]]]]:
     """Trace ``model``, turning each submodule fx cannot trace into an opaque leaf.
 
-    Returns the graph module and ``(module path, reason)`` for every opaque submodule. With an
-    ``example`` input, a trace that needed opaque leaves is retried with concrete shapes.
+    Returns the traces to choose from, each a graph module and ``(module path, reason)`` for
+    every opaque submodule: the plain trace, then (with an ``example`` input, where the plain
+    one needed opaque leaves) the retry with concrete shapes if it needed fewer. The caller
+    keeps the one whose analysis frees more channels: a concrete trace can see inside a leaf
+    and still follow less (a size it bakes in, a parameter it reads another way).
     """
     gm, opaque = _tolerant(model, None)
     if opaque and example is not None:
         try:
             again, fewer = _tolerant(model, example)
         except UnsupportedModelError:
-            return gm, opaque
+            return [(gm, opaque)]
         if len(fewer) < len(opaque):
-            return again, fewer
-    return gm, opaque
+            return [(gm, opaque), (again, fewer)]
+    return [(gm, opaque)]
 
 
 def _tolerant(model: nn.Module, example: torch.Tensor | None) -> tuple[fx.GraphModule, list[tuple[str, str]]]:
