@@ -287,3 +287,31 @@ def _results() -> dict:
     scores = {"val": {"accuracy": 0.9}, "test": {"accuracy": 0.9}}
     return {"baseline": scores, "pruned": scores, "params": {"baseline": 10, "total": 5, "nonzero": 5},
             "compression": 2.0, "layers": [], "granularity": "channel"}
+
+
+class _LinearNorm(nn.Module):
+    """LeViT's Linear + BatchNorm1d: the norm over the flattened tokens, then ``reshape_as`` the input."""
+
+    def __init__(self, baked: bool = False) -> None:
+        super().__init__()
+        self.baked = baked
+        self.patch = nn.Conv2d(3, 4, 1)
+        self.a, self.bn, self.b = nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+        self.register_buffer("fixed", torch.zeros(2, 16, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(self.patch(x).flatten(2).transpose(1, 2))
+        z = self.bn(y.flatten(0, 1)).reshape_as(self.fixed if self.baked else y)
+        return self.b(torch.relu(z)).mean(1)
+
+
+def test_reshape_as_takes_the_other_tensors_sizes():
+    """``reshape_as(y)`` follows y's channels; the shape of an unlabelled tensor is hard-coded."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4)
+    graph = analyse(_LinearNorm(), x)
+    assert graph.unfollowed == [] and sorted(g.size for g in graph.groups) == [4, 8]
+    pruned, _, diff, scale = equivalence(_LinearNorm().eval(), x)
+    assert_equivalent(diff, scale)
+    assert pruned.a.out_features == pruned.bn.num_features == pruned.b.in_features == 4
+    assert [g.size for g in analyse(_LinearNorm(baked=True), x).groups] == [4]  # sized like a buffer: kept

@@ -40,7 +40,8 @@ BROADCAST = {
     "itruediv", "maximum", "minimum", "where",
 }
 CAT = {"cat", "concat", "concatenate"}
-RESHAPE = {"flatten", "view", "reshape"}
+RESHAPE = {"flatten", "view", "reshape", "view_as", "reshape_as"}
+AS_SHAPE = {"view_as", "reshape_as"}  # the sizes of another tensor
 PERMUTE = {"permute", "transpose", "swapaxes", "swapdims"}
 SPLIT = {"split", "chunk", "unbind", "tensor_split"}
 REDUCE = {"mean", "sum", "amax", "amin"}
@@ -373,7 +374,7 @@ def _reshape(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     lab, x = _lab(it, src), _val(it, src)
     if lab is None and not it.sizes:
         return None
-    literal = _literal_dims(n, value.dim())
+    literal = _literal_dims(n, value.dim(), it)
     out = reshape_labels(tuple(x.shape), tuple(value.shape), lab, literal) if lab is not None else None
     if out is None and lab is not None:
         out = _grouped_split(it, n, x, value, lab, literal)
@@ -383,10 +384,17 @@ def _reshape(it: _LabelInterpreter, n: fx.Node, value: torch.Tensor) -> Labels |
     return out
 
 
-def _literal_dims(n: fx.Node, ndim: int) -> set[int]:
-    """Output dims of view/reshape given as hard-coded sizes (they break when channels shrink)."""
+def _literal_dims(n: fx.Node, ndim: int, it: _LabelInterpreter | None = None) -> set[int]:
+    """Output dims of view/reshape given as hard-coded sizes (they break when channels shrink).
+
+    ``view_as`` / ``reshape_as`` take their sizes from another tensor: only its labelled dim
+    follows the channels, its other dims are fixed.
+    """
     if _name(n) == "flatten":
         return set()
+    if _name(n) in AS_SHAPE:
+        other = _lab(it, n.args[1]) if it is not None and len(n.args) > 1 else None
+        return set(range(ndim)) - ({other[0]} if isinstance(other, tuple) else set())
     given: Any = n.args[1:] if len(n.args) > 1 else n.kwargs.get("shape", ())
     shape = list(given)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -678,6 +686,16 @@ def _same_channels(tr: Tracker, a: torch.Tensor, b: torch.Tensor) -> bool:
 def _counts_as_sizes(it: _LabelInterpreter, n: fx.Node, out: Labels | None, ndim: int) -> None:
     """Channel counts given as reshape sizes: coupled with the output's channels there, else kept."""
     if _name(n) == "flatten":
+        return
+    if _name(n) in AS_SHAPE:  # the sizes of another tensor, whose channels are then the count
+        other = _lab(it, n.args[1]) if len(n.args) > 1 else None
+        if not isinstance(other, tuple):
+            return
+        if out is not None and out[0] == other[0] and len(out[1]) == len(other[1]):
+            if not _same_channels(it.tracker, out[1], other[1]):
+                it.tracker.uf.union_pairs(out[1], other[1])
+        else:
+            it.tracker.lock_labels(other, f"kept channels whose count sizes {_describe(n)}", _where(n))
         return
     given: Any = n.args[1:] if len(n.args) > 1 else n.kwargs.get("shape", ())
     shape = list(given)
