@@ -315,3 +315,24 @@ def test_reshape_as_takes_the_other_tensors_sizes():
     assert_equivalent(diff, scale)
     assert pruned.a.out_features == pruned.bn.num_features == pruned.b.in_features == 4
     assert [g.size for g in analyse(_LinearNorm(baked=True), x).groups] == [4]  # sized like a buffer: kept
+
+
+class _TokenMlp(nn.Module):
+    """A model whose input is already (batch, tokens, features): Linear layers on the last dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 8), nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))).mean(1))
+
+
+def test_a_token_input_model_prunes_its_features():
+    """The input's dim 1 (tokens, not channels) is kept, and the Linear layers' features still go."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4)
+    assert sorted(g.size for g in analyse(_TokenMlp(), x).groups) == [6, 8]
+    pruned, _, diff, scale = equivalence(_TokenMlp().eval(), x)
+    assert_equivalent(diff, scale)
+    assert (pruned.a.out_features, pruned.b.out_features, pruned.head.out_features) == (4, 3, 3)

@@ -834,7 +834,9 @@ def _linear(tr: Tracker, path: str, m: nn.Linear, lab: Labels | None, x: Any) ->
     """Linear layers act on the last dim; labels on another dim pass through untouched."""
     nd = x.dim() if isinstance(x, torch.Tensor) else 2
     if lab is not None and lab[0] != nd - 1:
-        return lab
+        if not all(tr.uf.is_locked(int(t)) for t in lab[1]):
+            return lab
+        lab = None  # kept channels on another dim (a (batch, tokens, features) input's tokens): only ours move
     out = tr.produce(path, m.out_features)
     tr.record(path, "out", out)
     if lab is not None:
