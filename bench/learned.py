@@ -13,7 +13,7 @@ For each network: the baseline with secateur's default recipe (trained once, or 
 The papers' rows are printed beside as reference. Epochs of the learned phase are fewer than
 the papers' 200 on this 2-core CPU (``--learn-epochs``; stated in the table).
 
-    python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30]
+    python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30] [--learn-penalty 1]
                             [--out /work/bench-runs/learned] [--baselines DIR] [--short] [--json FILE] [--md FILE]
 
 Parts may run as separate processes on the same ``--out`` (each merges its rows into the JSON).
@@ -72,18 +72,19 @@ def compression(model: nn.Module) -> float:
     return count_params(model) / max(1, count_params(model, nonzero=True))
 
 
-def paper_row(name: str, data, folder: Path, epochs: int) -> dict:
+def paper_row(name: str, data, folder: Path, epochs: int, penalty: float = 1.0) -> dict:
     """Sparse VD alone: the phase from the baseline, log alpha > 3 zeroed, no retraining."""
     loaded = load_baseline(folder)
     model = loaded.model
     start = time.perf_counter()
-    trainer = logged(learning_trainer(data, loaded.train_config, PruneConfig(method="sparse-vd", learn_epochs=epochs)),
+    trainer = logged(learning_trainer(data, loaded.train_config, PruneConfig(method="sparse-vd", learn_epochs=epochs,
+                                                                                  learn_penalty=penalty)),
                      name)
     learned = learn_sparse_vd(model, tuple(prunable_names(model)), trainer)
     pruned = copy.deepcopy(model)
     start_from(pruned, learned, {})
     apply_masks(pruned, threshold_masks(learned))
-    return {"method": "sparse-vd (log alpha > 3, no retraining)", "network": name, "epochs": epochs,
+    return {"method": "sparse-vd (log alpha > 3, no retraining)" + _penalty(penalty), "network": name, "epochs": epochs,
             "compression": compression(pruned), **_errors(model, pruned, data),
             "seconds": time.perf_counter() - start}
 
@@ -109,11 +110,17 @@ def _errors(before: nn.Module, after: nn.Module, data) -> dict:
             for split in ("val", "test") for when, m in (("before", before), ("after", after))}
 
 
-def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, short: bool) -> dict:
+def _penalty(penalty: float) -> str:
+    return f" --learn-penalty {penalty:g}" if penalty != 1.0 else ""
+
+
+def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, short: bool,
+              penalty: float = 1.0) -> dict:
     """``secateur prune --method sparse-vd`` (or l0 on neurons / channels) within 0.1 points."""
     options = ({"method": "sparse-vd"} if part == "bound" else {"method": "sparse-vd-order"} if part == "order" else
                {"method": "l0", "granularity": STRUCTURED[name]})
-    config = PruneConfig(max_drop=0.1, learn_epochs=epochs, **options, **(SHORT if short else {}))
+    config = PruneConfig(max_drop=0.1, learn_epochs=epochs, learn_penalty=penalty, **options,
+                         **(SHORT if short else {}))
     start = time.perf_counter()
     folder_name = part + ("-short" if short else "")
     result = prune_run(out=out / name / folder_name, from_dir=folder, dataset=data.name, config=config, force=True,
@@ -125,12 +132,13 @@ def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, 
 
     return {"method": f"secateur prune --method {options['method']}"
                       + (f" --granularity {options['granularity']}" if "granularity" in options else "")
-                      + " --max-drop 0.1",
+                      + " --max-drop 0.1" + _penalty(penalty),
             "network": name, "epochs": epochs, "compression": r["compression"],
             "val_error_before": error("baseline", "val"), "val_error_after": error("pruned", "val"),
             "test_error_before": error("baseline", "test"), "test_error_after": error("pruned", "test"),
             "rounds": r["rounds"], "seconds": time.perf_counter() - start, "budget": SHORT if short else "default",
-            "layers": {row["name"]: row.get("kept") for row in r.get("layers", [])}}
+            "layers": {row["name"]: row.get("kept") for row in r.get("layers", [])},
+            "params": r.get("params"), "macs": r.get("macs"), "learned": r.get("learned")}
 
 
 def partial_row(name: str, data, folder: Path, out: Path, part: str, epochs: int) -> dict:
@@ -187,6 +195,8 @@ def main() -> None:
     parser.add_argument("--models", default="lenet300")
     parser.add_argument("--parts", default="paper,bound")
     parser.add_argument("--learn-epochs", type=int, default=30)
+    parser.add_argument("--learn-penalty", type=float, default=1.0,
+                        help="multiplier of the learned method's sparsity penalty (secateur's learn_penalty)")
     parser.add_argument("--out", type=Path, default=Path("/work/bench-runs/learned"))
     parser.add_argument("--baselines", type=Path, default=None,
                         help="reuse trained baselines in DIR/NAME/baseline (e.g. the Han table's), read only")
@@ -204,9 +214,10 @@ def main() -> None:
             if args.partial:
                 row = partial_row(name, data, folder, args.out, part, args.learn_epochs)
             elif part == "paper":
-                row = paper_row(name, data, folder, args.learn_epochs)
+                row = paper_row(name, data, folder, args.learn_epochs, args.learn_penalty)
             else:
-                row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short)
+                row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short,
+                                args.learn_penalty)
             merged = merge(args.json, f"{name}/{part}" + ("-short" if args.short else ""), row)
             args.md.write_text(table(merged))
             print(table(merged), flush=True)
