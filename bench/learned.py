@@ -14,6 +14,7 @@ The papers' rows are printed beside as reference. Epochs of the learned phase ar
 the papers' 200 on this 2-core CPU (``--learn-epochs``; stated in the table).
 
     python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30] [--learn-penalty 1]
+                            [--max-drop 0.1] [--scope local]
                             [--out /work/bench-runs/learned] [--baselines DIR] [--short] [--json FILE] [--md FILE]
 
 Parts may run as separate processes on the same ``--out`` (each merges its rows into the JSON).
@@ -114,15 +115,21 @@ def _penalty(penalty: float) -> str:
     return f" --learn-penalty {penalty:g}" if penalty != 1.0 else ""
 
 
+def _variant(penalty: float, max_drop: float, scope: str) -> str:
+    """The suffix of a run's folder and row key for settings other than the defaults ("" for none)."""
+    return ((f"-p{penalty:g}" if penalty != 1.0 else "") + (f"-d{max_drop:g}" if max_drop != 0.1 else "")
+            + (f"-{scope}" if scope != "local" else ""))
+
+
 def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, short: bool,
-              penalty: float = 1.0) -> dict:
-    """``secateur prune --method sparse-vd`` (or l0 on neurons / channels) within 0.1 points."""
+              penalty: float = 1.0, max_drop: float = 0.1, scope: str = "local") -> dict:
+    """``secateur prune --method sparse-vd`` (or l0 on neurons / channels, ``scope``) within ``max_drop`` points."""
     options = ({"method": "sparse-vd"} if part == "bound" else {"method": "sparse-vd-order"} if part == "order" else
-               {"method": "l0", "granularity": STRUCTURED[name]})
-    config = PruneConfig(max_drop=0.1, learn_epochs=epochs, learn_penalty=penalty, **options,
+               {"method": "l0", "granularity": STRUCTURED[name], **({"scope": scope} if scope != "local" else {})})
+    config = PruneConfig(max_drop=max_drop, learn_epochs=epochs, learn_penalty=penalty, **options,
                          **(SHORT if short else {}))
     start = time.perf_counter()
-    folder_name = part + ("-short" if short else "")
+    folder_name = part + ("-short" if short else "") + _variant(penalty, max_drop, scope)
     result = prune_run(out=out / name / folder_name, from_dir=folder, dataset=data.name, config=config, force=True,
                        progress=False)
     r = result.results
@@ -132,7 +139,8 @@ def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, 
 
     return {"method": f"secateur prune --method {options['method']}"
                       + (f" --granularity {options['granularity']}" if "granularity" in options else "")
-                      + " --max-drop 0.1" + _penalty(penalty),
+                      + (f" --scope {scope}" if "scope" in options else "")
+                      + f" --max-drop {max_drop:g}" + _penalty(penalty),
             "network": name, "epochs": epochs, "compression": r["compression"],
             "val_error_before": error("baseline", "val"), "val_error_after": error("pruned", "val"),
             "test_error_before": error("baseline", "test"), "test_error_after": error("pruned", "test"),
@@ -197,6 +205,8 @@ def main() -> None:
     parser.add_argument("--learn-epochs", type=int, default=30)
     parser.add_argument("--learn-penalty", type=float, default=1.0,
                         help="multiplier of the learned method's sparsity penalty (secateur's learn_penalty)")
+    parser.add_argument("--max-drop", type=float, default=0.1, help="the bound of the bound / order / l0 parts")
+    parser.add_argument("--scope", default="local", help="the l0 part's scope (local or global)")
     parser.add_argument("--out", type=Path, default=Path("/work/bench-runs/learned"))
     parser.add_argument("--baselines", type=Path, default=None,
                         help="reuse trained baselines in DIR/NAME/baseline (e.g. the Han table's), read only")
@@ -217,8 +227,10 @@ def main() -> None:
                 row = paper_row(name, data, folder, args.learn_epochs, args.learn_penalty)
             else:
                 row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short,
-                                args.learn_penalty)
-            merged = merge(args.json, f"{name}/{part}" + ("-short" if args.short else ""), row)
+                                args.learn_penalty, args.max_drop, args.scope)
+            key = f"{name}/{part}" + ("-short" if args.short else "") + _variant(args.learn_penalty, args.max_drop,
+                                                                                 args.scope)
+            merged = merge(args.json, key, row)
             args.md.write_text(table(merged))
             print(table(merged), flush=True)
 
