@@ -13,7 +13,8 @@ For each network: the baseline with secateur's default recipe (trained once, or 
 The papers' rows are printed beside as reference. Epochs of the learned phase are fewer than
 the papers' 200 on this 2-core CPU (``--learn-epochs``; stated in the table).
 
-    python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30]
+    python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30] [--learn-penalty 1]
+                            [--max-drop 0.1] [--scope local]
                             [--out /work/bench-runs/learned] [--baselines DIR] [--short] [--json FILE] [--md FILE]
 
 Parts may run as separate processes on the same ``--out`` (each merges its rows into the JSON).
@@ -72,18 +73,19 @@ def compression(model: nn.Module) -> float:
     return count_params(model) / max(1, count_params(model, nonzero=True))
 
 
-def paper_row(name: str, data, folder: Path, epochs: int) -> dict:
+def paper_row(name: str, data, folder: Path, epochs: int, penalty: float = 1.0) -> dict:
     """Sparse VD alone: the phase from the baseline, log alpha > 3 zeroed, no retraining."""
     loaded = load_baseline(folder)
     model = loaded.model
     start = time.perf_counter()
-    trainer = logged(learning_trainer(data, loaded.train_config, PruneConfig(method="sparse-vd", learn_epochs=epochs)),
+    trainer = logged(learning_trainer(data, loaded.train_config, PruneConfig(method="sparse-vd", learn_epochs=epochs,
+                                                                                  learn_penalty=penalty)),
                      name)
     learned = learn_sparse_vd(model, tuple(prunable_names(model)), trainer)
     pruned = copy.deepcopy(model)
     start_from(pruned, learned, {})
     apply_masks(pruned, threshold_masks(learned))
-    return {"method": "sparse-vd (log alpha > 3, no retraining)", "network": name, "epochs": epochs,
+    return {"method": "sparse-vd (log alpha > 3, no retraining)" + _penalty(penalty), "network": name, "epochs": epochs,
             "compression": compression(pruned), **_errors(model, pruned, data),
             "seconds": time.perf_counter() - start}
 
@@ -109,13 +111,25 @@ def _errors(before: nn.Module, after: nn.Module, data) -> dict:
             for split in ("val", "test") for when, m in (("before", before), ("after", after))}
 
 
-def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, short: bool) -> dict:
-    """``secateur prune --method sparse-vd`` (or l0 on neurons / channels) within 0.1 points."""
+def _penalty(penalty: float) -> str:
+    return f" --learn-penalty {penalty:g}" if penalty != 1.0 else ""
+
+
+def _variant(penalty: float, max_drop: float, scope: str) -> str:
+    """The suffix of a run's folder and row key for settings other than the defaults ("" for none)."""
+    return ((f"-p{penalty:g}" if penalty != 1.0 else "") + (f"-d{max_drop:g}" if max_drop != 0.1 else "")
+            + (f"-{scope}" if scope != "local" else ""))
+
+
+def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, short: bool,
+              penalty: float = 1.0, max_drop: float = 0.1, scope: str = "local") -> dict:
+    """``secateur prune --method sparse-vd`` (or l0 on neurons / channels, ``scope``) within ``max_drop`` points."""
     options = ({"method": "sparse-vd"} if part == "bound" else {"method": "sparse-vd-order"} if part == "order" else
-               {"method": "l0", "granularity": STRUCTURED[name]})
-    config = PruneConfig(max_drop=0.1, learn_epochs=epochs, **options, **(SHORT if short else {}))
+               {"method": "l0", "granularity": STRUCTURED[name], **({"scope": scope} if scope != "local" else {})})
+    config = PruneConfig(max_drop=max_drop, learn_epochs=epochs, learn_penalty=penalty, **options,
+                         **(SHORT if short else {}))
     start = time.perf_counter()
-    folder_name = part + ("-short" if short else "")
+    folder_name = part + ("-short" if short else "") + _variant(penalty, max_drop, scope)
     result = prune_run(out=out / name / folder_name, from_dir=folder, dataset=data.name, config=config, force=True,
                        progress=False)
     r = result.results
@@ -125,12 +139,14 @@ def bound_row(name: str, data, folder: Path, out: Path, epochs: int, part: str, 
 
     return {"method": f"secateur prune --method {options['method']}"
                       + (f" --granularity {options['granularity']}" if "granularity" in options else "")
-                      + " --max-drop 0.1",
+                      + (f" --scope {scope}" if "scope" in options else "")
+                      + f" --max-drop {max_drop:g}" + _penalty(penalty),
             "network": name, "epochs": epochs, "compression": r["compression"],
             "val_error_before": error("baseline", "val"), "val_error_after": error("pruned", "val"),
             "test_error_before": error("baseline", "test"), "test_error_after": error("pruned", "test"),
             "rounds": r["rounds"], "seconds": time.perf_counter() - start, "budget": SHORT if short else "default",
-            "layers": {row["name"]: row.get("kept") for row in r.get("layers", [])}}
+            "layers": {row["name"]: row.get("kept") for row in r.get("layers", [])},
+            "params": r.get("params"), "macs": r.get("macs"), "learned": r.get("learned")}
 
 
 def partial_row(name: str, data, folder: Path, out: Path, part: str, epochs: int) -> dict:
@@ -187,6 +203,10 @@ def main() -> None:
     parser.add_argument("--models", default="lenet300")
     parser.add_argument("--parts", default="paper,bound")
     parser.add_argument("--learn-epochs", type=int, default=30)
+    parser.add_argument("--learn-penalty", type=float, default=1.0,
+                        help="multiplier of the learned method's sparsity penalty (secateur's learn_penalty)")
+    parser.add_argument("--max-drop", type=float, default=0.1, help="the bound of the bound / order / l0 parts")
+    parser.add_argument("--scope", default="local", help="the l0 part's scope (local or global)")
     parser.add_argument("--out", type=Path, default=Path("/work/bench-runs/learned"))
     parser.add_argument("--baselines", type=Path, default=None,
                         help="reuse trained baselines in DIR/NAME/baseline (e.g. the Han table's), read only")
@@ -204,10 +224,13 @@ def main() -> None:
             if args.partial:
                 row = partial_row(name, data, folder, args.out, part, args.learn_epochs)
             elif part == "paper":
-                row = paper_row(name, data, folder, args.learn_epochs)
+                row = paper_row(name, data, folder, args.learn_epochs, args.learn_penalty)
             else:
-                row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short)
-            merged = merge(args.json, f"{name}/{part}" + ("-short" if args.short else ""), row)
+                row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short,
+                                args.learn_penalty, args.max_drop, args.scope)
+            key = f"{name}/{part}" + ("-short" if args.short else "") + _variant(args.learn_penalty, args.max_drop,
+                                                                                 args.scope)
+            merged = merge(args.json, key, row)
             args.md.write_text(table(merged))
             print(table(merged), flush=True)
 

@@ -100,6 +100,9 @@ class PruneConfig:
                                         "against the stronger of the two", "flag")
     learn_epochs: int | None = option(None, "epochs of a learned method's own training phase before the search "
                                             "(sparse-vd, l0; default: the baseline's epochs)", "epochs")
+    learn_penalty: float = option(1.0, "multiplier of a learned method's sparsity penalty in its training phase "
+                                       "(l0: of lambda = 0.1 per attached weight per example; sparse-vd: of the "
+                                       "KL term)", "float>0")
     exports: tuple[str, ...] | None = option(None, "export formats also written into the run folder as model.<suffix> "
                                              "(e.g. onnx: checked by onnxruntime, its latency in the report)", "names")
 
@@ -217,9 +220,9 @@ def check_learned(method: str, learn: object, config: PruneConfig) -> None:
     """A learned method (one with a training phase) runs rounds that start from its learned weights:
     not inside a training loop (``gradual``); ``learn_epochs`` applies to learned methods only."""
     if learn is None:
-        if config.learn_epochs is not None:
-            raise ConfigError(f"learn epochs apply to methods with a training phase of their own (e.g. sparse-vd, "
-                              f"l0), not {method!r}; drop it or change the method")
+        if config.learn_epochs is not None or config.learn_penalty != 1.0:
+            raise ConfigError(f"learn epochs and learn penalty apply to methods with a training phase of their own "
+                              f"(e.g. sparse-vd, l0), not {method!r}; drop them or change the method")
         return
     if SCHEDULES.get(config.schedule).continuous:
         raise ConfigError(f"method {method!r} learns its sparsity in a training phase of its own; the "

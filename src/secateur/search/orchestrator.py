@@ -588,7 +588,8 @@ def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: 
     def run(model: nn.Module, step: Step, changes: dict) -> None:
         fit(model, data, recipe.replace(epochs=epochs, **changes), step=step, progress=False)
 
-    return Trainer(run, train_examples(data), epochs, lambda batch_size: steps_per_epoch(data, batch_size))
+    return Trainer(run, train_examples(data), epochs, lambda batch_size: steps_per_epoch(data, batch_size),
+                   config.learn_penalty)
 
 
 def learns(config: PruneConfig) -> bool:

@@ -85,13 +85,15 @@ class Trainer:
     ``step(model, x, y)`` and the baseline recipe with ``changes`` (TrainConfig fields, e.g. the
     optimizer); ``examples`` is the size of the training split (a per-example penalty's scale),
     ``steps_per_epoch(batch_size)`` the optimiser steps of one epoch at a batch size (for ramps over
-    the phase; your own DataLoader keeps its batches whatever the size).
+    the phase; your own DataLoader keeps its batches whatever the size); ``penalty`` multiplies the
+    method's sparsity penalty (``learn_penalty``).
     """
 
     fit: Callable[[nn.Module, Step, dict[str, Any]], None]
     examples: int
     epochs: int
     steps_per_epoch: Callable[[int], int]
+    penalty: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,11 @@ from secateur.unstructured.masks import effective_state_dict
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1  # Louizos et al. 2018
 LOG_ALPHA_INIT = 3.0  # from a trained baseline: every gate open (test-time z = 1) at first
 PENALTY = 0.1  # λ: per weight attached to a channel, per training example
+# Gates learn GATE_LR times faster than the weights: Adam moves a parameter by about lr a step, and
+# a gate starting open (log alpha 3) closes below log alpha -2.4 (test-time z = 0), 5400 steps at
+# the phase's lr 1e-3, more than a short phase has (5 epochs of MNIST at batch 64 under the cosine
+# schedule: about 2150 lr-steps). log alpha = GATE_LR · θ, θ the trained parameter.
+GATE_LR = 10.0
 GATE = "l0_log_alpha_"  # the gates' parameter names on their first site during the phase
 PHASE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine"}  # the paper's Adam
 
@@ -88,10 +93,22 @@ class Gates(nn.Module):
     def __init__(self, model: nn.Module, graph: DependencyGraph) -> None:
         super().__init__()
         self.groups = list(graph.groups)
-        self.log_alpha = nn.ParameterList([nn.Parameter(torch.full((g.size,), LOG_ALPHA_INIT)) for g in self.groups])
+        self.theta = nn.ParameterList([nn.Parameter(torch.full((g.size,), LOG_ALPHA_INIT / GATE_LR))
+                                       for g in self.groups])
         self.costs = torch.cat([_costs(model, g) for g in self.groups]) if self.groups else torch.zeros(0)
         self._current: list[torch.Tensor] = []
         self._handles: list[Any] = []
+
+    @property
+    def log_alpha(self) -> list[torch.Tensor]:
+        """Every group's log alpha (GATE_LR · θ)."""
+        return [GATE_LR * theta for theta in self.theta]
+
+    @torch.no_grad()
+    def set_log_alpha(self, values: list[torch.Tensor]) -> None:
+        """Set every group's log alpha (θ = values / GATE_LR)."""
+        for theta, value in zip(self.theta, values):
+            theta.copy_(value / GATE_LR)
 
     def values(self, training: bool) -> list[torch.Tensor]:
         """Every group's gates: drawn (training) or deterministic (eval)."""
@@ -110,7 +127,7 @@ class Gates(nn.Module):
 
         self._handles.append(model.register_forward_pre_hook(draw))
         for index, group in enumerate(self.groups):
-            model.get_submodule(_sites(group)[0].module).register_parameter(f"{GATE}{index}", self.log_alpha[index])
+            model.get_submodule(_sites(group)[0].module).register_parameter(f"{GATE}{index}", self.theta[index])
             for site in _sites(group):
                 self._handles.append(model.get_submodule(site.module).register_forward_hook(
                     self._gate_hook(index, site)))
@@ -156,10 +173,10 @@ def _check_sites(model: nn.Module, graph: DependencyGraph) -> None:
                                   "without affine parameters); use another method or ignore= that layer")
 
 
-def l0_step(gates: Gates, examples: int) -> Step:
-    """The training step: cross-entropy + λ · expected weights kept / examples."""
+def l0_step(gates: Gates, examples: int, penalty: float = 1.0) -> Step:
+    """The training step: cross-entropy + λ · expected weights kept / examples (λ = PENALTY · ``penalty``)."""
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y) + PENALTY * gates.penalty() / examples
+        return F.cross_entropy(model(x), y) + penalty * PENALTY * gates.penalty() / examples
 
     return step
 
@@ -176,7 +193,7 @@ def learn_l0(baseline: nn.Module, targets: tuple[str, ...], trainer: Trainer, *,
     _check_sites(model, graph)
     gates = Gates(model, graph)
     gates.attach(model)
-    trainer.fit(model, l0_step(gates, trainer.examples), dict(PHASE))
+    trainer.fit(model, l0_step(gates, trainer.examples, trainer.penalty), dict(PHASE))
     gates.detach(model)
     gates.fold(model)
     z = {g.name: v.detach().cpu() for g, v in zip(gates.groups, gates.values(training=False))}

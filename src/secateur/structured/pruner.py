@@ -179,7 +179,7 @@ def _builder(keep_whole: Callable[[nn.Module], tuple[str, ...]]) -> Callable[...
     return build
 
 
-STRUCTURED_OPTIONS = frozenset({"scope", "min_channels", "round_to", "ignore", "learn_epochs"})
+STRUCTURED_OPTIONS = frozenset({"scope", "min_channels", "round_to", "ignore", "learn_epochs", "learn_penalty"})
 
 
 def _copy(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:

@@ -105,7 +105,8 @@ def _build_weight(baseline: nn.Module, config: PruneConfig, context: Context) ->
 
 register(Granularity(
     name="weight", doc="single weights, zeroed by masks (unstructured sparsity)", methods=WEIGHT_METHODS,
-    default_method="han", start=2.0, options=frozenset({"allocation", "factors", "tolerance", "learn_epochs"}),
+    default_method="han", start=2.0, options=frozenset({"allocation", "factors", "tolerance", "learn_epochs",
+                                                           "learn_penalty"}),
     physical=False, continuous=True, prepare=masked_copy, build=_build_weight, check=_check_weight))
 
 

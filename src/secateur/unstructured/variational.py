@@ -134,12 +134,14 @@ def kl_total(layers: Mapping[str, nn.Linear | nn.Conv2d]) -> torch.Tensor:
     return torch.stack([layer_kl(m.weight, getattr(m, SIGMA)) for m in layers.values()]).sum()
 
 
-def elbo_step(layers: Mapping[str, nn.Linear | nn.Conv2d], examples: int, ramp_steps: int) -> Step:
-    """The training step: mean cross-entropy + (ramped) KL / examples, the per-example negative ELBO."""
+def elbo_step(layers: Mapping[str, nn.Linear | nn.Conv2d], examples: int, ramp_steps: int,
+              penalty: float = 1.0) -> Step:
+    """The training step: mean cross-entropy + (ramped) KL / examples, the per-example negative ELBO
+    (the KL times ``penalty``: 1 is the ELBO's)."""
     counter = {"step": 0}
 
     def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        weight = min(1.0, counter["step"] / max(ramp_steps, 1))
+        weight = penalty * min(1.0, counter["step"] / max(ramp_steps, 1))
         counter["step"] += 1
         return F.cross_entropy(model(x), y) + weight * kl_total(layers) / examples
 
@@ -154,7 +156,7 @@ def learn_sparse_vd(baseline: nn.Module, targets: tuple[str, ...], trainer: Trai
     model = copy.deepcopy(baseline)
     layers, handles = make_variational(model, targets)
     ramp = int(RAMP * trainer.epochs * trainer.steps_per_epoch(BATCH))
-    trainer.fit(model, elbo_step(layers, trainer.examples, ramp), dict(PHASE))
+    trainer.fit(model, elbo_step(layers, trainer.examples, ramp, trainer.penalty), dict(PHASE))
     for handle in handles:
         handle.remove()
     with torch.no_grad():
