@@ -31,6 +31,12 @@ def zero_pruned(model: nn.Module, plan: Plan) -> None:
                 t.index_fill_(dim, gone.nonzero().reshape(-1), 0)
                 continue
             m = model.get_submodule(path)
+            if type(m).__name__ == "Conv1D":  # Hugging Face's Linear stored (in, out)
+                gone = torch.ones(m.weight.shape[1], dtype=torch.bool)
+                gone[keep] = False
+                m.weight[:, gone] = 0
+                m.bias[gone] = 0
+                continue
             # in_proj: MultiheadAttention's rows; q / k / v_bias: timm EVA's packed qkv biases
             for name in ("weight", "bias", "in_proj_weight", "in_proj_bias", "q_bias", "k_bias", "v_bias"):
                 t = getattr(m, name, None)
@@ -85,8 +91,8 @@ def equivalence(model: nn.Module, x: torch.Tensor, ratio: float = 0.5, seed: int
     the kept channels (:func:`kept_layer_norms`): what a pruned model equals exactly.
     """
     calibrate_bn(model, x)
-    graph = analyse(model, x[:1], **{k: v for k, v in kw.items() if k == "ignore"})
-    opts = {k: v for k, v in kw.items() if k != "ignore"}
+    graph = analyse(model, x[:1], **{k: v for k, v in kw.items() if k in ("ignore", "attention")})
+    opts = {k: v for k, v in kw.items() if k not in ("ignore", "attention")}
     opts.setdefault("method", "random")
     plan = plan_pruning(model, graph, ratio=ratio, generator=torch.Generator().manual_seed(seed), **opts)
     zero_pruned(model, plan)

@@ -116,7 +116,7 @@ def test_options_of_other_granularities_are_refused(granularity):
     others = {name for g in granularity_names() for name in GRANULARITIES.get(g).options} - spec.options
     changed = {"scope": "global", "min_channels": 2, "round_to": 2, "ignore": ("fc1",), "allocation": "uniform",
                "factors": {"fc1.weight": 1.0}, "tolerance": 2.0, "learn_epochs": 2,
-               "learn_penalty": 2.0}
+               "learn_penalty": 2.0, "attention": "head-dims"}
     for option in sorted(others):
         with pytest.raises(ConfigError, match=f"option {option} applies to granularity"):
             PruneConfig(granularity=granularity, **{option: changed[option]}).validate()

@@ -122,7 +122,7 @@ class ChannelCut:
 def prune_channels(model: nn.Module, amount: float = 0.5, method: str = "l1", *,
                    input_shape: Sequence[int] | None = None, scope: str = "local", min_channels: int = 1,
                    round_to: int = 1, ignore: Sequence[str] = (), data: Dataset | None = None,
-                   batches: Iterable | None = None, seed: int = 0) -> ChannelCut:
+                   batches: Iterable | None = None, seed: int = 0, attention: str = "heads") -> ChannelCut:
     """Remove ``amount`` of the channels of ``model`` physically, in place; returns what went.
 
     The same module objects get smaller tensors (structured surgery), so create any optimiser
@@ -138,7 +138,7 @@ def prune_channels(model: nn.Module, amount: float = 0.5, method: str = "l1", *,
     fraction = check_amount(amount)
     entry = GROUP_METHODS.get(method)
     x = example_input(model, _input_shape(model, input_shape))
-    graph = analyse(model, x, ignore=tuple(ignore))
+    graph = analyse(model, x, ignore=tuple(ignore), attention=attention)
     feed = _feed(data, batches, model_device(model)) if "batches" in entry.needs else None
     with torch.enable_grad():
         plan = plan_pruning(model, graph, ratio=fraction, method=entry.name, scope=scope, min_channels=min_channels,

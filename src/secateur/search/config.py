@@ -29,6 +29,12 @@ MAX_RECOVERY = 1_000  # extra retraining passes of one round
 MAX_CERTIFY_TRIES = 100  # candidates certified at most (each at level alpha / tries)
 
 
+def _attention_units() -> list[str]:
+    from secateur.structured.attention import ATTENTION_UNITS  # structured pruning imports this module
+
+    return ATTENTION_UNITS.names()
+
+
 def option(default: Any, help: str, kind: str | None = None, choices: Callable[[], list[str]] | None = None) -> Any:
     """A config field with its CLI help, value kind (None: Python / recipe only) and registry choices."""
     return field(default=default, metadata={"help": help, "kind": kind, "choices": choices})
@@ -90,6 +96,8 @@ class PruneConfig:
     min_channels: int = option(1, "channels every layer keeps at least", "int>=1")
     round_to: int = option(1, "keep a multiple of this many channels", "int>=1")
     ignore: tuple[str, ...] | None = option(None, "layers kept whole (comma-separated fnmatch patterns)", "names")
+    attention: str = option("heads", "what an attention layer loses (neuron / channel): heads (whole heads) or "
+                                     "head-dims (the same dimensions of every head)", "str", _attention_units)
     certify: float = option(0.0, "share of the validation split held out, disjoint from the search's images, to "
                                  "certify the final model once with a one-sided upper confidence bound of its "
                                  "drop (0: off; e.g. 0.5)", "share")

@@ -75,13 +75,14 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, ratio: float =
                    method: str = "l1", scope: str = "local", ignore: Sequence[str] = (), strict: bool = False,
                    min_channels: int = 1, round_to: int = 1, ratios: Mapping[str, float] | None = None,
                    batches: Iterable | None = None, generator: torch.Generator | None = None,
-                   inplace: bool = True) -> tuple[nn.Module, Plan]:
+                   inplace: bool = True, attention: str = "heads") -> tuple[nn.Module, Plan]:
     """Analyse, plan and apply in one call; returns the (smaller) model and its plan.
 
     With ``inplace=False`` the input model is left untouched and a pruned copy is returned.
+    ``attention="head-dims"`` prunes attention layers' per-head dimension instead of whole heads.
     """
     target = model if inplace else copy.deepcopy(model)
-    graph = analyse(target, example_input, ignore=ignore, strict=strict)
+    graph = analyse(target, example_input, ignore=ignore, strict=strict, attention=attention)
     plan = plan_pruning(target, graph, ratio=ratio, method=method, scope=scope,
                         min_channels=min_channels, round_to=round_to, ratios=ratios,
                         batches=batches, generator=generator)

@@ -62,6 +62,14 @@ Edit = tuple[nn.Module, str, Any]  # (module, attribute / parameter name, new va
 
 
 @dataclass(frozen=True)
+class Rescale:
+    """An edit's value meaning: this tensor, as the surgery's other edits leave it, times ``factor``
+    (a query projection that takes over the softmax scale of a narrower head)."""
+
+    factor: float
+
+
+@dataclass(frozen=True)
 class Slot:
     """Where one projection sits: a module path relative to the layer, a role, an offset."""
 
@@ -86,6 +94,7 @@ class HeadLayout:
     owner: str | None  # the module whose head attributes follow (None: the packed q/k/v module itself)
     head_first: bool = False  # packed q / k / v rows head by head ([q_h, k_h, v_h] ...), not q block first
     channel_dim: int = -1  # the dim of the layer's input and output channels (1: NCHW)
+    head_dims: bool = False  # its editor can also shrink the per-head dimension, keeping the softmax scale
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,12 @@ def _conv1d(m: Any) -> bool:
             and tuple(w.shape) == (getattr(m, "nx", -1), getattr(m, "nf", -1)))
 
 
+def _stored_scale(m: Any) -> bool:
+    """Whether the layer's forward reads its softmax scale from a number it holds (Hugging Face's
+    ``scaling``): then the per-head dimension can shrink while the scale stays the original's."""
+    return isinstance(getattr(m, "scaling", None), float)
+
+
 @attention_layer("torch-mha")
 def _mha(m: Any) -> Layout | None:
     """nn.MultiheadAttention with a packed in_proj (torchvision ViT)."""
@@ -182,7 +197,7 @@ def _mha(m: Any) -> Layout | None:
     h, d = m.num_heads, m.head_dim
     inner = h * d
     return HeadLayout(h, h, d, Slot("", "out", 0), Slot("", "out", inner), Slot("", "out", 2 * inner),
-                      Slot("out_proj", "in"), ("",), ("out_proj", m.out_proj.out_features), None)
+                      Slot("out_proj", "in"), ("",), ("out_proj", m.out_proj.out_features), None, head_dims=True)
 
 
 @attention_layer("torchvision-swin")
@@ -194,7 +209,7 @@ def _swin(m: Any) -> Layout | None:
     d = m.qkv.out_features // (3 * h)
     inner = h * d
     return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
-                      Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "")
+                      Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "", head_dims=True)
 
 
 @attention_layer("hf-bert")
@@ -208,7 +223,7 @@ def _bert(m: Any) -> Layout | None:
     h, d = int(sa.num_attention_heads), int(sa.attention_head_size)
     return HeadLayout(h, h, d, Slot("self.query", "out"), Slot("self.key", "out"), Slot("self.value", "out"),
                       Slot("output.dense", "in"), ("self.query", "self.key", "self.value"),
-                      ("output.dense", out.dense.out_features), "self")
+                      ("output.dense", out.dense.out_features), "self", head_dims=_stored_scale(sa))
 
 
 @attention_layer("hf-gpt2")
@@ -220,7 +235,7 @@ def _gpt2(m: Any) -> Layout | None:
     h, d, split = int(m.num_heads), int(m.head_dim), int(m.split_size)
     return HeadLayout(h, h, d, Slot("c_attn", "out", 0), Slot("c_attn", "out", split),
                       Slot("c_attn", "out", 2 * split), Slot("c_proj", "in"), ("c_attn",),
-                      ("c_proj", m.c_proj.nf), "")
+                      ("c_proj", m.c_proj.nf), "", head_dims=_stored_scale(m))
 
 
 @attention_layer("hf-llama")
@@ -246,7 +261,7 @@ def _qkv_proj(m: Any) -> Layout | None:
     if m.q.out_features != h * d or m.k.out_features != h * d or m.v.out_features != h * d:
         return None
     return HeadLayout(h, h, d, Slot("q", "out"), Slot("k", "out"), Slot("v", "out"), Slot("proj", "in"),
-                      ("q", "k", "v"), ("proj", m.proj.out_features), "")
+                      ("q", "k", "v"), ("proj", m.proj.out_features), "", head_dims=True)
 
 
 @attention_layer("timm-xca")
@@ -296,6 +311,43 @@ def _bert_mlp(m: Any) -> Layout | None:
     return MlpLayout(fc.out_features, ("intermediate.dense",), "output.dense")
 
 
+# --------------------------------------------------------------------------- attention units
+
+Couple = Callable[[Tracker, str, HeadLayout, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+# what one channel of an attention layer is (the ``attention`` option): couple(tracker, path, layout,
+# q tags, k tags, v tags) merges the layer's query / key / value positions into channels
+ATTENTION_UNITS: Registry[Couple] = Registry("attention unit")
+
+
+@ATTENTION_UNITS.register("heads", "whole heads: a head's query / key / value rows and output columns "
+                                   "(with grouped-query attention, a key / value head with its query heads)")
+def _whole_heads(tr: Tracker, path: str, lay: HeadLayout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """One coupled channel per head (per key / value group with grouped-query attention)."""
+    h, kv, d = lay.heads, lay.kv_heads, lay.head_dim
+    per = h // kv
+    if kv == 1 and per > 1:  # multi-query: the one key / value head stays, query heads go alone
+        tr.uf.union_rows(q.reshape(h, d))
+        tr.uf.lock(k)
+        tr.uf.lock(v)
+    else:
+        tr.uf.union_rows(torch.cat([q.reshape(kv, per * d), k.reshape(kv, d), v.reshape(kv, d)], dim=1))
+
+
+@ATTENTION_UNITS.register("head-dims", "the per-head dimension: dimension j of every head's query, key and "
+                                       "value (the heads and their count stay; the softmax scale is kept)")
+def _head_dims(tr: Tracker, path: str, lay: HeadLayout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """One coupled channel per dimension index: every head keeps the same ``head_dim`` dimensions, as
+    the layer's one ``head_dim`` attribute needs. A layout that cannot shrink it keeps them all."""
+    h, kv, d = lay.heads, lay.kv_heads, lay.head_dim
+    if not lay.head_dims:
+        why = (f"attention layer {path!r}: its layout cannot shrink the per-head dimension (a rotary position "
+               "embedding pairs them, or its forward derives the softmax scale); its heads are kept")
+        tr.lock_labels([(0, q), (0, k), (0, v)], why, ("head-dims", path))
+        return
+    tr.uf.union_rows(torch.cat([q.reshape(h, d).t(), k.reshape(kv, d).t(), v.reshape(kv, d).t()], dim=1))
+
+
 # --------------------------------------------------------------------------- labels
 
 
@@ -327,16 +379,10 @@ def label_layer(tr: Tracker, path: str, layout: Layout, in_lab: Labels | None, n
 
 
 def _record_heads(tr: Tracker, path: str, lay: HeadLayout) -> None:
-    """One coupled channel per head (per key / value group with grouped-query attention)."""
+    """The layer's q / k / v positions, coupled into channels by the tracker's attention unit."""
     h, kv, d = lay.heads, lay.kv_heads, lay.head_dim
     q, k, v = tr.uf.new(h * d), tr.uf.new(kv * d), tr.uf.new(kv * d)
-    per = h // kv
-    if kv == 1 and per > 1:  # multi-query: the one key / value head stays, query heads go alone
-        tr.uf.union_rows(q.reshape(h, d))
-        tr.uf.lock(k)
-        tr.uf.lock(v)
-    else:
-        tr.uf.union_rows(torch.cat([q.reshape(kv, per * d), k.reshape(kv, d), v.reshape(kv, d)], dim=1))
+    ATTENTION_UNITS.get(tr.attention)(tr, path, lay, q, k, v)
     pieces = [(lay.q, q), (lay.k, k), (lay.v, v), (lay.o, q)]
     if lay.owner is not None:
         pieces.append((Slot(lay.owner, "out"), q))
@@ -471,23 +517,45 @@ def _kept_heads(kept: list[int], d: int, path: str) -> list[int]:
     return heads
 
 
-def _packed_heads(rows: list[int], inner: int, d: int, path: str) -> list[int]:
-    """Heads kept by packed q / k / v rows: whole heads, the same ones in q, k and v."""
+def _kept_grid(kept: list[int], h: int, d: int, path: str) -> tuple[list[int], list[int]]:
+    """Heads and per-head dimensions kept by rows over ``h`` heads of ``d``: a whole grid (the same
+    dimensions in every kept head), as one ``num_heads`` and one ``head_dim`` attribute need."""
     from secateur.errors import ConfigError
 
-    parts = [_kept_heads([i - s * inner for i in rows if s * inner <= i < (s + 1) * inner], d, path) for s in range(3)]
-    if not parts[0] or parts[0] != parts[1] or parts[0] != parts[2]:
+    heads, dims = sorted({i // d for i in kept}), sorted({i % d for i in kept})
+    if sorted(kept) != [a * d + j for a in heads for j in dims] or (heads and heads[-1] >= h):
+        raise ConfigError(f"plan for attention layer {path!r} keeps neither whole heads of {d} nor the same "
+                          "dimensions in every kept head")
+    return heads, dims
+
+
+def _packed_grid(rows: list[int], h: int, d: int, path: str) -> tuple[list[int], list[int]]:
+    """Heads and dimensions kept by packed q / k / v rows: the same grid in q, k and v."""
+    from secateur.errors import ConfigError
+
+    inner = h * d
+    parts = [_kept_grid([i - s * inner for i in rows if s * inner <= i < (s + 1) * inner], h, d, path)
+             for s in range(3)]
+    if not parts[0][0] or parts[0] != parts[1] or parts[0] != parts[2]:
         raise ConfigError(f"plan for attention layer {path!r} does not keep whole heads (the same in q, k and v)")
     return parts[0]
+
+
+def _scale_edits(m: nn.Module, d: int, dims: list[int]) -> list[Edit]:
+    """With fewer per-head dimensions, the forward of a pruned class keeps the original softmax scale."""
+    if len(dims) == d:
+        return []
+    return [(m, "head_scale", float(getattr(m, "head_scale", d ** -0.5)))]
 
 
 def _mha_edits(path: str, m: nn.MultiheadAttention, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     w, b, edits = m.in_proj_weight, m.in_proj_bias, []
     if out is not None:
         rows = _positions(out, w.shape[0], f"{path!r} in_proj row")
-        heads = _packed_heads(out, m.num_heads * m.head_dim, m.head_dim, path)
+        heads, dims = _packed_grid(out, m.num_heads, m.head_dim, path)
         w, b = _param(w, 0, rows), _param(b, 0, rows)
-        edits += [(m, "num_heads", len(heads)), (m, "in_proj_bias", b)]
+        edits += [(m, "num_heads", len(heads)), (m, "head_dim", len(dims)), (m, "in_proj_bias", b),
+                  *_scale_edits(m, m.head_dim, dims)]
     if inp is not None:
         cols = _positions(inp, w.shape[1], f"{path!r} in_proj column")
         w = _param(w, 1, cols)
@@ -499,24 +567,25 @@ def _swin_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None)
     if out is None:  # the embedding only: torchvision's forward ties the head size to it
         return [] if inp is None else [(m, "__class__", PrunedShiftedWindowAttention)]
     d = m.qkv.out_features // (3 * m.num_heads)
-    heads = _kept_heads(out, d, path)
+    heads, dims = _kept_grid(out, m.num_heads, d, path)
     table = _param(m.relative_position_bias_table, 1, torch.tensor(heads))
     return [(m, "relative_position_bias_table", table), (m, "num_heads", len(heads)),
-            (m, "__class__", PrunedShiftedWindowAttention)]
+            *_scale_edits(m, d, dims), (m, "__class__", PrunedShiftedWindowAttention)]
 
 
 def _bert_self_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     if out is None:
         return []
-    heads = _kept_heads(out, int(m.attention_head_size), path)
-    return [(m, "num_attention_heads", len(heads)), (m, "all_head_size", len(heads) * int(m.attention_head_size))]
+    heads, dims = _kept_grid(out, int(m.num_attention_heads), int(m.attention_head_size), path)
+    return [(m, "num_attention_heads", len(heads)), (m, "attention_head_size", len(dims)),
+            (m, "all_head_size", len(heads) * len(dims))]
 
 
 def _gpt2_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
     if out is None:
         return []
-    heads = _kept_heads(out, int(m.head_dim), path)
-    return [(m, "num_heads", len(heads)), (m, "split_size", len(heads) * int(m.head_dim))]
+    heads, dims = _kept_grid(out, int(m.num_heads), int(m.head_dim), path)
+    return [(m, "num_heads", len(heads)), (m, "head_dim", len(dims)), (m, "split_size", len(heads) * len(dims))]
 
 
 def _llama_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
@@ -531,9 +600,18 @@ def _llama_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None
 
 
 def _qkv_proj_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
+    """Head count and width follow; a forward that derives its softmax scale from the width (no
+    ``scale`` / ``scaling`` number held) gets the old scale folded into its query rows."""
     if out is None:
         return []
-    return [(m, "num_heads", len(_kept_heads(out, int(m.head_dim), path)))]
+    d = int(m.head_dim)
+    heads, dims = _kept_grid(out, int(m.num_heads), d, path)
+    edits: list[Edit] = [(m, "num_heads", len(heads)), (m, "head_dim", len(dims))]
+    held = any(isinstance(getattr(m, name, None), float) for name in ("scale", "scaling"))
+    if len(dims) < d and not held:
+        factor = Rescale((len(dims) / d) ** 0.5)
+        edits += [(m.q, name, factor) for name in ("weight", "bias") if getattr(m.q, name, None) is not None]
+    return edits
 
 
 def _xca_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:
@@ -621,7 +699,7 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         tgt, bsz, src = query.shape[0], query.shape[1], key.shape[0]
         q, k, v = (F.linear(x, wi, bi).reshape(x.shape[0], bsz, h, d).permute(1, 2, 0, 3)
                    for x, wi, bi in zip((query, key, value), w, b))
-        scores = (q * d ** -0.5) @ k.transpose(-2, -1)
+        scores = (q * getattr(self, "head_scale", d ** -0.5)) @ k.transpose(-2, -1)
         mask = _additive(attn_mask, scores.dtype)
         if mask is not None:
             scores = scores + (mask.reshape(bsz, h, tgt, src) if mask.dim() == 3 else mask)
@@ -675,7 +753,7 @@ class PrunedShiftedWindowAttention(ShiftedWindowAttention):
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Attention logits before the relative position bias (scaled dot products)."""
-        return (q * q.shape[-1] ** -0.5).matmul(k.transpose(-2, -1))
+        return (q * getattr(self, "head_scale", q.shape[-1] ** -0.5)).matmul(k.transpose(-2, -1))
 
 
 _PRUNED_XCA: dict[type, type] = {}

@@ -28,7 +28,7 @@ import torch
 from torch import fx, nn
 
 from secateur.errors import UnsupportedModelError
-from secateur.structured.attention import record_embeddings
+from secateur.structured.attention import ATTENTION_UNITS, record_embeddings
 from secateur.structured.hf_hidden import record_stream
 from secateur.structured.propagate import propagate
 from secateur.structured.trace import CONCRETE_KEY, trace_model, trace_tolerant
@@ -50,7 +50,7 @@ __all__ = ["DependencyGraph", "Group", "Labels", "Member", "Tracker", "Unfollowe
 
 
 def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[str] = (),
-            strict: bool = False) -> DependencyGraph:
+            strict: bool = False, attention: str = "heads") -> DependencyGraph:
     """Trace ``model`` on ``example_input`` into groups of coupled channels.
 
     ``ignore`` holds module paths (fnmatch patterns such as ``"features.*"``) whose channels
@@ -66,10 +66,11 @@ def analyse(model: nn.Module, example_input: torch.Tensor, *, ignore: Sequence[s
     """
     if not isinstance(example_input, torch.Tensor):
         raise UnsupportedModelError("example_input must be a single tensor batch, e.g. torch.randn(1, 3, 224, 224)")
-    tracker = _traced(model, example_input, Tracker(ignore, strict))
+    ATTENTION_UNITS.get(attention)  # an unknown name fails here, in one line
+    tracker = _traced(model, example_input, Tracker(ignore, strict, attention=attention))
     collapsed = tracker.collapsed_grouped()
     if collapsed:
-        tracker = _traced(model, example_input, Tracker(ignore, strict, whole_groups=collapsed))
+        tracker = _traced(model, example_input, Tracker(ignore, strict, whole_groups=collapsed, attention=attention))
     return tracker.finish()
 
 

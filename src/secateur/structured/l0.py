@@ -182,14 +182,14 @@ def l0_step(gates: Gates, examples: int, penalty: float = 1.0) -> Step:
 
 
 def learn_l0(baseline: nn.Module, targets: tuple[str, ...], trainer: Trainer, *, input_shape: tuple[int, ...],
-             ignore: tuple[str, ...] = ()) -> Learned:
+             ignore: tuple[str, ...] = (), attention: str = "heads") -> Learned:
     """The training phase: gates trained with the network on a copy, then folded into its weights.
 
     ``scores`` are each group's test-time gates (the groups of the baseline's architecture).
     """
     model = copy.deepcopy(baseline)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    graph = analyse(model, zero_input(model, input_shape, 1, device), ignore=ignore)
+    graph = analyse(model, zero_input(model, input_shape, 1, device), ignore=ignore, attention=attention)
     _check_sites(model, graph)
     gates = Gates(model, graph)
     gates.attach(model)

@@ -38,6 +38,7 @@ from secateur.search.pruner import (
     start_from,
     strength_generator,
 )
+from secateur.structured.attention import ATTENTION_UNITS
 from secateur.structured.graph import DependencyGraph, Group, analyse
 from secateur.structured.importance import GROUP_METHODS
 from secateur.structured.plan import build_plan, check_counts, global_counts, n_keep, top_channels
@@ -54,9 +55,11 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tenso
     return zero_input(model, input_shape, 1, model_device(model))
 
 
-def group_sizes(model: nn.Module, input_shape: tuple[int, ...], ignore: Iterable[str] = ()) -> dict[str, int]:
+def group_sizes(model: nn.Module, input_shape: tuple[int, ...], ignore: Iterable[str] = (),
+                attention: str = "heads") -> dict[str, int]:
     """Prunable channels per coupled group of ``model`` (group name = its first producing layer)."""
-    return {g.name: g.size for g in analyse(model, example_input(model, input_shape), ignore=tuple(ignore)).groups}
+    x = example_input(model, input_shape)
+    return {g.name: g.size for g in analyse(model, x, ignore=tuple(ignore), attention=attention).groups}
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class ChannelPruner:
     targets: tuple[str, ...] = ()  # weight tensors reported per layer
     state_keys: tuple[str, ...] = ()  # the plan lives on the model (secateur.provenance); learned: its flag
     learned: Learned | None = None  # a method's training phase (its weights start the first cut)
+    attention: str = "heads"  # what one channel of an attention layer is (ATTENTION_UNITS)
 
     def levels(self, strength: float) -> float:
         """The fraction of channels removed at ``strength``."""
@@ -125,7 +129,7 @@ class ChannelPruner:
         """
         state = start_from(model, self.learned, state)
         x = example_input(model, self.input_shape)
-        graph = analyse(model, x, ignore=self.ignore)
+        graph = analyse(model, x, ignore=self.ignore, attention=self.attention)
         scores = self._scores(model, graph, strength)
         counts = SCOPES.get(self.scope)(Counts(graph.groups, self.original, removed_fraction(strength), scores,
                                                self.min_channels, self.round_to))
@@ -152,6 +156,7 @@ def _check(config: PruneConfig) -> None:
     method = GROUP_METHODS.get(str(config.method))
     check_learned(method.name, method.learn, config)
     check_counts(config.min_channels, config.round_to)
+    ATTENTION_UNITS.get(config.attention)
 
 
 def _builder(keep_whole: Callable[[nn.Module], tuple[str, ...]]) -> Callable[..., tuple[ChannelPruner, PruneConfig]]:
@@ -165,21 +170,23 @@ def _builder(keep_whole: Callable[[nn.Module], tuple[str, ...]]) -> Callable[...
         if "batches" in method.needs and context.batches is None:
             raise ConfigError(f"method {method.name!r} needs training batches: pass data= (a dataset or its name)")
         ignore = tuple(config.ignore or ()) + keep_whole(baseline)
-        original = group_sizes(baseline, context.input_shape, ignore)
+        original = group_sizes(baseline, context.input_shape, ignore, config.attention)
         if not original:
             raise ConfigError(f"the model has no prunable {config.granularity}s (the output layer is never pruned; "
                               "check ignore=)")
         learned = learn_phase(method.name, method.learn, baseline, context.targets, context,
-                              input_shape=tuple(context.input_shape), ignore=ignore)
+                              input_shape=tuple(context.input_shape), ignore=ignore, attention=config.attention)
         pruner = ChannelPruner(method.name, tuple(context.input_shape), original, config.scope, ignore,
                                config.min_channels, config.round_to, config.seed, context.batches,
-                               context.targets, (LEARNED,) if learned is not None else (), learned)
+                               context.targets, (LEARNED,) if learned is not None else (), learned,
+                               config.attention)
         return pruner, config
 
     return build
 
 
-STRUCTURED_OPTIONS = frozenset({"scope", "min_channels", "round_to", "ignore", "learn_epochs", "learn_penalty"})
+STRUCTURED_OPTIONS = frozenset({"scope", "min_channels", "round_to", "ignore", "learn_epochs", "learn_penalty",
+                                "attention"})
 
 
 def _copy(model: nn.Module, targets: tuple[str, ...]) -> nn.Module:

@@ -63,6 +63,7 @@ def apply_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor | None 
             edits.extend(_module_edits(path, module, plan.keep_out.get(path), plan.keep_in.get(path)))
     edits.extend(_param_edits(model, plan))
     edits.extend(_Edit(m, name, sizes) for m, name, sizes in size_edits(model, plan.keep_out))
+    edits = _rescaled(edits)
     _retie(model, edits)
     carried = _composed(model, plan)
     _swap(edits, forward=True)
@@ -174,6 +175,28 @@ def _module_edits(path: str, m: nn.Module, out: list[int] | None, inp: list[int]
     if layer is not None:
         return [_Edit(module, name, value) for module, name, value in layer]
     raise ConfigError(f"plan prunes {path!r}, a {type(m).__name__}, which structured surgery cannot shrink")
+
+
+def _rescaled(edits: list[_Edit]) -> list[_Edit]:
+    """Resolve :class:`~secateur.structured.attention.Rescale` values: the tensor another edit
+    gives (or the current one) times the factor, as one edit."""
+    final: dict[tuple[int, str], _Edit] = {}
+    kept: list[_Edit] = []
+    for e in edits:
+        if not isinstance(e.new, attention.Rescale):
+            final[(id(e.module), e.name)] = e
+            kept.append(e)
+    for e in edits:
+        if isinstance(e.new, attention.Rescale):
+            base = final.get((id(e.module), e.name))
+            target = base if base is not None else _Edit(e.module, e.name, _read(e.module, e.name))
+            if base is None:
+                kept.append(target)
+                final[(id(e.module), e.name)] = target
+            t = target.new
+            scaled = t.detach() * e.new.factor
+            target.new = nn.Parameter(scaled, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else scaled
+    return kept
 
 
 def _retie(model: nn.Module, edits: list[_Edit]) -> None:

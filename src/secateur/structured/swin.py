@@ -31,6 +31,7 @@ from secateur.structured.attention import (
     Layout,
     PrunedShiftedWindowAttention,
     Slot,
+    _kept_grid,
     _kept_heads,
     _param,
     attention_layer,
@@ -65,7 +66,7 @@ def _swin_v2_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | No
     if out is None:
         return [] if inp is None else [(m, "__class__", PrunedShiftedWindowAttentionV2)]
     d = m.qkv.out_features // (3 * m.num_heads)
-    heads = torch.tensor(_kept_heads(out, d, path))
+    heads = torch.tensor(_kept_grid(out, m.num_heads, d, path)[0])  # cosine attention: any head width, no scale
     last = _bias_head(m)
     assert last is not None  # the layout matched
     return [(m, "logit_scale", _param(m.logit_scale, 0, heads)), (last, "weight", _param(last.weight, 0, heads)),
@@ -85,7 +86,7 @@ def _swin_v2(m: Any) -> Layout | None:
         return None
     inner = h * d
     return HeadLayout(h, h, d, Slot("qkv", "out", 0), Slot("qkv", "out", inner), Slot("qkv", "out", 2 * inner),
-                      Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "")
+                      Slot("proj", "in"), ("qkv", ""), ("proj", m.proj.out_features), "", head_dims=True)
 
 
 def _timm_window_edits(path: str, m: Any, out: list[int] | None, inp: list[int] | None) -> list[Edit]:

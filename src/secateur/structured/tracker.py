@@ -156,8 +156,9 @@ class Tracker:
     """Mutable state of one analysis: union-find, per-layer tag records, notes."""
 
     def __init__(self, ignore: Sequence[str] = (), strict: bool = False,
-                 whole_groups: frozenset[str] = frozenset()) -> None:
+                 whole_groups: frozenset[str] = frozenset(), attention: str = "heads") -> None:
         self.uf = _UnionFind()
+        self.attention = attention  # an ATTENTION_UNITS name: what one channel of an attention layer is
         self.whole_groups = whole_groups  # grouped convs that lose whole groups (not channels in each)
         self.grouped: set[str] = set()  # grouped convs that lose the same channels in every group
         self.strict = strict
