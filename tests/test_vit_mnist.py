@@ -102,3 +102,16 @@ def test_vit_mnist_heads_are_pruned_exactly_and_its_forward_follows():
     assert attn.num_heads == 2 and attn.head_dim == 16
     assert attn.q.out_features == attn.k.out_features == attn.v.out_features == attn.proj.in_features == 32
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_search_prunes_vit_mnist_per_head_dimensions(small):
+    """``attention="head-dims"`` reaches the search's pruner: heads stay, every head narrows."""
+    torch.manual_seed(0)
+    data = small.subset(train=256, val=128, test=128)
+    result = prune(build_model("vit-mnist"), data=data, granularity="channel", attention="head-dims",
+                   train_config=TrainConfig(epochs=1, batch_size=64, optimizer="adamw", lr=1e-3),
+                   max_drop=100.0, rounds=1, retrain_epochs=1, start=1.0, polish_epochs=0, ignore=("patch_embed",))
+    assert result.results["channels"]["blocks.0.attn.q"] == {"before": 64, "after": 32}
+    attn = result.model.blocks[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.q.out_features) == (4, 8, 32)
+    assert result.model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -29,6 +29,9 @@ head:
 
 A head is one coupled channel (``union_rows`` of its positions), so a group's ``size`` is its
 number of heads and every group method scores a head by summing its rows' and columns' scores.
+What one channel is comes from :data:`ATTENTION_UNITS` (the ``attention`` option): ``heads``, or
+``head-dims``, where dimension j of every head is one channel (every head keeps the same
+dimensions, ``head_dim`` follows, the softmax scale is kept; layouts flagged ``head_dims``).
 With grouped-query attention a key / value head and the query heads that share it are one
 channel; with a single shared key / value head (multi-query) query heads are pruned alone.
 
