@@ -86,14 +86,15 @@ def run(name: str, ratio: float, embedding: float | None, attention: str = "head
     after = {"params": count_params(model), "macs_all": all_macs(model, x),
              "macs_layers": count_macs(model, (3, 224, 224)), "heads": sum(heads(model)),
              "embedding": embedding_width(model, name), "head_dim": head_width(model)}
-    return {"model": name, "ratio": ratio, "embedding_ratio": embedding, "attention": attention, "before": before, "after": after,
+    return {"model": name, "ratio": ratio, "embedding_ratio": embedding, "attention": attention,
+            "before": before, "after": after,
             "prune_seconds": round(seconds, 2),
             "ratios": {k: before[k] / after[k] for k in ("params", "macs_all", "macs_layers")}}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | heads | head dim | embedding | params | MACs (all) | MACs (layers) | params ratio | MACs ratio (all) | "
-             "MACs ratio (layers) | prune s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | heads | head dim | embedding | params | MACs (all) | MACs (layers) | params ratio | "
+             "MACs ratio (all) | MACs ratio (layers) | prune s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, a, q = r["before"], r["after"], r["ratios"]
         emb = f" + {r['embedding_ratio']:.0%} embedding" if r.get("embedding_ratio") is not None else ""
