@@ -19,6 +19,7 @@ from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer,
 
 from secateur import load_model, save_model
 from secateur.app.cli import main
+from secateur.app.recipe import read_recipe
 from secateur.errors import ConfigError
 from secateur.search.config import PruneConfig
 from secateur.structured import Plan, analyse, apply_plan, prune_channels
@@ -208,8 +209,11 @@ def test_plan_with_different_dims_per_head_is_refused_and_model_unchanged() -> N
     torch.testing.assert_close(_output(model, _images()), before)
 
 
-def test_attention_option_is_validated_and_reaches_the_cli(capsys) -> None:
+def test_attention_option_is_validated_and_reaches_the_cli_and_recipe(capsys, tmp_path: Path) -> None:
     assert PruneConfig(granularity="channel", attention="head-dims").validate().attention == "head-dims"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("granularity: neuron\nattention: head-dims\n")
+    assert PruneConfig.from_dict(read_recipe(recipe).prune).validate().attention == "head-dims"
     with pytest.raises(ConfigError, match="unknown attention unit 'dims'"):
         PruneConfig(granularity="channel", attention="dims").validate()
     with pytest.raises(ConfigError):  # an option of the physical granularities only
