@@ -221,3 +221,15 @@ def test_attention_option_is_validated_and_reaches_the_cli_and_recipe(capsys, tm
     with pytest.raises(SystemExit):
         main(["prune", "--help"])
     assert "--attention" in capsys.readouterr().out
+
+
+def test_info_counts_head_dims_and_refuses_an_unknown_unit(capsys) -> None:
+    assert main(["info", "vit-mnist", "--attention", "head-dims"]) == 0
+    heads_dims = capsys.readouterr().out
+    assert main(["info", "vit-mnist"]) == 0
+    heads = capsys.readouterr().out
+    channels = [int(text.split("groups, ")[1].split(" channels")[0].replace(",", ""))
+                for text in (heads_dims, heads)]
+    assert channels[0] - channels[1] == 4 * (16 - 4)  # 4 layers: 16 dimensions instead of 4 heads each
+    assert main(["info", "vit-mnist", "--attention", "dims"]) == 2
+    assert "unknown attention unit 'dims'" in capsys.readouterr().err

@@ -202,22 +202,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """secateur info: per-layer table of a zoo model or of a saved checkpoint."""
+    from secateur.structured.attention import ATTENTION_UNITS
+
+    ATTENTION_UNITS.get(args.attention)  # a bad name: one line, before any model is built
     model, input_shape = _model_for_info(args)
     stats = layer_stats(model, input_shape)
     console = Console()
     console.print(format_layer_table(stats))
     console.print(f"parameters: {count_params(model):,} (nonzero {count_params(model, nonzero=True):,}); "
                   f"MACs for one {'x'.join(map(str, input_shape))} input: {count_macs(model, input_shape):,}")
-    console.print(structure_line(model, input_shape), highlight=False, markup=False, soft_wrap=True)
+    console.print(structure_line(model, input_shape, args.attention), highlight=False, markup=False,
+                  soft_wrap=True)
     return 0
 
 
-def structure_line(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+def structure_line(model: nn.Module, input_shape: tuple[int, ...], attention: str = "heads") -> str:
     """What structured pruning can reach in ``model``, and every op whose channels it must keep."""
     from secateur.structured.graph import analyse  # lazy: tracing machinery only for this line
 
     try:
-        graph = analyse(model, zero_input(model, input_shape))
+        graph = analyse(model, zero_input(model, input_shape), attention=attention)
     except SecateurError as err:
         return f"structured pruning: {err}"
     line = (f"structured pruning: {len(graph.groups)} prunable groups, "
@@ -514,6 +518,8 @@ def _add_info(sub: SubParsers) -> None:
                       help="C,H,W (default: the model's own: 3,224,224 for torchvision models, 1,28,28 for the zoo)")
     info.add_argument("--num-classes", type=classes, default=None,
                       help="classes (default: the model's own: 1000 for torchvision models, 10 for the zoo)")
+    info.add_argument("--attention", default="heads",
+                      help="what the structure line counts as an attention layer's channel: heads or head-dims")
     add_weights_arg(info)
     info.set_defaults(func=cmd_info)
 
