@@ -86,7 +86,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     config = PruneConfig(granularity=args.granularity, max_drop=args.max_drop, rounds=args.rounds,
                          retrain_epochs=args.retrain_epochs, polish_epochs=args.polish_epochs,
                          retrain_lr=args.retrain_lr, start=args.start, recovery=args.recovery,
-                         distill=args.distill)
+                         distill=args.distill, certify=args.certify)
     retrain_data = data.subset(train=args.retrain_subset) if args.retrain_subset else data
     shutil.rmtree(out / "prune", ignore_errors=True)
     prune_start = time.perf_counter()
@@ -96,6 +96,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     return {
         "dataset": name, "error_before": 100 * (1 - res["baseline"]["test"]["accuracy"]),
         "error_after": 100 * (1 - res["pruned"]["test"]["accuracy"]), "val_drop": res["drop"]["val"],
+        "drops": res["drop"],
         "params_before": res["params"]["baseline"], "params_after": res["params"]["total"],
         "param_ratio": res["params"]["baseline"] / res["params"]["total"],
         "macs_before": res["macs"]["baseline"], "macs_after": res["macs"]["dense"],
@@ -106,7 +107,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "budget": {"granularity": args.granularity, "max_drop": args.max_drop, "rounds": args.rounds,
                    "retrain_epochs": args.retrain_epochs, "retrain_subset": args.retrain_subset,
                    "polish_epochs": args.polish_epochs, "retrain_lr": args.retrain_lr, "start": args.start,
-                   "recovery": args.recovery, "distill": args.distill},
+                   "recovery": args.recovery, "distill": args.distill, "certify": args.certify},
     }
 
 
@@ -149,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", type=float, help="first strength (default: the granularity's, 1.0: half of "
                         "every group's channels)")
     parser.add_argument("--recovery", type=int, default=1, help="extra retraining passes of a round over the bound")
+    parser.add_argument("--certify", type=float, default=0.0, help="share of the validation split held out to "
+                        "certify the final model (secateur's certify; 0: off)")
     parser.add_argument("--distill", type=float, default=0.0, help="share of the dense model's soft targets "
                         "in the retraining loss")
     parser.add_argument("--subset", type=int, help="smoke run on N training images (N/4 val and test)")
