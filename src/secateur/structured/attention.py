@@ -345,7 +345,7 @@ def _head_dims(tr: Tracker, path: str, lay: HeadLayout, q: torch.Tensor, k: torc
     h, kv, d = lay.heads, lay.kv_heads, lay.head_dim
     if not lay.head_dims:
         why = (f"attention layer {path!r}: its layout cannot shrink the per-head dimension (a rotary position "
-               "embedding pairs them, or its forward derives the softmax scale); its heads are kept")
+               "embedding pairs them, or its pruned forward is written for whole heads); its attention is kept whole")
         tr.lock_labels([(0, q), (0, k), (0, v)], why, ("head-dims", path))
         return
     tr.uf.union_rows(torch.cat([q.reshape(h, d).t(), k.reshape(kv, d).t(), v.reshape(kv, d).t()], dim=1))
