@@ -8,13 +8,18 @@ For each network: the baseline with secateur's default recipe (trained once, or 
 - ``bound``: ``secateur prune --method sparse-vd --max-drop 0.1`` (the same phase, then the
   search, retraining and polish, the rounds starting from the learned means);
 - ``order``: ``--method sparse-vd-order`` (the phase's log alpha order on the baseline's weights);
-- ``l0`` : ``secateur prune --granularity neuron|channel --method l0 --max-drop 0.1``.
+- ``l0`` : ``secateur prune --granularity neuron|channel --method l0 --max-drop 0.1``;
+- ``retrain``: the Sparse VD phase (saved in ``--out``, reused by a later run with the same settings),
+  cut in log alpha order to each ``--targets`` compression, then trained with the masks fixed for
+  ``--retrain-epochs`` epochs of the baseline recipe (learning rate x ``--retrain-lr-factor``): the
+  errors without and with that retraining.
 
 The papers' rows are printed beside as reference. Epochs of the learned phase are fewer than
 the papers' 200 on this 2-core CPU (``--learn-epochs``; stated in the table).
 
     python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30] [--learn-penalty 1]
                             [--max-drop 0.1] [--scope local]
+                            [--targets 40,68] [--retrain-epochs 10] [--retrain-lr-factor 0.5]
                             [--out /work/bench-runs/learned] [--baselines DIR] [--short] [--json FILE] [--md FILE]
 
 Parts may run as separate processes on the same ``--out`` (each merges its rows into the JSON).
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
@@ -39,10 +45,11 @@ from secateur.app.pipeline import load_baseline, prune_run
 from secateur.io import rundir
 from secateur.search.config import PruneConfig
 from secateur.search.orchestrator import learning_trainer
-from secateur.search.pruner import Step, Trainer, start_from
-from secateur.train import evaluate
+from secateur.search.pruner import Learned, Step, Trainer, start_from
+from secateur.train import evaluate, fit
 from secateur.unstructured.masks import apply_masks, prunable_names
-from secateur.unstructured.variational import learn_sparse_vd, threshold_masks
+from secateur.unstructured.methods import keep_largest_globally
+from secateur.unstructured.variational import THRESHOLD, learn_sparse_vd, threshold_masks
 from secateur.zoo.baseline import train_baseline
 from secateur.zoo.data import load_dataset
 
@@ -73,21 +80,81 @@ def compression(model: nn.Module) -> float:
     return count_params(model) / max(1, count_params(model, nonzero=True))
 
 
-def paper_row(name: str, data, folder: Path, epochs: int, penalty: float = 1.0) -> dict:
-    """Sparse VD alone: the phase from the baseline, log alpha > 3 zeroed, no retraining."""
-    loaded = load_baseline(folder)
-    model = loaded.model
+def learned_phase(name: str, data, folder: Path, out: Path, epochs: int, penalty: float = 1.0
+                  ) -> tuple[Learned, float]:
+    """The Sparse VD phase from the baseline in ``folder`` and its seconds: read from
+    ``out/NAME/sparse-vd-eE[-pP]`` when a run with the same settings saved it, else run and saved there."""
+    saved = out / name / f"sparse-vd-e{epochs}" f"{f'-p{penalty:g}' if penalty != 1.0 else ''}"
+    if (saved / "learned.safetensors").exists():
+        tensors = load_file(saved / "learned.safetensors")
+        meta = json.loads((saved / "learned.json").read_text())
+        learned = Learned({k[2:]: v for k, v in tensors.items() if k.startswith("w.")},
+                          {k[2:]: v for k, v in tensors.items() if k.startswith("s.")}, meta["info"])
+        return learned, meta["seconds"]
+    model = load_baseline(folder).model
     start = time.perf_counter()
-    trainer = logged(learning_trainer(data, loaded.train_config, PruneConfig(method="sparse-vd", learn_epochs=epochs,
-                                                                                  learn_penalty=penalty)),
+    trainer = logged(learning_trainer(data, load_baseline(folder).train_config,
+                                      PruneConfig(method="sparse-vd", learn_epochs=epochs, learn_penalty=penalty)),
                      name)
     learned = learn_sparse_vd(model, tuple(prunable_names(model)), trainer)
+    seconds = time.perf_counter() - start
+    saved.mkdir(parents=True, exist_ok=True)
+    save_file({**{f"w.{k}": v.contiguous() for k, v in learned.weights.items()},
+               **{f"s.{k}": v.contiguous() for k, v in learned.scores.items()}}, saved / "learned.safetensors")
+    (saved / "learned.json").write_text(json.dumps({"info": learned.info, "seconds": seconds}))
+    return learned, seconds
+
+
+def paper_row(name: str, data, folder: Path, out: Path, epochs: int, penalty: float = 1.0) -> dict:
+    """Sparse VD alone: the phase from the baseline, log alpha > 3 zeroed, no retraining."""
+    model = load_baseline(folder).model
+    learned, seconds = learned_phase(name, data, folder, out, epochs, penalty)
     pruned = copy.deepcopy(model)
     start_from(pruned, learned, {})
     apply_masks(pruned, threshold_masks(learned))
     return {"method": "sparse-vd (log alpha > 3, no retraining)" + _penalty(penalty), "network": name, "epochs": epochs,
-            "compression": compression(pruned), **_errors(model, pruned, data),
-            "seconds": time.perf_counter() - start}
+            "compression": compression(pruned), **_errors(model, pruned, data), "seconds": seconds}
+
+
+def level_for(model: nn.Module, learned: Learned, target: float) -> float:
+    """The global sparsity of the learned targets at which the whole model is ``target`` x compressed
+    (parameters outside the targets, e.g. biases, all kept)."""
+    total = count_params(model)
+    prunable = sum(s.numel() for s in learned.scores.values())
+    kept = max(1.0, total / target - (total - prunable))
+    return 1.0 - kept / prunable
+
+
+def retrain_rows(name: str, data, folder: Path, out: Path, epochs: int, penalty: float, targets: list[float],
+                 retrain_epochs: int, lr_factor: float) -> list[tuple[str, dict]]:
+    """Sparse VD cut to each target compression in log alpha order, from the learned means, then
+    trained ``retrain_epochs`` with the masks fixed (the baseline recipe, lr x ``lr_factor``)."""
+    loaded = load_baseline(folder)
+    learned, seconds = learned_phase(name, data, folder, out, epochs, penalty)
+    at_threshold = count_params(loaded.model) / (count_params(loaded.model) - learned.info["weights"]
+                                                 + learned.info["kept_at_threshold"])
+    rows = []
+    for target in [at_threshold, *targets]:
+        pruned = copy.deepcopy(loaded.model)
+        start_from(pruned, learned, {})
+        apply_masks(pruned, keep_largest_globally(learned.scores, level_for(pruned, learned, target)))
+        cut = _errors(loaded.model, pruned, data)
+        start = time.perf_counter()
+        recipe = loaded.train_config.replace(epochs=retrain_epochs, lr=loaded.train_config.lr * lr_factor)
+        fit(pruned, data, recipe, progress=False)
+        label = f"log alpha > {THRESHOLD:g}" if target is at_threshold else f"{target:g}x in log alpha order"
+        row = {"method": f"sparse-vd ({label}, then {retrain_epochs} epochs retrained with the masks, "
+                         f"lr x {lr_factor:g})" + _penalty(penalty),
+               "network": name, "epochs": epochs, "compression": compression(pruned), **_errors(loaded.model, pruned,
+                                                                                                data),
+               "cut": {k.replace("_after", ""): v for k, v in cut.items() if k.endswith("_after")},
+               "seconds": seconds + time.perf_counter() - start}
+        key = f"{name}/retrain-{'threshold' if target is at_threshold else f'{target:g}x'}" + _variant(penalty, 0.1,
+                                                                                                         "local")
+        print(f"{key}: {row['compression']:.1f}x, test {row['test_error_after']:.2f}% "
+              f"(cut only: {row['cut']['test_error']:.2f}%)", flush=True)
+        rows.append((key, row))
+    return rows
 
 
 def logged(trainer: Trainer, name: str) -> Trainer:
@@ -207,6 +274,11 @@ def main() -> None:
                         help="multiplier of the learned method's sparsity penalty (secateur's learn_penalty)")
     parser.add_argument("--max-drop", type=float, default=0.1, help="the bound of the bound / order / l0 parts")
     parser.add_argument("--scope", default="local", help="the l0 part's scope (local or global)")
+    parser.add_argument("--targets", default="40,68",
+                        help="the retrain part's compressions (comma-separated), beside log alpha > 3's")
+    parser.add_argument("--retrain-epochs", type=int, default=10, help="the retrain part's epochs with the masks")
+    parser.add_argument("--retrain-lr-factor", type=float, default=0.5,
+                        help="the retrain part's learning rate as a share of the baseline recipe's")
     parser.add_argument("--out", type=Path, default=Path("/work/bench-runs/learned"))
     parser.add_argument("--baselines", type=Path, default=None,
                         help="reuse trained baselines in DIR/NAME/baseline (e.g. the Han table's), read only")
@@ -221,10 +293,18 @@ def main() -> None:
     for name in args.models.split(","):
         folder = baseline_of(name, data, args.out, args.baselines)
         for part in args.parts.split(","):
+            if part == "retrain":
+                for key, row in retrain_rows(name, data, folder, args.out, args.learn_epochs, args.learn_penalty,
+                                             [float(t) for t in args.targets.split(",")], args.retrain_epochs,
+                                             args.retrain_lr_factor):
+                    merged = merge(args.json, key, row)
+                args.md.write_text(table(merged))
+                print(table(merged), flush=True)
+                continue
             if args.partial:
                 row = partial_row(name, data, folder, args.out, part, args.learn_epochs)
             elif part == "paper":
-                row = paper_row(name, data, folder, args.learn_epochs, args.learn_penalty)
+                row = paper_row(name, data, folder, args.out, args.learn_epochs, args.learn_penalty)
             else:
                 row = bound_row(name, data, folder, args.out, args.learn_epochs, part, args.short,
                                 args.learn_penalty, args.max_drop, args.scope)

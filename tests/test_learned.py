@@ -17,7 +17,7 @@ from secateur.errors import ConfigError
 from secateur.io import rundir
 from secateur.search.config import PruneConfig
 from secateur.search.orchestrator import learning_trainer, prune
-from secateur.search.pruner import start_from
+from secateur.search.pruner import Context, Learned, Trainer, learn_phase, start_from
 from secateur.structured.graph import analyse
 from secateur.structured.importance import GROUP_METHODS
 from secateur.structured.l0 import (
@@ -269,3 +269,58 @@ def test_sparse_vd_order_keeps_the_baselines_weights(trained_lenet300, small):
     model = copy.deepcopy(trained_lenet300)
     assert start_from(model, learned, {}) == {"learned": True}
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), trained_lenet300.parameters()))
+
+
+def _counting_learn(calls: list) -> object:
+    """A stand-in phase: counts its calls, returns fixed weights and scores."""
+    def learn(baseline, targets, trainer, **extra):
+        calls.append(trainer.epochs)
+        return Learned({"fc1.weight": torch.full((2, 2), 3.0)}, {t: torch.arange(4.0) for t in targets},
+                       {"epochs": trainer.epochs})
+    return learn
+
+
+def _context(out, epochs: int = 1, penalty: float = 1.0) -> Context:
+    trainer = Trainer(lambda *a: None, 100, epochs, lambda batch: 10, penalty, 0)
+    return Context(TARGETS, (1, 28, 28), lambda m: 1.0, None, out, trainer)
+
+
+def test_a_run_folder_keeps_the_learned_phase_and_reuses_it_only_for_the_same_settings(trained_lenet300, tmp_path):
+    calls: list = []
+    learn = _counting_learn(calls)
+    first = learn_phase("m", learn, trained_lenet300, TARGETS, _context(tmp_path))
+    again = learn_phase("m", learn, trained_lenet300, TARGETS, _context(tmp_path))
+    assert calls == [1]  # read back, not trained again
+    assert torch.equal(again.weights["fc1.weight"], first.weights["fc1.weight"]) and again.info == {"epochs": 1}
+    assert all(torch.equal(again.scores[t], first.scores[t]) for t in TARGETS)
+    learn_phase("m", learn, trained_lenet300, TARGETS, _context(tmp_path, epochs=2))  # other epochs: trained
+    learn_phase("other", learn, trained_lenet300, TARGETS, _context(tmp_path, epochs=2))  # other method
+    changed = copy.deepcopy(trained_lenet300)
+    with torch.no_grad():
+        changed.fc3.bias.add_(1.0)
+    learn_phase("other", learn, changed, TARGETS, _context(tmp_path, epochs=2))  # other baseline
+    assert calls == [1, 2, 2, 2]
+    (tmp_path / f"{rundir.LEARNED}.safetensors").write_bytes(b"not a safetensors file")
+    learn_phase("other", learn, changed, TARGETS, _context(tmp_path, epochs=2))  # unreadable: trained again
+    learn_phase("m", learn, trained_lenet300, TARGETS, _context(None))  # no run folder: nothing kept
+    assert calls == [1, 2, 2, 2, 2, 1]
+
+
+def test_a_resumed_sparse_vd_run_reads_its_phase_back(trained_lenet300, small, tmp_path, monkeypatch):
+    options = {"data": small, "method": "sparse-vd", "max_drop": 1.0, "rounds": 3, "retrain_epochs": 1,
+               "learn_epochs": 1, "polish_epochs": 0, "train_config": TrainConfig(epochs=1)}
+
+    def dying(row):
+        if row["round"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        prune(copy.deepcopy(trained_lenet300), out=tmp_path / "run", on_round=dying, **options)
+    assert (tmp_path / "run" / f"{rundir.LEARNED}.safetensors").is_file()
+    phases: list = []  # a phase that runs is saved: count the saves
+    monkeypatch.setattr(rundir, "save_learned", lambda *a, **k: phases.append(1))
+    resumed = prune(copy.deepcopy(trained_lenet300), out=tmp_path / "run", resume=True, **options)
+    assert phases == [] and len(resumed.history) == 3  # the kept phase, not a second one
+    assert resumed.results["learned"]["epochs"] == 1
+    found = rundir.find_output(tmp_path / "run")
+    rundir.remove_output(tmp_path / "run", found)
+    assert not (tmp_path / "run" / "state").exists()  # the phase is among the files the run owns

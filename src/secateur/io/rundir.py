@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import safetensors
+import safetensors.torch
 import torch
 import yaml
 from torch import nn
@@ -42,6 +44,7 @@ from secateur.io.schemas import (
 )
 from secateur.io.storage import (
     FORMAT,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     check_header,
@@ -58,6 +61,7 @@ from secateur.unstructured.masks import effective_state_dict
 
 CONFIG, HISTORY, STATE, RESULTS = "config.yaml", "history.jsonl", "state.json", "results.json"
 STATE_DIR = "state"  # the checkpoints behind state.json: state/round-N.safetensors + .json
+LEARNED = f"{STATE_DIR}/learned"  # a learned method's phase (.safetensors + .json): a resumed run reuses it
 BASELINE = "baseline"  # sub-folder holding the dense baseline's checkpoint
 MODEL = "model"  # checkpoint base name in a folder: model.safetensors + model.json
 WEIGHTS, MODEL_META = f"{MODEL}.safetensors", f"{MODEL}.json"
@@ -191,6 +195,33 @@ def load_round(out: Path, template: nn.Module) -> tuple[nn.Module, dict, dict]:
     return model, state["search"], meta
 
 
+def save_learned(out: Path, key: Mapping, weights: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+                 info: Mapping) -> None:
+    """Keep a learned method's phase (its weights, scores and info) for a resumed run; ``key`` says
+    what it was learned from (method, epochs, penalty, baseline digest), so a mismatch is never reused."""
+    tensors = {**{f"w.{k}": v.detach().cpu().contiguous() for k, v in weights.items()},
+               **{f"s.{k}": v.detach().cpu().contiguous() for k, v in scores.items()}}
+    atomic_write_bytes(out / f"{LEARNED}.safetensors", safetensors.torch.save(tensors))
+    atomic_write_json(out / f"{LEARNED}.json", {"key": dict(key), "info": dict(info)})
+
+
+def load_learned(out: Path, key: Mapping) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict] | None:
+    """The phase :func:`save_learned` kept under the same ``key`` (weights, scores, info), else None
+    (none kept, another key, or a file that does not read: the phase then runs again)."""
+    paths = out / f"{LEARNED}.safetensors", out / f"{LEARNED}.json"
+    if not all(path.is_file() for path in paths):
+        return None
+    try:
+        meta = json.loads(paths[1].read_text())
+        if meta.get("key") != json.loads(json.dumps(dict(key))):
+            return None
+        tensors = safetensors.torch.load(paths[0].read_bytes())
+    except (OSError, ValueError, safetensors.SafetensorError):
+        return None
+    return ({k[2:]: v for k, v in tensors.items() if k.startswith("w.")},
+            {k[2:]: v for k, v in tensors.items() if k.startswith("s.")}, dict(meta.get("info") or {}))
+
+
 # ----------------------------------------------------------------------------- results and analyses
 
 
@@ -249,6 +280,7 @@ _BASELINE_FILES = (f"{BASELINE}/{WEIGHTS}", f"{BASELINE}/{MODEL_META}", f"{BASEL
 OUTPUTS: dict[str, tuple[str, ...]] = {  # what each kind of command writes (glob patterns, relative)
     "train": (WEIGHTS, MODEL_META),
     "prune": (CONFIG, HISTORY, STATE, f"{STATE_DIR}/round-*.safetensors", f"{STATE_DIR}/round-*.json",
+              f"{LEARNED}.safetensors", f"{LEARNED}.json",
               RESULTS, WEIGHTS, MODEL_META, COMPACT, ONNX, SENSITIVITY, SENSITIVITY_PNG, f"{REPORT}.md",
               f"{REPORT}.html", TRADEOFF_PNG, LAYERS_PNG, PARETO_PNG, *_BASELINE_FILES),
     "sweep": (SWEEP, SWEEP_PNG, f"{SWEEP_REPORT}.md", f"{SWEEP_REPORT}.html", *_BASELINE_FILES),

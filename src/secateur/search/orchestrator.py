@@ -247,15 +247,17 @@ def _search(run: _Run, progress: bool, on_round: Callable[[dict], None] | None =
 
 def _start(model: nn.Module, config: PruneConfig, evaluate: Evaluate, make_train: MakeTrain,
            input_shape: tuple[int, ...] | None, out: Path | None, meta: Mapping,
-           batches: Callable[[], Iterable] | None = None, trainer: Trainer | None = None) -> _Run:
+           batches: Callable[[], Iterable] | None = None, trainer: Trainer | None = None,
+           folder: Path | None = None) -> _Run:
     """A fresh run: baseline measured, pruner ready (a learned method's training phase run), config and
-    baseline written to ``out``."""
+    baseline written to ``out``. ``folder`` (default ``out``) is the run folder the pruner may keep
+    analyses in: a resumed run passes its own, with no ``out``, so nothing else is written again."""
     targets = tuple(config.targets or prunable_names(model, include_bias=config.include_bias))
     if not targets:
         raise ConfigError("the model has no prunable tensors (Linear / Conv weights); pass targets=")
     spec = config.spec
     baseline = spec.prepare(model, targets)
-    context = Context(targets, input_shape, evaluate, batches, out, trainer)
+    context = Context(targets, input_shape, evaluate, batches, folder if folder is not None else out, trainer)
     pruner, config = spec.build(baseline, config, context)
     pruner = synced_pruner(pruner)  # under torchrun: every cut rank 0's
     baseline_val = measure(evaluate, baseline)  # per-example results kept for paired comparisons
@@ -281,10 +283,10 @@ def saved_config(out: Path) -> PruneConfig:
 def _resume(model: nn.Module, evaluate: Evaluate, make_train: MakeTrain,
             input_shape: tuple[int, ...] | None, out: Path, batches: Callable[[], Iterable] | None = None,
             trainer: Trainer | None = None) -> _Run:
-    """Continue an interrupted run from its last completed round (a learned method's phase runs again,
-    seeded, so its pruner is the one the rounds used)."""
+    """Continue an interrupted run from its last completed round (a learned method's phase is read back
+    from the run folder, or runs again, seeded, so its pruner is the one the rounds used)."""
     config = saved_config(out)
-    run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches, trainer)
+    run = _start(model, config, evaluate, make_train, input_shape, None, {}, batches, trainer, folder=out)
     run.out = out
     run.best, state, header = rundir.load_round(out, copy.deepcopy(run.baseline))
     check_unedited(run.config, header.get(ROUND_CONFIG), out)
@@ -589,7 +591,7 @@ def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: 
         fit(model, data, recipe.replace(epochs=epochs, **changes), step=step, progress=False)
 
     return Trainer(run, train_examples(data), epochs, lambda batch_size: steps_per_epoch(data, batch_size),
-                   config.learn_penalty)
+                   config.learn_penalty, recipe.seed)
 
 
 def learns(config: PruneConfig) -> bool:

@@ -94,6 +94,7 @@ class Trainer:
     epochs: int
     steps_per_epoch: Callable[[int], int]
     penalty: float = 1.0
+    seed: int = 0  # the phase's seed (with the rest, what a kept phase is matched on)
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,30 @@ def start_from(model: nn.Module, learned: Learned | None, state: PrunerState) ->
 
 def learn_phase(method: str, learn: Callable[..., Learned] | None, baseline: nn.Module, targets: tuple[str, ...],
                 context: Context, **extra: Any) -> Learned | None:
-    """Run a learned method's training phase on a copy of ``baseline`` (None for other methods)."""
+    """Run a learned method's training phase on a copy of ``baseline`` (None for other methods).
+
+    With a run folder the phase is kept there (``state/learned.*``) and a resumed run reads it back
+    instead of training it again, when it was learned with the same method, epochs, penalty,
+    targets and baseline.
+    """
     if learn is None:
         return None
     if context.trainer is None:
         raise ConfigError(f"method {method!r} trains the model itself before the search: pass data= (a dataset "
                           "or its name); with your own train= / evaluate= callables or a PruningSession it cannot run")
-    return learn(baseline, targets, context.trainer, **extra)
+    from secateur.distributed import is_writer
+    from secateur.io import rundir  # the run folder's files (rundir imports the search's settings)
+
+    key = {"method": method, "epochs": context.trainer.epochs, "penalty": context.trainer.penalty,
+           "seed": context.trainer.seed, "examples": context.trainer.examples, "targets": list(targets),
+           "extra": {k: repr(v) for k, v in sorted(extra.items())}, "baseline": rundir.weights_sha256(baseline)}
+    kept = rundir.load_learned(context.out, key) if context.out is not None else None
+    if kept is not None:
+        return Learned(*kept)
+    learned = learn(baseline, targets, context.trainer, **extra)
+    if context.out is not None and is_writer():  # under torchrun: rank 0 writes
+        rundir.save_learned(context.out, key, learned.weights, learned.scores, learned.info)
+    return learned
 
 
 @dataclass(frozen=True)
