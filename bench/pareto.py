@@ -11,8 +11,8 @@ skipped, and named in the MD):
 - ``figure5.json``: Figure 5's L2 iterative prune-and-retrain curve (global magnitude, one short retraining
   per point);
 - ``sweep_<net>.json``: a ``secateur sweep --test`` per network, one curve per method;
-- ``learned.json``: learned sparsity rows (``model``, ``method``, ``compression``, ``error_after``), when
-  present, in a list or under ``rows`` / ``models``.
+- ``learned*.json`` (``bench/learned.py``): the learned methods' runs as points, and the ``retrain`` part
+  (Sparse VD cut to several compressions, then retrained with the masks) as one curve per phase.
 
     python bench/pareto.py [--results bench/results]
 
@@ -77,25 +77,42 @@ def sweep_curves(results: Path, net: str) -> Series:
             for method, points in (sweep.get("methods") or {}).items()}
 
 
+def learned_rows(results: Path, net: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(part, row) of every finished ``bench/learned.py`` row of ``net`` in ``learned*.json`` (the row's
+    key is ``NET/PART[-variant]``)."""
+    for path in sorted(results.glob("learned*.json")):
+        for key, row in ((_read(path) or {}).get("rows") or {}).items():
+            if (isinstance(row, Mapping) and row.get("network") == net and not row.get("partial")
+                    and {"compression", "test_error_after"} <= set(row)):
+                yield key.split("/", 1)[1], row
+
+
+def learned_points(results: Path, net: str) -> Iterator[tuple[str, float, float]]:
+    """The learned methods' single runs (all but the retrain part's curve)."""
+    for part, row in learned_rows(results, net):
+        if not part.startswith("retrain"):
+            label = row["method"].replace("secateur prune ", "search ")
+            yield f"{label}, {row['epochs']} learn epochs", row["compression"], row["test_error_after"]
+
+
 def learned_curves(results: Path, net: str) -> Series:
-    """``learned.json`` rows of ``net`` grouped by method (any of a few layouts; unknown ones skipped)."""
-    data = _read(results / "learned.json")
-    rows = data if isinstance(data, list) else (data or {}).get("rows") or (data or {}).get("models") or []
-    if isinstance(rows, Mapping):
-        rows = [dict(r, model=r.get("model", k.split("/")[0])) for k, r in rows.items() if isinstance(r, Mapping)]
+    """The retrain part: Sparse VD cut to several compressions and retrained with the masks, one curve
+    per phase (its epochs and penalty)."""
     series: Series = {}
-    for row in rows:
-        if isinstance(row, Mapping) and row.get("model") == net and {"compression", "error_after"} <= set(row):
-            series.setdefault(f"{row.get('method', 'learned')} (learned)", []).append(
-                (float(row["compression"]), float(row["error_after"])))
-    return series
+    for part, row in learned_rows(results, net):
+        if part.startswith("retrain"):
+            penalty = part.rpartition("-p")[2] if "-p" in part else "1"
+            label = f"sparse-vd {row['epochs']} epochs (penalty {penalty}), cut + retrained"
+            series.setdefault(label, []).append((row["compression"], row["test_error_after"]))
+    return {label: sorted(points) for label, points in series.items()}
 
 
 def network(results: Path, net: str) -> dict:
     """Everything drawn for one network."""
     published = PUBLISHED.get(net)
     curves = {**sweep_curves(results, net), **figure5_curves(results, net), **learned_curves(results, net)}
-    points = [{"label": label, "compression": c, "error": e} for label, c, e in search_points(results, net)]
+    points = [{"label": label, "compression": c, "error": e}
+              for label, c, e in (*search_points(results, net), *learned_points(results, net))]
     return {"published": [vars(p) for p in published.points], "published_dense_error": published.dense_error,
             "secateur_points": points, "secateur_curves": {k: [list(p) for p in v] for k, v in curves.items()}}
 
@@ -136,7 +153,7 @@ def main() -> None:
     parser.add_argument("--nets", default=",".join(NETS))
     args = parser.parse_args()
     names = ["han_table.json", "han_table_rerun.json", "channels.json", "granularities.json", "figure5.json",
-             "learned.json", *(f"sweep_{n}.json" for n in NETS)]
+             *(f"sweep_{n}.json" for n in NETS)]
     missing = [n for n in names if not (args.results / n).is_file()]
     entries = {net: network(args.results, net) for net in args.nets.split(",")}
     for net, entry in entries.items():
