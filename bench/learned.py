@@ -19,7 +19,7 @@ the papers' 200 on this 2-core CPU (``--learn-epochs``; stated in the table).
 
     python bench/learned.py [--models lenet300,lenet5] [--parts paper,bound,l0] [--learn-epochs 30] [--learn-penalty 1]
                             [--max-drop 0.1] [--scope local]
-                            [--targets 40,68] [--retrain-epochs 10] [--retrain-lr-factor 0.5]
+                            [--targets 40,68] [--retrain-epochs 10] [--retrain-lr-factor 0.5] [--distill 0]
                             [--out /work/bench-runs/learned] [--baselines DIR] [--short] [--json FILE] [--md FILE]
 
 Parts may run as separate processes on the same ``--out`` (each merges its rows into the JSON).
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -46,7 +47,7 @@ from secateur.io import rundir
 from secateur.search.config import PruneConfig
 from secateur.search.orchestrator import learning_trainer
 from secateur.search.pruner import Learned, Step, Trainer, start_from
-from secateur.train import evaluate, fit
+from secateur.train import distill_step, evaluate, fit, frozen_teacher
 from secateur.unstructured.masks import apply_masks, prunable_names
 from secateur.unstructured.methods import keep_largest_globally
 from secateur.unstructured.variational import THRESHOLD, learn_sparse_vd, threshold_masks
@@ -126,9 +127,10 @@ def level_for(model: nn.Module, learned: Learned, target: float) -> float:
 
 
 def retrain_rows(name: str, data, folder: Path, out: Path, epochs: int, penalty: float, targets: list[float],
-                 retrain_epochs: int, lr_factor: float) -> list[tuple[str, dict]]:
+                 retrain_epochs: int, lr_factor: float, distill: float = 0.0) -> list[tuple[str, dict]]:
     """Sparse VD cut to each target compression in log alpha order, from the learned means, then
-    trained ``retrain_epochs`` with the masks fixed (the baseline recipe, lr x ``lr_factor``)."""
+    trained ``retrain_epochs`` with the masks fixed (the baseline recipe, lr x ``lr_factor``; with
+    ``distill`` > 0 that share of the loss is the dense baseline's softened outputs, temperature 4)."""
     loaded = load_baseline(folder)
     learned, seconds = learned_phase(name, data, folder, out, epochs, penalty)
     at_threshold = count_params(loaded.model) / (count_params(loaded.model) - learned.info["weights"]
@@ -141,16 +143,19 @@ def retrain_rows(name: str, data, folder: Path, out: Path, epochs: int, penalty:
         cut = _errors(loaded.model, pruned, data)
         start = time.perf_counter()
         recipe = loaded.train_config.replace(epochs=retrain_epochs, lr=loaded.train_config.lr * lr_factor)
-        fit(pruned, data, recipe, progress=False)
+        step = (functools.partial(distill_step, teacher=frozen_teacher(loaded.model), weight=distill, temperature=4.0)
+                if distill > 0 else None)
+        fit(pruned, data, recipe, step=step, progress=False)
         label = f"log alpha > {THRESHOLD:g}" if target is at_threshold else f"{target:g}x in log alpha order"
         row = {"method": f"sparse-vd ({label}, then {retrain_epochs} epochs retrained with the masks, "
-                         f"lr x {lr_factor:g})" + _penalty(penalty),
+                         f"lr x {lr_factor:g}{f', distilled {distill:g}' if distill else ''})" + _penalty(penalty),
                "network": name, "epochs": epochs, "compression": compression(pruned), **_errors(loaded.model, pruned,
                                                                                                 data),
                "cut": {k.replace("_after", ""): v for k, v in cut.items() if k.endswith("_after")},
                "seconds": seconds + time.perf_counter() - start}
-        key = f"{name}/retrain-{'threshold' if target is at_threshold else f'{target:g}x'}" + _variant(penalty, 0.1,
-                                                                                                         "local")
+        key = (f"{name}/retrain-{'threshold' if target is at_threshold else f'{target:g}x'}"
+               + (f"-e{epochs}" if epochs != 200 else "") + (f"-kd{distill:g}" if distill else "")
+               + _variant(penalty, 0.1, "local"))
         print(f"{key}: {row['compression']:.1f}x, test {row['test_error_after']:.2f}% "
               f"(cut only: {row['cut']['test_error']:.2f}%)", flush=True)
         rows.append((key, row))
@@ -279,6 +284,8 @@ def main() -> None:
     parser.add_argument("--retrain-epochs", type=int, default=10, help="the retrain part's epochs with the masks")
     parser.add_argument("--retrain-lr-factor", type=float, default=0.5,
                         help="the retrain part's learning rate as a share of the baseline recipe's")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="the retrain part's share of the dense baseline's soft targets in the loss")
     parser.add_argument("--out", type=Path, default=Path("/work/bench-runs/learned"))
     parser.add_argument("--baselines", type=Path, default=None,
                         help="reuse trained baselines in DIR/NAME/baseline (e.g. the Han table's), read only")
@@ -296,7 +303,7 @@ def main() -> None:
             if part == "retrain":
                 for key, row in retrain_rows(name, data, folder, args.out, args.learn_epochs, args.learn_penalty,
                                              [float(t) for t in args.targets.split(",")], args.retrain_epochs,
-                                             args.retrain_lr_factor):
+                                             args.retrain_lr_factor, args.distill):
                     merged = merge(args.json, key, row)
                 args.md.write_text(table(merged))
                 print(table(merged), flush=True)

@@ -101,8 +101,9 @@ def learned_curves(results: Path, net: str) -> Series:
     series: Series = {}
     for part, row in learned_rows(results, net):
         if part.startswith("retrain"):
-            penalty = part.rpartition("-p")[2] if "-p" in part else "1"
-            label = f"sparse-vd {row['epochs']} epochs (penalty {penalty}), cut + retrained"
+            penalty = row["method"].partition("--learn-penalty ")[2] or "1"
+            distilled = ", distilled" if "distilled" in row["method"] else ""
+            label = f"sparse-vd {row['epochs']} epochs (penalty {penalty}), cut + retrained{distilled}"
             series.setdefault(label, []).append((row["compression"], row["test_error_after"]))
     return {label: sorted(points) for label, points in series.items()}
 
