@@ -154,7 +154,8 @@ def retrain_rows(name: str, data, folder: Path, out: Path, epochs: int, penalty:
                "cut": {k.replace("_after", ""): v for k, v in cut.items() if k.endswith("_after")},
                "seconds": seconds + time.perf_counter() - start}
         key = (f"{name}/retrain-{'threshold' if target is at_threshold else f'{target:g}x'}"
-               + (f"-e{epochs}" if epochs != 200 else "") + (f"-kd{distill:g}" if distill else "")
+               + (f"-e{epochs}" if epochs != 200 else "") + (f"-r{retrain_epochs}" if retrain_epochs != 10 else "")
+               + (f"-kd{distill:g}" if distill else "")
                + _variant(penalty, 0.1, "local"))
         print(f"{key}: {row['compression']:.1f}x, test {row['test_error_after']:.2f}% "
               f"(cut only: {row['cut']['test_error']:.2f}%)", flush=True)
@@ -255,18 +256,20 @@ def merge(path: Path, key: str, row: dict) -> dict:
 def table(data: dict) -> str:
     """The markdown table: secateur's rows, then the papers' as reference."""
     lines = ["| network | method | learn epochs | compression | val error before → after | "
-             "test error before → after | wall time |", "|---|---|---|---|---|---|---|"]
+             "test error before → after | test error, cut alone | wall time |", "|---|---|---|---|---|---|---|---|"]
     for row in data.get("rows", {}).values():
         budget = " (short budget)" if row.get("budget", "default") != "default" else ""
+        cut = f"{row['cut']['test_error']:.2f}%" if "cut" in row else ""
         lines.append(f"| {row['network']} | {row['method']}{budget} | {row['epochs']} | {row['compression']:.1f}x | "
                      f"{row['val_error_before']:.2f}% → {row['val_error_after']:.2f}% | "
-                     f"{row['test_error_before']:.2f}% → {row['test_error_after']:.2f}% | {row['seconds']:.0f} s |")
+                     f"{row['test_error_before']:.2f}% → {row['test_error_after']:.2f}% | {cut} | "
+                     f"{row['seconds']:.0f} s |")
     for network, rows in PAPERS.items():
         for paper, value in rows.items():
             if paper != "dense":
                 shown = f"{value[0]}x" if value[0] else "(neurons)"
                 lines.append(f"| {network} | {paper} (paper, 200 epochs) | | {shown} | | "
-                             f"{rows['dense']:.2f}% → {value[1]:.2f}% | |")
+                             f"{rows['dense']:.2f}% → {value[1]:.2f}% | | |")
     return "\n".join(lines) + "\n"
 
 

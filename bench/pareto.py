@@ -6,7 +6,8 @@ kept widths).
 secateur's points come from whichever of these files exist in ``bench/results`` (missing ones are
 skipped, and named in the MD):
 
-- ``han_table.json``, ``han_table_rerun.json``: the drop-bound search (``han``, ``--max-drop 0.1``);
+- ``han_table.json``, ``han_table_rerun.json``, ``han_table_wall.json``: the drop-bound search (``han``,
+  ``--max-drop 0.1``);
 - ``channels.json``, ``granularities.json``: LeNet-5 with channels removed, other granularities;
 - ``figure5.json``: Figure 5's L2 iterative prune-and-retrain curve (global magnitude, one short retraining
   per point);
@@ -45,8 +46,9 @@ def _read(path: Path) -> Any:
 
 def search_points(results: Path, net: str) -> Iterator[tuple[str, float, float]]:
     """(label, compression, test error %) of every single secateur run found for ``net``."""
-    for name, label in (("han_table.json", "search han, 0.1 bound"), ("han_table_rerun.json",
-                                                                       "search han, 0.1 bound (re-run)")):
+    for name, label in (("han_table.json", "search han, 0.1 bound"),
+                        ("han_table_rerun.json", "search han, 0.1 bound (re-run)"),
+                        ("han_table_wall.json", "search han, 0.1 bound (2026-12-02 run)")):
         row = ((_read(results / name) or {}).get("models") or {}).get(net)
         if row:
             yield label, row["compression"], row["error_after"]
@@ -121,7 +123,11 @@ def network(results: Path, net: str) -> dict:
 def draw(net: str, entry: Mapping[str, Any]) -> bytes:
     """The Pareto plot of one network as PNG bytes."""
     series = {f"secateur: {k}": [tuple(p) for p in v] for k, v in entry["secateur_curves"].items()}
-    series.update({f"secateur: {p['label']}": [(p["compression"], p["error"])] for p in entry["secateur_points"]})
+    for p in entry["secateur_points"]:  # two runs with one label (e.g. the same phase twice) both drawn
+        label = f"secateur: {p['label']}"
+        while label in series:
+            label += " (again)"
+        series[label] = [(p["compression"], p["error"])]
     published = [(p["method"], p["compression"], p["error"]) for p in entry["published"] if p["kind"] != "structure"]
     structure = [(f"{p['method']} {p['architecture']}", p["compression"], p["error"])
                  for p in entry["published"] if p["kind"] == "structure"]
@@ -153,7 +159,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--nets", default=",".join(NETS))
     args = parser.parse_args()
-    names = ["han_table.json", "han_table_rerun.json", "channels.json", "granularities.json", "figure5.json",
+    names = ["han_table.json", "han_table_rerun.json", "han_table_wall.json", "channels.json", "granularities.json", "figure5.json",
              *(f"sweep_{n}.json" for n in NETS)]
     missing = [n for n in names if not (args.results / n).is_file()]
     entries = {net: network(args.results, net) for net in args.nets.split(",")}
