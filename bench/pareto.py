@@ -159,8 +159,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--nets", default=",".join(NETS))
     args = parser.parse_args()
-    names = ["han_table.json", "han_table_rerun.json", "han_table_wall.json", "channels.json", "granularities.json", "figure5.json",
-             *(f"sweep_{n}.json" for n in NETS)]
+    names = ["han_table.json", "han_table_rerun.json", "han_table_wall.json", "channels.json", "granularities.json",
+             "figure5.json", *(f"sweep_{n}.json" for n in NETS)]
     missing = [n for n in names if not (args.results / n).is_file()]
     entries = {net: network(args.results, net) for net in args.nets.split(",")}
     for net, entry in entries.items():
