@@ -83,7 +83,8 @@ def learned_rows(results: Path, net: str) -> Iterator[tuple[str, Mapping[str, An
     """(part, row) of every finished ``bench/learned.py`` row of ``net`` in ``learned*.json`` (the row's
     key is ``NET/PART[-variant]``)."""
     for path in sorted(results.glob("learned*.json")):
-        for key, row in ((_read(path) or {}).get("rows") or {}).items():
+        data = _read(path)
+        for key, row in ((data.get("rows") if isinstance(data, Mapping) else None) or {}).items():
             if (isinstance(row, Mapping) and row.get("network") == net and not row.get("partial")
                     and {"compression", "test_error_after"} <= set(row)):
                 yield key.split("/", 1)[1], row

@@ -72,8 +72,18 @@ def test_bench_figures_from_tiny_result_files(tmp_path):
     assert figure5.figure("lenet300", entry, "1 epoch").startswith(PNG_MAGIC)
     assert figure5.strength_of(0.75) == pytest.approx(2.0)
     (tmp_path / "figure5.json").write_text(json.dumps({"method": "global-magnitude", "nets": {"lenet5": entry}}))
-    (tmp_path / "learned.json").write_text(json.dumps([{"model": "lenet5", "method": "svd", "compression": 200,
-                                                        "error_after": 0.7}]))
+    def row(method: str, compression: float, error: float, **extra) -> dict:
+        return {"network": "lenet5", "method": method, "epochs": 50, "compression": compression,
+                "test_error_after": error, **extra}
+    rows = {"lenet5/paper": row("sparse-vd (log alpha > 3, no retraining)", 150, 1.2),
+            "lenet5/retrain-280x": row("sparse-vd (280x ..., retrained)", 280, 1.1),
+            "lenet5/retrain-100x": row("sparse-vd (100x ..., retrained)", 100, 0.8),
+            "lenet5/bound": row("secateur prune --method sparse-vd", 3, 0.6, partial=True),  # stopped early
+            "lenet300/paper": {**row("sparse-vd", 40, 1.3), "network": "lenet300"}}
+    (tmp_path / "learned.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "learned_other.json").write_text(json.dumps([1, 2]))  # not a learned.py file: skipped
     found = pareto.network(tmp_path, "lenet5")
-    assert len(found["secateur_curves"]) == 2  # Figure 5's iterative curve + the learned one; no other file
+    assert len(found["secateur_curves"]) == 2  # Figure 5's iterative curve + the retrained cuts; no other file
+    assert [[100, 0.8], [280, 1.1]] in found["secateur_curves"].values()  # sorted by compression
+    assert [(p["compression"], p["error"]) for p in found["secateur_points"]] == [(150, 1.2)]  # no partial row
     assert pareto.draw("lenet5", found).startswith(PNG_MAGIC)
