@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 import secateur  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
@@ -84,25 +83,22 @@ def compression(model: nn.Module) -> float:
 def learned_phase(name: str, data, folder: Path, out: Path, epochs: int, penalty: float = 1.0
                   ) -> tuple[Learned, float]:
     """The Sparse VD phase from the baseline in ``folder`` and its seconds: read from
-    ``out/NAME/sparse-vd-eE[-pP]`` when a run with the same settings saved it, else run and saved there."""
+    ``out/NAME/sparse-vd-eE[-pP]`` when a run with the same settings kept it there (the run folder's
+    own ``state/learned.*`` files), else run and kept."""
     saved = out / name / f"sparse-vd-e{epochs}" f"{f'-p{penalty:g}' if penalty != 1.0 else ''}"
-    if (saved / "learned.safetensors").exists():
-        tensors = load_file(saved / "learned.safetensors")
-        meta = json.loads((saved / "learned.json").read_text())
-        learned = Learned({k[2:]: v for k, v in tensors.items() if k.startswith("w.")},
-                          {k[2:]: v for k, v in tensors.items() if k.startswith("s.")}, meta["info"])
-        return learned, meta["seconds"]
     model = load_baseline(folder).model
+    key = {"method": "sparse-vd", "epochs": epochs, "penalty": penalty, "baseline": rundir.weights_sha256(model)}
+    kept = rundir.load_learned(saved, key)
+    if kept is not None:
+        weights, scores, info = kept
+        return Learned(weights, scores, {k: v for k, v in info.items() if k != "seconds"}), info["seconds"]
     start = time.perf_counter()
     trainer = logged(learning_trainer(data, load_baseline(folder).train_config,
                                       PruneConfig(method="sparse-vd", learn_epochs=epochs, learn_penalty=penalty)),
                      name)
     learned = learn_sparse_vd(model, tuple(prunable_names(model)), trainer)
     seconds = time.perf_counter() - start
-    saved.mkdir(parents=True, exist_ok=True)
-    save_file({**{f"w.{k}": v.contiguous() for k, v in learned.weights.items()},
-               **{f"s.{k}": v.contiguous() for k, v in learned.scores.items()}}, saved / "learned.safetensors")
-    (saved / "learned.json").write_text(json.dumps({"info": learned.info, "seconds": seconds}))
+    rundir.save_learned(saved, key, learned.weights, learned.scores, {**learned.info, "seconds": seconds})
     return learned, seconds
 
 
