@@ -358,7 +358,7 @@ def pareto_figure(series: Mapping[str, Sequence[tuple[float, float]]],
     ax.set_xlim(lo, hi)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel("compression (dense parameters / nonzero parameters, log scale)")
+    ax.set_xlabel("compression, log scale\n(dense parameters / nonzero parameters)")
     ax.set_ylabel("test error (%)\nlower is better")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
