@@ -86,14 +86,15 @@ def learned_phase(name: str, data, folder: Path, out: Path, epochs: int, penalty
     ``out/NAME/sparse-vd-eE[-pP]`` when a run with the same settings kept it there (the run folder's
     own ``state/learned.*`` files), else run and kept."""
     saved = out / name / f"sparse-vd-e{epochs}" f"{f'-p{penalty:g}' if penalty != 1.0 else ''}"
-    model = load_baseline(folder).model
+    loaded = load_baseline(folder)
+    model = loaded.model
     key = {"method": "sparse-vd", "epochs": epochs, "penalty": penalty, "baseline": rundir.weights_sha256(model)}
     kept = rundir.load_learned(saved, key)
     if kept is not None:
         weights, scores, info = kept
         return Learned(weights, scores, {k: v for k, v in info.items() if k != "seconds"}), info["seconds"]
     start = time.perf_counter()
-    trainer = logged(learning_trainer(data, load_baseline(folder).train_config,
+    trainer = logged(learning_trainer(data, loaded.train_config,
                                       PruneConfig(method="sparse-vd", learn_epochs=epochs, learn_penalty=penalty)),
                      name)
     learned = learn_sparse_vd(model, tuple(prunable_names(model)), trainer)

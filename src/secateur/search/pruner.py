@@ -152,14 +152,16 @@ def learn_phase(method: str, learn: Callable[..., Learned] | None, baseline: nn.
     from secateur.distributed import is_writer
     from secateur.io import rundir  # the run folder's files (rundir imports the search's settings)
 
+    if context.out is None:  # nowhere to keep it
+        return learn(baseline, targets, context.trainer, **extra)
     key = {"method": method, "epochs": context.trainer.epochs, "penalty": context.trainer.penalty,
            "seed": context.trainer.seed, "examples": context.trainer.examples, "targets": list(targets),
            "extra": {k: repr(v) for k, v in sorted(extra.items())}, "baseline": rundir.weights_sha256(baseline)}
-    kept = rundir.load_learned(context.out, key) if context.out is not None else None
+    kept = rundir.load_learned(context.out, key)
     if kept is not None:
         return Learned(*kept)
     learned = learn(baseline, targets, context.trainer, **extra)
-    if context.out is not None and is_writer():  # under torchrun: rank 0 writes
+    if is_writer():  # under torchrun: rank 0 writes
         rundir.save_learned(context.out, key, learned.weights, learned.scores, learned.info)
     return learned
 
