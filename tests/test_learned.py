@@ -280,8 +280,8 @@ def _counting_learn(calls: list) -> object:
     return learn
 
 
-def _context(out, epochs: int = 1, penalty: float = 1.0) -> Context:
-    trainer = Trainer(lambda *a: None, 100, epochs, lambda batch: 10, penalty, 0)
+def _context(out, epochs: int = 1, penalty: float = 1.0, data: str = "mnist") -> Context:
+    trainer = Trainer(lambda *a: None, 100, epochs, lambda batch: 10, penalty, 0, data)
     return Context(TARGETS, (1, 28, 28), lambda m: 1.0, None, out, trainer)
 
 
@@ -300,10 +300,12 @@ def test_a_run_folder_keeps_the_learned_phase_and_reuses_it_only_for_the_same_se
         changed.fc3.bias.add_(1.0)
     learn_phase("other", learn, changed, TARGETS, _context(tmp_path, epochs=2))  # other baseline
     assert calls == [1, 2, 2, 2]
+    learn_phase("other", learn, changed, TARGETS, _context(tmp_path, epochs=2, data="fashion-mnist"))  # other data
+    assert calls == [1, 2, 2, 2, 2]
     (tmp_path / f"{rundir.LEARNED}.safetensors").write_bytes(b"not a safetensors file")
     learn_phase("other", learn, changed, TARGETS, _context(tmp_path, epochs=2))  # unreadable: trained again
     learn_phase("m", learn, trained_lenet300, TARGETS, _context(None))  # no run folder: nothing kept
-    assert calls == [1, 2, 2, 2, 2, 1]
+    assert calls == [1, 2, 2, 2, 2, 2, 1]
 
 
 def test_a_resumed_sparse_vd_run_reads_its_phase_back(trained_lenet300, small, tmp_path, monkeypatch):
@@ -324,3 +326,13 @@ def test_a_resumed_sparse_vd_run_reads_its_phase_back(trained_lenet300, small, t
     found = rundir.find_output(tmp_path / "run")
     rundir.remove_output(tmp_path / "run", found)
     assert not (tmp_path / "run" / "state").exists()  # the phase is among the files the run owns
+
+
+def test_the_phase_key_names_the_data_and_recipe_but_not_the_device(small):
+    from secateur.search.orchestrator import phase_data
+    from secateur.train import TrainConfig
+
+    recipe = TrainConfig()
+    assert phase_data(small, recipe) == phase_data(small, recipe.replace(device="cpu", epochs=3))
+    assert phase_data(small, recipe) != phase_data(small, recipe.replace(lr=0.01))
+    assert phase_data(small, recipe).startswith(small.name)

@@ -591,7 +591,15 @@ def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: 
         fit(model, data, recipe.replace(epochs=epochs, **changes), step=step, progress=False)
 
     return Trainer(run, train_examples(data), epochs, lambda batch_size: steps_per_epoch(data, batch_size),
-                   config.learn_penalty, recipe.seed)
+                   config.learn_penalty, recipe.seed, phase_data(data, recipe))
+
+
+def phase_data(data: Dataset | Loaders, recipe: TrainConfig) -> str:
+    """What a learned phase trains on, as a kept phase is matched: the dataset's name (your loaders:
+    their class) and the recipe's training settings (the device left out: a phase moves with the run)."""
+    source = getattr(data, "name", None) or type(getattr(data.train, "dataset", data.train)).__name__
+    settings = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "epochs")}
+    return f"{source} {sorted(settings.items())}"
 
 
 def learns(config: PruneConfig) -> bool:

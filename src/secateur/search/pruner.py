@@ -95,6 +95,7 @@ class Trainer:
     steps_per_epoch: Callable[[int], int]
     penalty: float = 1.0
     seed: int = 0  # the phase's seed (with the rest, what a kept phase is matched on)
+    data: str = ""  # what the phase trains on: the dataset's name and the baseline recipe (matched too)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def learn_phase(method: str, learn: Callable[..., Learned] | None, baseline: nn.
 
     With a run folder the phase is kept there (``state/learned.*``) and a resumed run reads it back
     instead of training it again, when it was learned with the same method, epochs, penalty,
-    targets and baseline.
+    targets, data, recipe and baseline.
     """
     if learn is None:
         return None
@@ -155,7 +156,8 @@ def learn_phase(method: str, learn: Callable[..., Learned] | None, baseline: nn.
     if context.out is None:  # nowhere to keep it
         return learn(baseline, targets, context.trainer, **extra)
     key = {"method": method, "epochs": context.trainer.epochs, "penalty": context.trainer.penalty,
-           "seed": context.trainer.seed, "examples": context.trainer.examples, "targets": list(targets),
+           "seed": context.trainer.seed, "examples": context.trainer.examples, "data": context.trainer.data,
+           "targets": list(targets),
            "extra": {k: repr(v) for k, v in sorted(extra.items())}, "baseline": rundir.weights_sha256(baseline)}
     kept = rundir.load_learned(context.out, key)
     if kept is not None:
