@@ -596,9 +596,10 @@ def learning_trainer(data: Dataset | Loaders, base: TrainConfig | None, config: 
 
 def phase_data(data: Dataset | Loaders, recipe: TrainConfig) -> str:
     """What a learned phase trains on, as a kept phase is matched: the dataset's name (your loaders:
-    their class) and the recipe's training settings (the device left out: a phase moves with the run)."""
+    their class) and the recipe's training settings (the device left out: a phase moves with the run;
+    the epochs and seed are matched on as the phase's own)."""
     source = getattr(data, "name", None) or type(getattr(data.train, "dataset", data.train)).__name__
-    settings = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "epochs")}
+    settings = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("device", "epochs", "seed")}
     return f"{source} {sorted(settings.items())}"
 
 

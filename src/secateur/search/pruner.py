@@ -157,8 +157,8 @@ def learn_phase(method: str, learn: Callable[..., Learned] | None, baseline: nn.
         return learn(baseline, targets, context.trainer, **extra)
     key = {"method": method, "epochs": context.trainer.epochs, "penalty": context.trainer.penalty,
            "seed": context.trainer.seed, "examples": context.trainer.examples, "data": context.trainer.data,
-           "targets": list(targets),
-           "extra": {k: repr(v) for k, v in sorted(extra.items())}, "baseline": rundir.weights_sha256(baseline)}
+           "targets": list(targets), "extra": {k: repr(v) for k, v in sorted(extra.items())},
+           "baseline": rundir.weights_sha256(baseline)}
     kept = rundir.load_learned(context.out, key)
     if kept is not None:
         return Learned(*kept)
